@@ -1,0 +1,36 @@
+# Two commands on a fresh machine:
+#   make dev    create .venv and install kbundle with the development tools and tensorflow-cpu
+#   make test   (installs first if needed) run the whole test suite
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.kbundle-installed
+
+.PHONY: dev test test-fast lint typecheck demo bench clean
+
+dev: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e ".[dev,tensorflow-cpu,signing,lock]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not venv"
+
+lint: $(STAMP)
+	$(BIN)/ruff check kbundle tests benchmarks examples
+	$(BIN)/mypy
+
+demo: $(STAMP)
+	$(BIN)/python examples/demo.py
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/bench_pipeline.py
+
+clean:
+	rm -rf $(VENV) build dist *.egg-info .pytest_cache .mypy_cache .ruff_cache

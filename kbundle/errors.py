@@ -1,0 +1,105 @@
+"""The kbundle exception hierarchy.
+
+Every failure kbundle reports is a :class:`KbundleError`. Each concrete error also subclasses
+the builtin exception it stands in for, so ``except ValueError`` or ``except FileExistsError``
+in a caller's code keeps working. The CLI maps these classes to exit codes in one table
+(``kbundle.cli.EXIT_CODES``); the library itself never prints or exits.
+
+An error's ``str()`` is one line: what failed, the value received, and what to do. Errors that
+come from collecting several problems carry them in ``findings``. Stable: public API.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from kbundle.findings import Finding
+
+__all__ = [
+    "BundleFormatError",
+    "EnvironmentMismatchError",
+    "IntegrityError",
+    "KbundleError",
+    "LimitExceededError",
+    "ModelLoadError",
+    "NotABundleError",
+    "OutputExistsError",
+    "PackError",
+    "SignatureError",
+    "UnsupportedFormatVersionError",
+    "UntrustedCodeError",
+    "UsageError",
+]
+
+
+class KbundleError(Exception):
+    """Base class of every kbundle error.
+
+    ``message`` says what failed and shows the value received; ``hint`` names the flag or step
+    that fixes it; ``findings`` lists every individual problem when there are several.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        hint: str | None = None,
+        findings: Sequence[Finding] = (),
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+        self.findings: tuple[Finding, ...] = tuple(findings)
+
+    def __str__(self) -> str:
+        if self.hint:
+            return f"{self.message}; {self.hint}"
+        return self.message
+
+
+class UsageError(KbundleError, ValueError):
+    """The caller asked for something that cannot be done as asked (bad option, bad path)."""
+
+
+class OutputExistsError(KbundleError, FileExistsError):
+    """The output already exists and overwriting was not allowed."""
+
+
+class NotABundleError(KbundleError, ValueError):
+    """The input is not a kbundle bundle at all (wrong kind of file)."""
+
+
+class UnsupportedFormatVersionError(KbundleError, ValueError):
+    """The bundle was written in a format major version this kbundle cannot read."""
+
+
+class IntegrityError(KbundleError, ValueError):
+    """The bundle is corrupt, truncated, tampered with, or structurally unsafe."""
+
+
+class BundleFormatError(IntegrityError):
+    """The bundle breaks a rule of the format (bad names, member kinds, manifest fields)."""
+
+
+class LimitExceededError(IntegrityError):
+    """A size, count or depth limit was exceeded (defence against bombs)."""
+
+
+class SignatureError(IntegrityError):
+    """A signature is present but does not verify, or a required signature is missing."""
+
+
+class EnvironmentMismatchError(KbundleError, RuntimeError):
+    """The current environment cannot load the bundled model under the chosen policy."""
+
+
+class UntrustedCodeError(KbundleError, PermissionError):
+    """Loading would run bundled code that nobody trusted."""
+
+
+class ModelLoadError(KbundleError, RuntimeError):
+    """The verified model failed to load (or to be described) in Keras."""
+
+
+class PackError(KbundleError, RuntimeError):
+    """A model could not be packed (it failed to save, or something it needs cannot travel)."""
