@@ -14,6 +14,10 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -e ".[dev,tensorflow-cpu,signing,lock]"
+	# tf-keras (Keras 2) writes the legacy .h5 files the tests read. It declares a dependency
+	# on plain "tensorflow", which would install the CUDA build over tensorflow-cpu, so it is
+	# installed without dependencies: everything it needs is already here.
+	$(BIN)/python -m pip install --quiet --no-deps "tf-keras>=2.16"
 	touch $(STAMP)
 
 test: $(STAMP)

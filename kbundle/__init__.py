@@ -1,0 +1,48 @@
+"""kbundle: environment-locking packager for Keras/TensorFlow models.
+
+Public API::
+
+    kbundle.pack(model_or_path, "model.kbundle")    -> PackResult (digest, manifest)
+    kbundle.verify("model.kbundle", expect=digest)   -> VerifyReport, or IntegrityError
+    kbundle.inspect("model.kbundle")                 -> BundleHead (manifest only)
+    kbundle.unpack("model.kbundle", "dir")           -> UnpackResult
+    kbundle.load("model.kbundle")                    -> keras.Model
+
+Importing kbundle never imports TensorFlow or Keras; ``load`` and packing a live model do.
+"""
+
+from __future__ import annotations
+
+from kbundle import errors
+from kbundle._version import __version__
+from kbundle.errors import (
+    EnvironmentMismatchError,
+    IntegrityError,
+    KbundleError,
+    ModelLoadError,
+    UntrustedCodeError,
+    UsageError,
+)
+from kbundle.findings import Finding, Severity
+from kbundle.pack import PackResult, pack
+from kbundle.unpack import UnpackResult, inspect, load, unpack, verify
+
+__all__ = [
+    "EnvironmentMismatchError",
+    "Finding",
+    "IntegrityError",
+    "KbundleError",
+    "ModelLoadError",
+    "PackResult",
+    "Severity",
+    "UnpackResult",
+    "UntrustedCodeError",
+    "UsageError",
+    "__version__",
+    "errors",
+    "inspect",
+    "load",
+    "pack",
+    "unpack",
+    "verify",
+]

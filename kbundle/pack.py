@@ -1,0 +1,196 @@
+"""The pack pipeline: a model (file, directory or live ``keras.Model``) in, one bundle out.
+
+Composes model_files (what the model is), keras_io (saving a live model), environment
+(capture), archive (one streaming pass) and atomic (nothing lost). Later stages add to the
+payload through ``Extras``: custom-object code, requirements, probe data. Stable: the
+``pack()`` signature is public API.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import os
+import stat
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from kbundle._version import __version__
+from kbundle.archive import PayloadFile, ProgressCallback, write_bundle
+from kbundle.atomic import atomic_file, check_destination
+from kbundle.environment import capture_environment
+from kbundle.errors import UsageError
+from kbundle.manifest import (
+    FORMAT_VERSION,
+    Manifest,
+    Member,
+    ModelInfo,
+    bundle_digest,
+    parse_manifest,
+    serialize_manifest,
+)
+from kbundle.model_files import MODEL_FILE_NAMES, describe_model_file, identify_format
+
+__all__ = ["DEFAULT_LEVEL", "PackResult", "pack"]
+
+# zstd level 3 is zstd's own default. Float32 weights compress ~1.1x at any level, so higher
+# levels cost time for nothing; level 3 and 1 measure the same here (benchmarks/).
+DEFAULT_LEVEL = 3
+MAX_LEVEL = 22
+
+
+@dataclass(frozen=True, slots=True)
+class PackResult:
+    """What pack wrote: where, the bundle digest (``sha256:`` of the manifest), the manifest."""
+
+    path: Path
+    digest: str
+    manifest: Manifest
+    size: int
+
+
+def _utc_now() -> tuple[str, int]:
+    # SOURCE_DATE_EPOCH makes bundles byte-for-byte reproducible (reproducible-builds.org).
+    epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    moment = (
+        _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc)
+        if epoch and epoch.isdigit()
+        else _dt.datetime.now(_dt.timezone.utc)
+    )
+    return moment.strftime("%Y-%m-%dT%H:%M:%SZ"), int(moment.timestamp())
+
+
+def _model_payload(source: Path, fmt: str) -> list[PayloadFile]:
+    """Payload entries for the model itself, under ``model/``."""
+    target = f"model/{MODEL_FILE_NAMES[fmt]}"
+    if not source.is_dir():
+        return [PayloadFile(target, source, source.stat().st_size)]
+    entries = [PayloadFile(target, None)]
+    for root, dirs, files in os.walk(source, followlinks=False):
+        dirs.sort()
+        root_path = Path(root)
+        relative_root = root_path.relative_to(source).as_posix()
+        prefix = target if relative_root == "." else f"{target}/{relative_root}"
+        for name in dirs:
+            if (root_path / name).is_symlink():
+                raise UsageError(
+                    f"{root_path / name} is a symbolic link; bundles hold only regular files",
+                    hint="replace the link with the directory it points to",
+                )
+            entries.append(PayloadFile(f"{prefix}/{name}", None))
+        for name in sorted(files):
+            info = (root_path / name).lstat()
+            if not stat.S_ISREG(info.st_mode):
+                raise UsageError(
+                    f"{root_path / name} is not a regular file (link, device or FIFO)",
+                    hint="bundles hold only regular files and directories",
+                )
+            entries.append(PayloadFile(f"{prefix}/{name}", root_path / name, info.st_size))
+    return entries
+
+
+def _parse_level(level: int | str | None) -> int | None:
+    if level is None or level == "none":
+        return None
+    if isinstance(level, str):
+        if not level.lstrip("-").isdigit():
+            raise UsageError(f"compression level must be a number or 'none': {level!r}", hint="use --level 3")
+        level = int(level)
+    if not -7 <= level <= MAX_LEVEL or level == 0:
+        raise UsageError(
+            f"compression level must be 1..{MAX_LEVEL} (or -7..-1 for faster), or 'none': {level}",
+            hint="use --level 3 (default) or --level none",
+        )
+    return level
+
+
+@dataclass(frozen=True, slots=True)
+class Extras:
+    """Additions to a bundle beyond the model: more payload and manifest fields."""
+
+    payload: tuple[PayloadFile, ...] = ()
+    fields: Mapping[str, Any] | None = None
+
+
+def pack(
+    model: Any,
+    output: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    level: int | str | None = DEFAULT_LEVEL,
+    threads: int = -1,
+    progress: Callable[[int, int], None] | None = None,
+    extras: Callable[[Any, Path, str], Extras] | None = None,
+) -> PackResult:
+    """Pack ``model`` into the bundle ``output``.
+
+    ``model`` is a path to a ``.keras`` file (or directory form), an ``.h5`` file, a SavedModel
+    directory, or a live ``keras.Model`` (saved as ``.keras`` first). ``level`` is a zstd
+    level or ``"none"``; ``threads`` the zstd worker count (-1: one per CPU). ``progress`` is
+    called with (bytes done, bytes total). Nothing is left at ``output`` unless pack succeeds.
+    """
+    output_path = Path(output)
+    check_destination(output_path, force=force, what="bundle")
+    compression = _parse_level(level)
+    from kbundle import keras_io  # noqa: PLC0415 - imports nothing heavy until used
+
+    with tempfile.TemporaryDirectory(prefix="kbundle-pack-") as scratch:
+        if keras_io.is_keras_model(model):
+            source = keras_io.save_model(model, Path(scratch))
+            fmt = "keras"
+            description = keras_io.describe_live_model(model)
+            description["saved_by"] = describe_model_file(source, fmt).get("saved_by", {})
+        elif isinstance(model, str | os.PathLike):
+            source = Path(model)
+            fmt = identify_format(source)
+            description = describe_model_file(source, fmt)
+        else:
+            raise UsageError(
+                f"cannot pack a {type(model).__name__}: expected a keras.Model or a model path",
+                hint="pass a .keras/.h5 file, a SavedModel directory or a keras.Model",
+            )
+        payload = _model_payload(source, fmt)
+        added = extras(model, Path(scratch), fmt) if extras else Extras()
+        payload += list(added.payload)
+        created, mtime = _utc_now()
+        environment = capture_environment()
+        info = ModelInfo(format=fmt, path=payload[0].path, **description)
+
+        def make_manifest(digests: Mapping[str, str]) -> bytes:
+            manifest = Manifest(
+                format_version=FORMAT_VERSION,
+                generator=f"kbundle {__version__}",
+                created=created,
+                model=info,
+                members=[
+                    Member(path=p.path, type="dir")
+                    if p.source is None
+                    else Member(path=p.path, size=p.size, digest=digests[p.path])
+                    for p in payload
+                ],
+                environment=environment,
+            )
+            if added.fields:
+                manifest = replace(manifest, **added.fields)
+            return serialize_manifest(manifest)
+
+        total = sum(p.size for p in payload)
+        done = 0
+
+        def advance(count: int) -> None:
+            nonlocal done
+            done += count
+            if progress:
+                progress(done, total)
+
+        reporter: ProgressCallback | None = advance if progress else None
+        with atomic_file(output_path, force=force) as handle:
+            manifest_bytes = write_bundle(
+                handle, payload, make_manifest, level=compression, threads=threads, mtime=mtime,
+                progress=reporter,
+            )
+            size = handle.seek(0, os.SEEK_END)
+    manifest = parse_manifest(manifest_bytes)
+    return PackResult(output_path, bundle_digest(manifest_bytes), manifest, size)
