@@ -331,20 +331,19 @@ def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, t
     """
     from kbundle.compat import compare_environments  # noqa: PLC0415
     from kbundle.environment import capture_environment  # noqa: PLC0415
+    from kbundle.unpack import LoadOptions  # noqa: PLC0415
     from kbundle.unpack import unpack as unpack_bundle  # noqa: PLC0415
 
+    options = LoadOptions(trust_code=trust_code, safe_mode=not unsafe_lambda)
     with _progress("unpacking", not quiet and not as_json) as progress:
-        result = unpack_bundle(bundle, destination, force=force, expect=expect, progress=progress)
+        result = unpack_bundle(bundle, destination, force=force, expect=expect, load_model=not no_load, options=options, progress=progress)
     manifest = result.report.head.manifest
     differences = compare_environments(manifest.environment, capture_environment())
     loaded: dict[str, Any] | None = None
-    if not no_load:
+    if result.model is not None:
         from kbundle import keras_io  # noqa: PLC0415
-        from kbundle.unpack import _require_trust  # noqa: PLC0415
 
-        _require_trust(result.report, trust_code)
-        model = keras_io.load_model(result.model_path, safe_mode=not unsafe_lambda)
-        loaded = keras_io.describe_live_model(model)
+        loaded = keras_io.describe_live_model(result.model)
     if as_json:
         _json_out({"ok": True, "destination": str(result.path), "digest": result.report.head.digest, "model": str(result.model_path), "loaded": loaded is not None, "environment": [f.to_dict() for f in differences]})
         return

@@ -20,7 +20,7 @@ from kbundle.errors import IntegrityError, UntrustedCodeError, UsageError
 from kbundle.findings import Finding
 from kbundle.names import MANIFEST_NAME
 
-__all__ = ["UnpackResult", "inspect", "load", "unpack", "verify"]
+__all__ = ["LoadOptions", "UnpackResult", "inspect", "load", "unpack", "verify"]
 
 _DIGEST_PREFIX = "sha256:"
 
@@ -109,11 +109,12 @@ def _progress_adapter(
 
 @dataclass(slots=True)
 class UnpackResult:
-    """Where the verified files are, and the verification report."""
+    """Where the verified files are, the verification report, and the model when loaded."""
 
     path: Path
     report: VerifyReport
-    warnings: list[Finding] = field(default_factory=list)
+    model: Any = None
+    environment: list[Finding] = field(default_factory=list)
 
     @property
     def model_path(self) -> Path:
@@ -133,35 +134,57 @@ def _extract_verified(
     return report
 
 
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoadOptions:
+    """What loading may do: run bundled code, turn Keras safe mode off, compile."""
+
+    trust_code: bool = False
+    safe_mode: bool = True
+    compile: bool = True
+
+
+def _require_trust(report: VerifyReport, options: LoadOptions) -> None:
+    carried = [o for o in report.head.manifest.custom_objects if o.transport in ("source", "pickle")]
+    if carried and not options.trust_code:
+        names = ", ".join(f"{o.name} ({o.transport})" for o in carried)
+        raise UntrustedCodeError(
+            f"loading would run bundled code nobody trusted: {names}",
+            hint="review it with 'kbundle show-code', then pass --trust-code (trust_code=True)",
+        )
+
+
+def _load_verified(directory: Path, report: VerifyReport, options: LoadOptions) -> Any:
+    """Load the model from files that were just verified into ``directory``."""
+    from kbundle import keras_io  # noqa: PLC0415 - Keras is imported only to load
+
+    _require_trust(report, options)
+    model_path = directory / report.head.manifest.model.path
+    return keras_io.load_model(model_path, safe_mode=options.safe_mode, compile=options.compile)
+
+
 def unpack(
     bundle: str | os.PathLike[str],
     destination: str | os.PathLike[str],
     *,
     force: bool = False,
     expect: str | None = None,
+    load_model: bool = False,
+    options: LoadOptions | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> UnpackResult:
     """Verify ``bundle`` while extracting it; ``destination`` appears only if all is intact.
 
     The destination holds ``kbundle.json`` and the payload (``model/...``). An existing
-    destination is replaced only with ``force``.
+    destination is replaced only with ``force``. With ``load_model`` the model is loaded from
+    the verified files before they are moved into place, proving that it loads.
     """
     path = _as_path(bundle)
     _check_expected(expect)
     read_head(path)  # a bad bundle fails before any directory is made
     with atomic_directory(Path(destination), force=force) as staging:
         report = _extract_verified(path, staging, expect, progress)
-    return UnpackResult(Path(destination), report)
-
-
-def _require_trust(report: VerifyReport, trust_code: bool) -> None:
-    carried = [o for o in report.head.manifest.custom_objects if o.transport in ("source", "pickle")]
-    if carried and not trust_code:
-        names = ", ".join(f"{o.name} ({o.transport})" for o in carried)
-        raise UntrustedCodeError(
-            f"loading would run bundled code nobody trusted: {names}",
-            hint="review it with 'kbundle show-code', then pass --trust-code (trust_code=True)",
-        )
+        model = _load_verified(staging, report, options or LoadOptions()) if load_model else None
+    return UnpackResult(Path(destination), report, model)
 
 
 def load(
@@ -178,12 +201,9 @@ def load(
     Returns a ``keras.Model``. Bundled code runs only with ``trust_code=True``; Keras
     ``safe_mode`` stays on unless ``safe_mode=False``.
     """
-    from kbundle import keras_io  # noqa: PLC0415 - Keras is imported only to load
-
     path = _as_path(bundle)
     _check_expected(expect)
+    options = LoadOptions(trust_code=trust_code, safe_mode=safe_mode, compile=compile)
     with tempfile.TemporaryDirectory(prefix="kbundle-load-") as private:
         report = _extract_verified(path, Path(private), expect, progress)
-        _require_trust(report, trust_code)
-        model_path = Path(private) / report.head.manifest.model.path
-        return keras_io.load_model(model_path, safe_mode=safe_mode, compile=compile)
+        return _load_verified(Path(private), report, options)
