@@ -3,7 +3,9 @@
 Layout (normative text in spec/bundle-format.md): a pax tar stream split over zstd frames.
 The first frame is a raw (stored, checksummed) frame holding the ``kbundle.json`` member and,
 when signed, the ``kbundle.sig`` member: the *header region*. The payload members follow in
-compressed frames (or raw frames when compression is off), then the end-of-archive marker.
+compressed frames (or raw frames when compression is off), then the end-of-archive marker;
+a skippable *trailer* frame ends the file with the SHA-256 of every payload-frame byte, so
+no byte of a bundle escapes a checksum.
 
 Writing reserves the header region (its size depends only on the manifest's length, which is
 known before hashing because digests have a fixed length), streams every payload file once
@@ -23,7 +25,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import zstandard
 
@@ -51,8 +53,10 @@ from kbundle.zstdframes import (
     FrameTracker,
     RawFrameWriter,
     TrackedReader,
+    TRAILER_TAG,
     raw_frame,
     raw_frame_size,
+    trailer_frame,
 )
 
 __all__ = [
@@ -134,8 +138,8 @@ def write_bundle(
     reserved = len(header_region(draft, b"\0" * signature_size if sign else None))
     out.write(b"\0" * reserved)
     digests: dict[str, str] = {}
-    stream = _payload_stream(out, level, threads)
-    with PipelinedHasher() as hasher:
+    with PipelinedHasher() as hasher, PipelinedHasher() as frame_hasher:
+        stream = _payload_stream(_TeeSink(out, frame_hasher), level, threads)
         for item in payload:
             is_dir = item.source is None
             stream.write(member_header(item.path, item.size, is_dir=is_dir, mtime=mtime))
@@ -143,8 +147,9 @@ def write_bundle(
                 _copy_member(item, stream, hasher, progress)
                 digests[item.path] = hasher.digest()
                 stream.write(padding(item.size))
-    stream.write(END_OF_ARCHIVE)
-    stream.close()
+        stream.write(END_OF_ARCHIVE)
+        stream.close()
+        out.write(trailer_frame(_raw_digest(frame_hasher.digest())))
     manifest_bytes = make_manifest(digests)
     signature = sign(manifest_bytes) if sign else None
     region = header_region(manifest_bytes, signature)
@@ -158,8 +163,27 @@ def write_bundle(
     return manifest_bytes
 
 
+def _raw_digest(digest: str) -> bytes:
+    return bytes.fromhex(digest.partition(":")[2])
+
+
+class _TeeSink:
+    """A write-only stream that hashes (on the hasher's thread) what it passes on."""
+
+    def __init__(self, out: BinaryIO, hasher: PipelinedHasher) -> None:
+        self._out = out
+        self._hasher = hasher
+
+    def write(self, data: bytes) -> int:
+        self._hasher.update(bytes(data))
+        return self._out.write(data)
+
+    def flush(self) -> None:
+        self._out.flush()
+
+
 class _ZstdPayloadStream:
-    def __init__(self, out: BinaryIO, level: int, threads: int) -> None:
+    def __init__(self, out: Any, level: int, threads: int) -> None:
         compressor = zstandard.ZstdCompressor(
             level=level, threads=threads, write_checksum=True, write_content_size=False
         )
@@ -173,7 +197,7 @@ class _ZstdPayloadStream:
         self._writer.close()
 
 
-def _payload_stream(out: BinaryIO, level: int | None, threads: int) -> _ZstdPayloadStream | RawFrameWriter:
+def _payload_stream(out: Any, level: int | None, threads: int) -> _ZstdPayloadStream | RawFrameWriter:
     if level is None:
         return RawFrameWriter(out)
     return _ZstdPayloadStream(out, level, threads)
@@ -286,7 +310,9 @@ class _BoundedStream:
 
 
 @contextmanager
-def _open_stream(path: Path) -> Iterator[tuple[TarReader, _BoundedStream, FrameTracker, BinaryIO]]:
+def _open_stream(
+    path: Path, on_payload: Callable[[bytes], None] | None = None
+) -> Iterator[tuple[TarReader, _BoundedStream, FrameTracker, BinaryIO]]:
     try:
         handle = path.open("rb")
     except IsADirectoryError:
@@ -302,7 +328,7 @@ def _open_stream(path: Path) -> Iterator[tuple[TarReader, _BoundedStream, FrameT
         if magic != ZSTD_MAGIC:
             raise NotABundleError(f"{path} is not a kbundle bundle: {_describe_kind(magic)}", hint=_kind_hint(magic))
         handle.seek(0)
-        tracker = FrameTracker()
+        tracker = FrameTracker(on_payload)
         decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
         reader = decompressor.stream_reader(
             TrackedReader(handle, tracker),
@@ -384,7 +410,12 @@ def scan_bundle(
     end the scan with one finding; everything else is collected. The caller decides what the
     findings mean; files under ``extract_to`` are only trustworthy when there are none.
     """
-    with _open_stream(path) as (tar, bounded, tracker, handle):
+    with PipelinedHasher() as frame_hasher, _open_stream(path, frame_hasher.update) as (
+        tar,
+        bounded,
+        tracker,
+        handle,
+    ):
         head = _read_manifest_member(tar, path)
         manifest = head.manifest
         bounded.limit = (
@@ -408,14 +439,14 @@ def scan_bundle(
                         scanner.member(tar, entry, hasher)
                     first = False
             current = "(end of archive)"
-            garbage = bounded.drain()
-            if garbage:
+            if bounded.drain():
                 report.findings.append(
-                    Finding(location="(end of archive)", problem="data after the end-of-archive marker")
+                    Finding(location=current, problem="data after the end-of-archive marker")
                 )
-            if not tracker.at_frame_boundary:
+            if not tracker.at_end:
                 raise _Truncated()
             scanner.finish()
+            _check_trailer(tracker, frame_hasher.digest(), report)
         except _Truncated:
             report.findings.append(
                 Finding(
@@ -430,6 +461,26 @@ def scan_bundle(
             report.findings.append(Finding(location=current, problem=exc.message, fix=exc.hint))
             scanner.report_unreached()
         return report
+
+
+def _check_trailer(tracker: FrameTracker, digest: str, report: VerifyReport) -> None:
+    """The catch-all for bytes no member digest covers (frame and tar framing): reported only
+    when nothing else already explains the damage."""
+    if report.findings:
+        return
+    trailer = tracker.trailer or b""
+    if trailer[: len(TRAILER_TAG)] != TRAILER_TAG:
+        report.findings.append(Finding(location="(trailer)", problem="the trailer frame is not kbundle's"))
+    elif trailer[len(TRAILER_TAG) :] != _raw_digest(digest):
+        report.findings.append(
+            Finding(
+                location="(payload frames)",
+                problem="compressed bytes differ from the trailer's SHA-256 (damaged framing)",
+                expected="sha256:" + trailer[len(TRAILER_TAG) :].hex(),
+                actual=digest,
+                fix="the bundle is damaged; fetch an intact copy",
+            )
+        )
 
 
 def _with_signature(head: BundleHead, tar: TarReader, size: int) -> BundleHead:

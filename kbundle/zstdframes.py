@@ -7,11 +7,13 @@ Two things the zstandard bindings do not give us:
   compressed size depends only on its length (digests have a fixed length), so the writer
   reserves that many bytes, streams the payload once, and rewrites the frame in place.
   ``RawFrameWriter`` also stores the payload when compression is off (level ``none``).
-* **Proof that the stream ended where a frame ends.** The decompressor returns whatever it
-  has when its input stops, even inside a frame or before the checksum. ``FrameTracker``
-  follows frame and block headers in the compressed bytes as they stream past (O(blocks)
-  work, no decompression) and says whether the input ended cleanly, so truncation and
-  trailing garbage are caught with a precise message.
+* **Proof that every byte is intact and the stream ended where it should.** The decompressor
+  returns whatever it has when its input stops, even inside a frame or before the checksum,
+  and some frame-header bytes (the window size) change no decoded byte when flipped.
+  ``FrameTracker`` follows frame and block headers in the compressed bytes as they stream
+  past (O(blocks) work, no decompression), hands every payload-frame byte to a hasher, and
+  collects the *trailer*: a skippable frame that ends every bundle with the SHA-256 of all
+  payload-frame bytes. So truncation, trailing garbage and any flipped byte are caught.
 
 Reference: RFC 8878 (Zstandard Compression and the application/zstd Media Type), section 3.1.
 Stable: internal.
@@ -20,18 +22,22 @@ Stable: internal.
 from __future__ import annotations
 
 import struct
+from collections.abc import Callable
 from typing import BinaryIO
 
 from kbundle.errors import IntegrityError, LimitExceededError
 from kbundle.limits import MAX_WINDOW_SIZE
 
 __all__ = [
+    "TRAILER_SIZE",
+    "TRAILER_TAG",
     "ZSTD_MAGIC",
     "FrameTracker",
     "RawFrameWriter",
     "TrackedReader",
     "raw_frame",
     "raw_frame_size",
+    "trailer_frame",
     "xxh64",
 ]
 
@@ -152,33 +158,64 @@ class RawFrameWriter:
         self._emit(len(self._pending), last=True)
 
 
-class FrameTracker:
-    """Follows zstd frame structure over the compressed bytes, fed in order, chunk by chunk."""
+TRAILER_MAGIC = 0x184D2A5B  # a zstd skippable-frame magic (RFC 8878 3.1.2), chosen for kbundle
+TRAILER_TAG = b"KBTRAIL1"
+TRAILER_SIZE = 8 + len(TRAILER_TAG) + 32  # magic, size, tag, SHA-256
 
-    def __init__(self) -> None:
+
+def trailer_frame(payload_sha256: bytes) -> bytes:
+    """The skippable frame that ends a bundle: the SHA-256 of every payload-frame byte."""
+    content = TRAILER_TAG + payload_sha256
+    return struct.pack("<II", TRAILER_MAGIC, len(content)) + content
+
+
+class FrameTracker:
+    """Follows zstd frame structure over the compressed bytes, fed in order, chunk by chunk.
+
+    The first frame is the header region; the frames after it are the payload, whose bytes
+    (headers, blocks and checksums alike) go to ``on_payload``; the trailer frame that must end
+    the stream is collected into ``trailer``. Anything after the trailer is refused.
+    """
+
+    def __init__(self, on_payload: Callable[[bytes], None] | None = None) -> None:
         self._buffer = bytearray()  # header bytes not yet complete
         self._skip = 0  # block content (or checksum) bytes still to pass over
-        self._state = "frame"  # frame | block | checksum
+        self._state = "frame"  # frame | block | checksum | trailer | ended
         self._last_block = False
         self._checksum = False
+        self._on_payload = on_payload
         self.frames = 0
         self.consumed = 0
+        self.trailer: bytes | None = None
 
     @property
-    def at_frame_boundary(self) -> bool:
-        """True when every frame begun so far is complete."""
-        return self._state == "frame" and not self._buffer and self._skip == 0
+    def at_end(self) -> bool:
+        """True when the stream so far ends exactly after a complete trailer frame."""
+        return self._state == "ended"
+
+    def _payload(self, data: bytes | memoryview) -> None:
+        if self.frames > 1 and self._on_payload is not None and self._state != "trailer":
+            self._on_payload(bytes(data))
 
     def feed(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
+            if self._state == "ended":
+                raise IntegrityError(
+                    f"unexpected data at byte {self.consumed} after the trailer frame",
+                    hint="garbage was appended or the bundle is damaged; fetch an intact copy",
+                )
             if self._skip:
                 step = min(self._skip, len(view))
+                if self._state == "trailer":
+                    self._buffer += view[:step]
+                else:
+                    self._payload(view[:step])
                 self._skip -= step
                 self.consumed += step
                 view = view[step:]
-                if self._skip == 0 and self._state == "checksum":
-                    self._state = "frame"
+                if self._skip == 0:
+                    self._end_skip()
                 continue
             need = self._header_size()
             take = min(need - len(self._buffer), len(view))
@@ -188,11 +225,21 @@ class FrameTracker:
             if len(self._buffer) == need or (self._state == "frame" and len(self._buffer) >= 5):
                 self._parse_header()
 
+    def _end_skip(self) -> None:
+        if self._state == "trailer":
+            self.trailer = bytes(self._buffer)
+            self._buffer.clear()
+            self._state = "ended"
+        elif self._state == "checksum":
+            self._state = "frame"
+
     def _header_size(self) -> int:
         if self._state == "block":
             return 3
         if len(self._buffer) < 5:
             return 5  # magic + frame header descriptor
+        if int.from_bytes(self._buffer[:4], "little") == TRAILER_MAGIC:
+            return 8  # magic + content size
         descriptor = self._buffer[4]
         fcs_flag, single = descriptor >> 6, (descriptor >> 5) & 1
         dict_bytes = (0, 1, 2, 4)[descriptor & 3]
@@ -201,26 +248,25 @@ class FrameTracker:
 
     def _parse_header(self) -> None:
         if self._state == "block":
-            header = int.from_bytes(self._buffer, "little")
-            self._buffer.clear()
-            self._last_block, block_type, size = header & 1, (header >> 1) & 3, header >> 3
-            if block_type == _BLOCK_RESERVED or size > _MAX_BLOCK:
-                raise IntegrityError(
-                    f"compressed stream is corrupt: invalid block header at byte {self.consumed - 3}",
-                    hint="the bundle is damaged; fetch an intact copy",
-                )
-            self._skip = 1 if block_type == _BLOCK_RLE else size
-            if self._last_block:
-                self._state = "checksum"
-                self._skip += 4 if self._checksum else 0
-                if self._skip == 0:
-                    self._state = "frame"
+            self._parse_block_header()
             return
         magic = int.from_bytes(self._buffer[:4], "little")
+        start = self.consumed - len(self._buffer)
+        if magic == TRAILER_MAGIC and self.frames >= 2:
+            if len(self._buffer) < 8:
+                return
+            size = int.from_bytes(self._buffer[4:8], "little")
+            if size != TRAILER_SIZE - 8:
+                raise IntegrityError(
+                    f"the trailer frame at byte {start} has size {size}, not {TRAILER_SIZE - 8}",
+                    hint="the bundle is damaged; fetch an intact copy",
+                )
+            self._buffer.clear()
+            self._state, self._skip = "trailer", size
+            return
         if bytes(self._buffer[:4]) != ZSTD_MAGIC:
-            start = self.consumed - len(self._buffer)
             what = (
-                "a skippable frame (kbundle writes none)"
+                "a skippable frame kbundle does not write"
                 if _SKIPPABLE_MAGIC_LOW <= magic <= _SKIPPABLE_MAGIC_HIGH
                 else f"bytes {bytes(self._buffer[:4]).hex()} that start no zstd frame"
             )
@@ -231,9 +277,12 @@ class FrameTracker:
         if len(self._buffer) < self._header_size():
             return
         descriptor = self._buffer[4]
-        if descriptor & 0b1000:
+        if descriptor & 0b1_1000 or descriptor & 0b11:
+            # Reserved and unused bits, and dictionaries: kbundle never sets them, and a flip
+            # there changes no decoded byte, so it would otherwise go unnoticed.
             raise IntegrityError(
-                f"compressed stream is corrupt: reserved bit set in frame {self.frames + 1} header",
+                f"compressed stream is corrupt: unexpected flags {descriptor:#04x} in frame "
+                f"{self.frames + 1} header at byte {start}",
                 hint="the bundle is damaged; fetch an intact copy",
             )
         if not (descriptor >> 5) & 1:
@@ -247,9 +296,27 @@ class FrameTracker:
                     hint="kbundle never writes such frames; refuse the bundle",
                 )
         self._checksum = bool((descriptor >> 2) & 1)
+        self.frames += 1
+        self._payload(self._buffer)
         self._buffer.clear()
         self._state = "block"
-        self.frames += 1
+
+    def _parse_block_header(self) -> None:
+        header = int.from_bytes(self._buffer, "little")
+        self._payload(self._buffer)
+        self._buffer.clear()
+        self._last_block, block_type, size = header & 1, (header >> 1) & 3, header >> 3
+        if block_type == _BLOCK_RESERVED or size > _MAX_BLOCK:
+            raise IntegrityError(
+                f"compressed stream is corrupt: invalid block header at byte {self.consumed - 3}",
+                hint="the bundle is damaged; fetch an intact copy",
+            )
+        self._skip = 1 if block_type == _BLOCK_RLE else size
+        if self._last_block:
+            self._state = "checksum"
+            self._skip += 4 if self._checksum else 0
+            if self._skip == 0:
+                self._state = "frame"
 
 
 class TrackedReader:
