@@ -35,9 +35,13 @@ def check_destination(path: Path, *, force: bool, what: str = "output") -> None:
         raise UsageError(f"the directory {path.parent} does not exist", hint="create it first")
 
 
-def _no_space(path: Path) -> PackError:
+# Write failures that mean "the output does not fit", whatever the limit that was hit.
+_FULL = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file size limit reached", errno.EDQUOT: "disk quota exceeded"}
+
+
+def _no_space(path: Path, code: int) -> PackError:
     return PackError(
-        f"no space left on the device while writing {path}",
+        f"{_FULL[code]} while writing {path}",
         hint="free space or write the output elsewhere; nothing was left behind",
     )
 
@@ -54,22 +58,26 @@ def atomic_file(path: Path, *, force: bool) -> Iterator[BinaryIO]:
     if fd is None:
         fd, name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".partial")
         temp_name = Path(name)
+    handle = os.fdopen(fd, "w+b")
     try:
-        with os.fdopen(fd, "w+b") as handle:
-            try:
-                yield handle
-                handle.flush()
-                os.fsync(handle.fileno())
-            except OSError as exc:
-                if exc.errno == errno.ENOSPC:
-                    raise _no_space(path) from None
-                raise
-            os.fchmod(handle.fileno(), 0o644 & ~_umask())
-            if temp_name is None:
-                temp_name = _link_anonymous(handle.fileno(), path, force=force)
-            _publish(temp_name, path, force=force)
-            temp_name = None
+        try:
+            yield handle
+            handle.flush()
+            os.fsync(handle.fileno())
+        except OSError as exc:
+            if exc.errno in _FULL:
+                raise _no_space(path, exc.errno) from None
+            raise
+        os.fchmod(handle.fileno(), 0o644 & ~_umask())
+        if temp_name is None:
+            temp_name = _link_anonymous(handle.fileno(), path, force=force)
+        _publish(temp_name, path, force=force)
+        temp_name = None
     finally:
+        # After a failed write the buffer cannot be flushed either; that second error would
+        # only hide the first.
+        with contextlib.suppress(OSError):
+            handle.close()
         if temp_name is not None:
             with contextlib.suppress(FileNotFoundError):
                 temp_name.unlink()

@@ -41,6 +41,7 @@ EXIT_CODES: tuple[tuple[type[BaseException], int, str], ...] = (
 EXIT_OK = 0
 EXIT_INTERRUPTED = 130  # the shell convention for SIGINT
 EXIT_INTERNAL = 70  # EX_SOFTWARE: a bug in kbundle, not the user's input
+EXIT_OS_ERROR = 2  # the system refused a read or write: unreadable input or unwritable output
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -129,6 +130,11 @@ def _handle_errors(json_flag: str | None = None) -> Callable[[F], F]:
                 if os.environ.get("KBUNDLE_DEBUG"):
                     traceback.print_exc()
                 sys.exit(code)
+            except OSError as exc:
+                # The machine's problem, not kbundle's: a read or write the system refused.
+                where = f": {exc.filename}" if exc.filename else ""
+                _err(f"kbundle: error: {exc.strerror or exc}{where}; check the path and permissions")
+                sys.exit(EXIT_OS_ERROR)
             except KeyboardInterrupt:
                 _err("kbundle: interrupted; no partial output was left behind")
                 sys.exit(EXIT_INTERRUPTED)

@@ -1,0 +1,159 @@
+"""The command line as users run it: exit codes, messages, no TensorFlow where it is not
+needed, nothing lost when pack fails or is killed."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from conftest import assert_clean_failure, child_env, run_cli
+
+NO_TF_PROBE = """
+import atexit, runpy, sys
+def report():
+    heavy = sorted(m for m in ("tensorflow", "keras", "tf_keras", "h5py", "jax", "torch") if m in sys.modules)
+    sys.stderr.write("HEAVY:" + ",".join(heavy) + "\\n")
+atexit.register(report)
+sys.argv = ["kbundle", *sys.argv[1:]]
+runpy.run_module("kbundle", run_name="__main__")
+"""
+
+
+def _heavy_modules(*args: str | os.PathLike[str]) -> tuple[subprocess.CompletedProcess[str], str]:
+    result = subprocess.run([sys.executable, "-c", NO_TF_PROBE, *map(str, args)], capture_output=True, text=True, env=child_env(), timeout=120)
+    line = [entry for entry in result.stderr.splitlines() if entry.startswith("HEAVY:")]
+    return result, line[-1] if line else "HEAVY:?"
+
+
+def test_import_kbundle_does_not_import_tensorflow() -> None:
+    code = "import sys, kbundle; print(sorted(m for m in ('tensorflow', 'keras', 'tf_keras', 'h5py') if m in sys.modules))"
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=60)
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_pack_verify_inspect_of_a_file_do_not_import_tensorflow(saved_keras_file: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "m.kbundle"
+    for args in (["pack", saved_keras_file, "-o", bundle, "--no-probe"] if "--no-probe" in run_cli("pack", "--help").stdout else ["pack", saved_keras_file, "-o", bundle], ["verify", bundle], ["inspect", bundle], ["inspect", bundle, "--json"]):
+        result, heavy = _heavy_modules(*args)
+        assert result.returncode == 0, result.stderr
+        assert heavy == "HEAVY:", (args, heavy)
+
+
+def test_pack_refuses_to_overwrite_and_keeps_the_original(saved_keras_file: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "m.kbundle"
+    bundle.write_bytes(b"precious")
+    result = run_cli("pack", saved_keras_file, "-o", bundle)
+    assert_clean_failure(result, 2)
+    assert result.stderr == f"kbundle: error: bundle {bundle} already exists; pass --force to replace it\n"
+    assert bundle.read_bytes() == b"precious"
+    forced = run_cli("pack", saved_keras_file, "-o", bundle, "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert run_cli("verify", bundle).returncode == 0
+
+
+def test_unpack_refuses_existing_destination(saved_keras_file: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "m.kbundle"
+    assert run_cli("pack", saved_keras_file, "-o", bundle).returncode == 0
+    destination = tmp_path / "out"
+    destination.mkdir()
+    (destination / "keep.txt").write_text("mine")
+    result = run_cli("unpack", bundle, "-d", destination, "--no-load")
+    assert_clean_failure(result, 2)
+    assert result.stderr == f"kbundle: error: destination {destination} already exists; pass --force to replace it\n"
+    assert (destination / "keep.txt").read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["pack", "missing.keras", "-o", "x.kbundle"], "kbundle: error: missing.keras does not exist; check the model path"),
+        (["pack", "notes.txt", "-o", "x.kbundle"], "kbundle: error: notes.txt is not a Keras model file (starts with 68656c6c); pass a .keras or .h5 file, or a SavedModel directory; 'kbundle doctor' diagnoses damaged files"),
+        (["pack", "notes.txt", "-o", "nodir/x.kbundle"], "kbundle: error: the directory nodir does not exist; create it first"),
+        (["verify", "x.kbundle", "--expect", "abc"], "kbundle: error: --expect must be 'sha256:' followed by 64 lowercase hex digits: 'abc'; copy the digest that 'kbundle pack' printed"),
+    ],
+)
+def test_bad_input_gives_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "notes.txt").write_text("hello world")
+    result = run_cli(*args, cwd=tmp_path)
+    assert_clean_failure(result, 2)
+    assert result.stderr == message + "\n"
+    assert not (tmp_path / "x.kbundle").exists()
+
+
+def test_bad_level_is_a_usage_error(saved_keras_file: Path, tmp_path: Path) -> None:
+    result = run_cli("pack", saved_keras_file, "-o", tmp_path / "x.kbundle", "--level", "99")
+    assert_clean_failure(result, 2)
+    assert "compression level must be 1..22 (or -7..-1 for faster), or 'none': 99" in result.stderr
+
+
+def test_every_command_help_ends_with_examples() -> None:
+    from kbundle.cli import main
+
+    top = run_cli("--help")
+    assert top.returncode == 0 and "Examples:" in top.stdout
+    commands = sorted(main.commands)
+    assert {"pack", "verify", "inspect", "unpack"} <= set(commands)
+    for command in commands:
+        result = run_cli(command, "--help")
+        assert result.returncode == 0
+        assert "Examples:" in result.stdout, command
+        assert f"kbundle {command}" in result.stdout.split("Examples:")[1], command
+
+
+def _big_model(tmp_path: Path, keras: Any) -> Path:
+    """A real .keras file of ~64 MB, so that packing it takes long enough to be killed."""
+    model = keras.Sequential([keras.Input((4000,)), keras.layers.Dense(4000, use_bias=False)])
+    path = tmp_path / "big.keras"
+    model.save(path)
+    return path
+
+
+@pytest.mark.slow
+def test_pack_killed_mid_write_leaves_nothing(keras: Any, tmp_path: Path) -> None:
+    model = _big_model(tmp_path, keras)
+    out_dir = tmp_path / "out"
+    out_dir.mkdir()
+    for delay in (0.3, 0.6, 1.0):
+        process = subprocess.Popen([sys.executable, "-m", "kbundle", "pack", str(model), "-o", str(out_dir / "m.kbundle"), "--level", "19", "--threads", "0", "--quiet"], env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        time.sleep(delay)
+        process.send_signal(signal.SIGKILL)
+        process.wait()
+        assert process.returncode == -signal.SIGKILL, "pack finished before it was killed; make the model bigger"
+        assert list(out_dir.iterdir()) == [], f"left behind after SIGKILL at {delay}s"
+
+
+def test_pack_onto_a_full_file_system_leaves_nothing(saved_keras_file: Path, tmp_path: Path) -> None:
+    """RLIMIT_FSIZE makes writes past 4 KiB fail as they would on a full disk."""
+
+    def limit() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+
+    out = tmp_path / "out"
+    out.mkdir()
+    result = subprocess.run(
+        [sys.executable, "-m", "kbundle", "pack", str(saved_keras_file), "-o", str(out / "m.kbundle"), "--level", "none"],
+        capture_output=True, text=True, env=child_env(), preexec_fn=limit, timeout=120,
+    )
+    assert_clean_failure(result, 2)
+    assert result.stderr == f"kbundle: error: file size limit reached while writing {out / 'm.kbundle'}; free space or write the output elsewhere; nothing was left behind\n"
+    assert list(out.iterdir()) == []
+
+
+def test_json_outputs_are_machine_readable(saved_keras_file: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "m.kbundle"
+    packed = json.loads(run_cli("pack", saved_keras_file, "-o", bundle, "--json").stdout)
+    verified = json.loads(run_cli("verify", bundle, "--json").stdout)
+    inspected = json.loads(run_cli("inspect", bundle, "--json").stdout)
+    assert packed["digest"] == verified["digest"] == inspected["digest"]
+    assert verified == {"ok": True, "digest": packed["digest"], "files": 1, "bytes": saved_keras_file.stat().st_size, "signed": False, "findings": []}
+    assert inspected["manifest"]["model"]["format"] == "keras"
