@@ -192,5 +192,6 @@ def pack(
                 progress=reporter,
             )
             size = handle.seek(0, os.SEEK_END)
-    manifest = parse_manifest(manifest_bytes)
+            # Inside the block: a manifest that breaks a format rule leaves no bundle behind.
+            manifest = parse_manifest(manifest_bytes)
     return PackResult(output_path, bundle_digest(manifest_bytes), manifest, size)
