@@ -482,7 +482,9 @@ class _MemberScanner:
             return
         if entry.kind == "dir":
             if entry.size:  # data no digest covers; tar tools would skip or misread it
-                self._find(name, "a directory member carries data", expected="0 bytes", actual=f"{entry.size} bytes")
+                self._find(
+                    name, "a directory member carries data", expected="0 bytes", actual=f"{entry.size} bytes"
+                )
                 return
             if self._extract_to is not None:
                 (self._extract_to / name).mkdir(mode=0o755, parents=True, exist_ok=True)

@@ -3,9 +3,10 @@
 A member name is relative, uses ``/`` as separator, has no empty, ``.`` or ``..`` component,
 no backslash, colon, NUL or other control character, no component ending in a space or dot
 or named like a Windows device (``con``, ``aux.txt``, ...), is valid Unicode in NFC, and
-lives under one of the top-level areas the format defines. Names are compared for duplicates after NFC
-normalisation and case folding, because the file system that receives them may fold case.
-Invalid names are refused, never repaired. Stable: the rules are part of format 1.0.
+lives under one of the top-level areas the format defines. Names are compared for duplicates
+after NFC normalisation and case folding, because the file system that receives them may
+fold case. Invalid names are refused, never repaired. Stable: the rules are part of format
+1.0 (spec/bundle-format.md, "Member naming rules").
 """
 
 from __future__ import annotations
