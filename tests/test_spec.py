@@ -491,3 +491,24 @@ def test_source_date_epoch_that_is_not_ascii_digits_is_ignored(
     )
     assert result.returncode == 0, result.stderr
     assert not manifest_of(bundle)["created"].startswith("1970-")
+
+
+def test_recompressed_as_one_frame_and_padded_a_bundle_keeps_its_identity(
+    tmp_path: Path, saved_keras_file: Path
+) -> None:
+    original = kbundle.pack(saved_keras_file, tmp_path / "m.kbundle")
+    reader = zstandard.ZstdDecompressor().stream_reader(
+        original.path.read_bytes(), read_across_frames=True
+    )
+    tar_stream = reader.read()
+    record_padding = b"\0" * (-len(tar_stream) % 10240)  # as tar tools pad archives
+    recompressed = tmp_path / "re.kbundle"
+    recompressed.write_bytes(
+        zstandard.ZstdCompressor(level=19, write_checksum=True).compress(
+            tar_stream + record_padding
+        )
+    )
+    assert len(frames_of(recompressed)) == 1
+    report = kbundle.verify(recompressed, expect=original.digest)
+    assert report.findings == []
+    assert report.files_checked == 1
