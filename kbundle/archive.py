@@ -193,8 +193,7 @@ class _ZstdPayloadStream:
         self._writer.write(data)
 
     def close(self) -> None:
-        self._writer.flush(zstandard.FLUSH_FRAME)
-        self._writer.close()
+        self._writer.close()  # ends the frame; an explicit FLUSH_FRAME first added an empty one
 
 
 def _payload_stream(out: Any, level: int | None, threads: int) -> _ZstdPayloadStream | RawFrameWriter:
@@ -533,6 +532,11 @@ class _MemberScanner:
             self._find(name, "member does not match the manifest", expected=f"{expected.type} {expected.path!r}", actual=f"{entry.kind} {name!r}")
             return
         if entry.kind == "dir":
+            if entry.size:  # data no digest covers; tar tools would skip or misread it
+                self._find(
+                    name, "a directory member carries data", expected="0 bytes", actual=f"{entry.size} bytes"
+                )
+                return
             if self._extract_to is not None:
                 (self._extract_to / name).mkdir(mode=0o755, parents=True, exist_ok=True)
             return

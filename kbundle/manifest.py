@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import re
 import types
 import typing
@@ -359,7 +360,12 @@ def parse_manifest(data: bytes) -> Manifest:
         ) from None
     _check_depth(text)
     try:
-        raw = json.loads(text, object_pairs_hook=_no_duplicate_keys, parse_constant=_no_constants)
+        raw = json.loads(
+            text,
+            object_pairs_hook=_no_duplicate_keys,
+            parse_constant=_no_constants,
+            parse_float=_finite_float,
+        )
     except (json.JSONDecodeError, ValueError) as exc:
         raise BundleFormatError(f"manifest is not valid JSON: {exc}", hint="the bundle is corrupt") from None
     if not isinstance(raw, dict):
@@ -370,7 +376,7 @@ def parse_manifest(data: bytes) -> Manifest:
 
 def check_format_version(version: Any) -> None:
     """Reject an unknown major version; warn on a newer minor one."""
-    if not isinstance(version, str) or not re.fullmatch(r"\d+\.\d+", version):
+    if not isinstance(version, str) or not re.fullmatch(r"[0-9]+\.[0-9]+", version):
         raise BundleFormatError(
             f"format_version must be 'MAJOR.MINOR': {version!r}", hint="the bundle is corrupt"
         )
@@ -391,7 +397,9 @@ def check_format_version(version: Any) -> None:
 
 def _check_depth(text: str) -> None:
     depth = 0
-    for match in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', text):
+    # The closing quote is optional so that an unterminated string is consumed once; a
+    # required one made the scan quadratic on text like '"\\"\\"\\"...'.
+    for match in re.finditer(r'"(?:[^"\\]+|\\.)*"?|[\[\]{}]', text):
         token = match.group()
         if token in "[{":
             depth += 1
@@ -416,6 +424,13 @@ def _no_duplicate_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
 
 def _no_constants(name: str) -> Any:
     raise ValueError(f"non-standard number {name}")
+
+
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):  # 1e999 overflows to inf without passing parse_constant
+        raise ValueError(f"number out of range {text}")
+    return value
 
 
 # --------------------------------------------------------------------------------------------

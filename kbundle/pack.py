@@ -56,7 +56,7 @@ def _utc_now() -> tuple[str, int]:
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
     moment = (
         _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc)
-        if epoch and epoch.isdigit()
+        if epoch and epoch.isascii() and epoch.isdigit()  # str.isdigit alone accepts '²'
         else _dt.datetime.now(_dt.timezone.utc)
     )
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ"), int(moment.timestamp())
@@ -192,5 +192,6 @@ def pack(
                 progress=reporter,
             )
             size = handle.seek(0, os.SEEK_END)
-    manifest = parse_manifest(manifest_bytes)
+            # Inside the block: a manifest that breaks a format rule leaves no bundle behind.
+            manifest = parse_manifest(manifest_bytes)
     return PackResult(output_path, bundle_digest(manifest_bytes), manifest, size)

@@ -111,6 +111,8 @@ class TarReader:
                 size = _pax_int(overrides["size"], start)
             if any(key.startswith("GNU.sparse") for key in overrides):
                 kind = "GNU sparse file"
+            if kind == "dir":  # tar spells directories with a trailing slash, pax paths too
+                name = name.rstrip("/")
             self._pending = size
             return TarEntry(name=name, kind=kind, size=size, offset=start)
 
@@ -160,8 +162,6 @@ def _parse_header(header: bytes, offset: int) -> tuple[str, str, int]:
         prefix = _cstring(header[345:500], offset)
         if prefix:
             name = f"{prefix}/{name}"
-    if kind == "dir":
-        name = name.rstrip("/")
     return kind, name, _size_field(header[124:136], offset)
 
 
@@ -211,6 +211,6 @@ def _parse_pax(records: bytes, offset: int) -> dict[str, str]:
 
 
 def _pax_int(text: str, offset: int) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):  # str.isdigit alone accepts '²' and '٣'
         raise _corrupt(offset, f"pax size is not a number: {text!r}")
     return int(text)
