@@ -450,7 +450,7 @@ def scan_bundle(
             report.findings.append(
                 Finding(
                     location=current,
-                    problem="bundle is truncated: the stream ends early",
+                    problem="bundle is truncated: the stream ends before its trailer",
                     actual=f"{handle.tell()} bytes on disk",
                     fix="the file was cut short; fetch an intact copy",
                 )

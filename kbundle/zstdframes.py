@@ -189,6 +189,11 @@ class FrameTracker:
         self.trailer: bytes | None = None
 
     @property
+    def at_frame_boundary(self) -> bool:
+        """True between frames (and after the trailer)."""
+        return self._state in ("frame", "ended") and not self._buffer and self._skip == 0
+
+    @property
     def at_end(self) -> bool:
         """True when the stream so far ends exactly after a complete trailer frame."""
         return self._state == "ended"
@@ -296,6 +301,15 @@ class FrameTracker:
                     hint="kbundle never writes such frames; refuse the bundle",
                 )
         self._checksum = bool((descriptor >> 2) & 1)
+        if self.frames == 0 and (descriptor & 0b1110_0100) != 0b1110_0100:
+            # The first frame (the header region) must check every one of its bytes: a single
+            # segment (no window descriptor) with a content size and a checksum.
+            raise IntegrityError(
+                f"the first frame is not single-segment with a content size and checksum "
+                f"(flags {descriptor:#04x})",
+                hint="the bundle is damaged or was recompressed by another tool; fetch an "
+                "intact copy, or unpack and pack it again",
+            )
         self.frames += 1
         self._payload(self._buffer)
         self._buffer.clear()

@@ -340,11 +340,19 @@ def test_unknown_major_version_refused(tmp_path: Path, base_manifest: dict[str, 
 
 
 def test_manifest_must_come_first(tmp_path: Path, base_manifest: dict[str, Any]) -> None:
+    """kbundle's frame layout, but the first tar member is not the manifest."""
     path = tmp_path / "late.kbundle"
     manifest = json.dumps(_honest(base_manifest, [MODEL])).encode()
-    payload = b"".join(tar_entry(e) for e in [MODEL, Entry("kbundle.json", manifest)])
-    path.write_bytes(zstandard.ZstdCompressor().compress(payload + b"\0" * 1024))
+    rest = zstandard.ZstdCompressor(write_checksum=True).compress(tar_entry(Entry("kbundle.json", manifest)) + b"\0" * 1024)
+    path.write_bytes(zstdframes.raw_frame(tar_entry(MODEL)) + rest)
     with pytest.raises(NotABundleError, match="its first member is 'model/saved_model/saved_model.pb', not 'kbundle.json'"):
+        kbundle.verify(path)
+
+
+def test_tar_zst_from_another_tool_is_refused(tmp_path: Path, base_manifest: dict[str, Any]) -> None:
+    path = tmp_path / "other.tar.zst"
+    path.write_bytes(zstandard.ZstdCompressor().compress(tar_entry(MODEL) + b"\0" * 1024))
+    with pytest.raises(IntegrityError, match="the first frame is not single-segment with a content size and checksum"):
         kbundle.verify(path)
 
 

@@ -40,7 +40,8 @@ from kbundle.manifest import (
 )
 from kbundle.names import name_problem
 from kbundle.tarstream import END_OF_ARCHIVE, padding
-from kbundle.zstdframes import FrameTracker
+from bundle_factory import assemble
+from kbundle.zstdframes import TRAILER_SIZE, FrameTracker, trailer_frame
 
 EXAMPLE_PATH = SPEC_DIR / "example-manifest.json"
 SPEC_PATH = SPEC_DIR / "bundle-format.md"
@@ -57,15 +58,15 @@ def manifest_of(bundle: Path) -> dict[str, Any]:
 
 
 def frames_of(bundle: Path) -> list[bytes]:
-    """The bundle's zstd frames, split where FrameTracker sees each frame end."""
+    """The bundle's frames (the trailer last), split where FrameTracker sees each one end."""
     data = bundle.read_bytes()
     frames, start, tracker = [], 0, FrameTracker()
     for end in range(1, len(data) + 1):
         tracker.feed(data[end - 1 : end])
-        if tracker.at_frame_boundary and tracker.frames == len(frames) + 1:
+        if tracker.at_frame_boundary:
             frames.append(data[start:end])
             start = end
-    assert start == len(data), "the bundle does not end at a frame boundary"
+    assert start == len(data) and tracker.at_end, "the bundle does not end with its trailer"
     return frames
 
 
@@ -78,7 +79,7 @@ def forge_bundle(
         for info, data in entries
     )
     compressed = zstandard.ZstdCompressor(write_checksum=True).compress(payload + END_OF_ARCHIVE)
-    path.write_bytes(header_region(serialize_manifest(Manifest.from_dict(manifest))) + compressed)
+    path.write_bytes(assemble(serialize_manifest(Manifest.from_dict(manifest)), compressed))
     return path
 
 
@@ -324,7 +325,8 @@ def test_bundle_is_a_raw_header_frame_then_one_payload_frame(
 ) -> None:
     for level in ("3", "none"):
         bundle = kbundle.pack(saved_keras_file, tmp_path / f"{level}.kbundle", level=level).path
-        header, *payload = frames_of(bundle)
+        header, *payload, trailer = frames_of(bundle)
+        assert trailer == trailer_frame(hashlib.sha256(b"".join(payload)).digest())
         # Magic, then Single_Segment + 8-byte Frame_Content_Size + Content_Checksum.
         assert header[:5] == b"\x28\xb5\x2f\xfd\xe4"
         assert header == header_region(kbundle.inspect(bundle).manifest_bytes)
@@ -493,22 +495,20 @@ def test_source_date_epoch_that_is_not_ascii_digits_is_ignored(
     assert not manifest_of(bundle)["created"].startswith("1970-")
 
 
-def test_recompressed_as_one_frame_and_padded_a_bundle_keeps_its_identity(
+def test_a_bundle_recompressed_by_general_tools_is_refused(
     tmp_path: Path, saved_keras_file: Path
 ) -> None:
+    """Recompressing drops the trailer, so the result is not a bundle (spec 4.1, 4.4)."""
     original = kbundle.pack(saved_keras_file, tmp_path / "m.kbundle")
     reader = zstandard.ZstdDecompressor().stream_reader(
         original.path.read_bytes(), read_across_frames=True
     )
-    tar_stream = reader.read()
-    record_padding = b"\0" * (-len(tar_stream) % 10240)  # as tar tools pad archives
     recompressed = tmp_path / "re.kbundle"
-    recompressed.write_bytes(
-        zstandard.ZstdCompressor(level=19, write_checksum=True).compress(
-            tar_stream + record_padding
-        )
-    )
-    assert len(frames_of(recompressed)) == 1
-    report = kbundle.verify(recompressed, expect=original.digest)
-    assert report.findings == []
-    assert report.files_checked == 1
+    recompressed.write_bytes(zstandard.ZstdCompressor(level=19, write_checksum=True).compress(reader.read()))
+    with pytest.raises(IntegrityError, match="the first frame is not single-segment with a content size and checksum"):
+        kbundle.verify(recompressed)
+    stored_header = tmp_path / "cut.kbundle"
+    stored_header.write_bytes(original.path.read_bytes()[: -TRAILER_SIZE])
+    with pytest.raises(IntegrityError) as caught:
+        kbundle.verify(stored_header)
+    assert [f.problem for f in caught.value.findings] == ["bundle is truncated: the stream ends before its trailer"]
