@@ -12,6 +12,8 @@ import json
 import os
 import shutil
 import stat
+import subprocess
+import sys
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -19,7 +21,7 @@ from typing import Any
 
 import pytest
 import zstandard
-from conftest import assert_clean_failure, child_env, run_cli
+from conftest import REPO, assert_clean_failure, child_env, run_cli
 
 import kbundle
 from kbundle import keys
@@ -527,7 +529,7 @@ def test_signature_member_has_a_fixed_size(key: keys.GeneratedKey) -> None:
     from kbundle.signing import manifest_signer
 
     sizes = {len(manifest_signer(signing_key)(b"{}" * n)) for n in (1, 10, 1000)}
-    assert sizes == {signature_member_size(1)}
+    assert sizes == {signature_member_size(1)} == {353}  # the size docs/signing.md states
 
 
 # --------------------------------------------------------------------------------------------
@@ -788,9 +790,6 @@ def test_verify_imports_neither_tensorflow_nor_keras(bundle: Path, key: keys.Gen
         "assert report.signature.trusted\n"
         "print(sorted(m for m in ('tensorflow', 'keras', 'tf_keras') if m in sys.modules))\n"
     )
-    import subprocess
-    import sys
-
     result = subprocess.run(
         [sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=120
     )
@@ -863,3 +862,83 @@ def test_trusted_signature_lets_bundled_code_load(
     report = json.loads(loaded.stdout)
     assert report["loaded"] is True
     assert report["signature"]["state"] == "trusted"
+
+
+# --------------------------------------------------------------------------------------------
+# The deploy-gate examples
+
+
+def _run_example(
+    *args: str | os.PathLike[str], env: dict[str, str]
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(a) for a in args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_deploy_gate_script(
+    tmp_path: Path,
+    bundle: Path,
+    key: keys.GeneratedKey,
+    other_key: keys.GeneratedKey,
+    trusted_dir: Path,
+) -> None:
+    script = REPO / "examples" / "deploy_gate.sh"
+    gate_env = env(trusted_dir, KBUNDLE=f"{sys.executable} -m kbundle")
+    digest = read_head(bundle).digest
+
+    unsigned = _run_example("sh", script, bundle, key.public_path, env=gate_env)
+    assert unsigned.returncode == 1, unsigned.stderr
+    assert unsigned.stderr.endswith(
+        f"deploy gate: REFUSED {bundle}: corrupt, tampered with, not the pinned digest, "
+        "or not signed by the release key\n"
+    )
+    assert "kbundle: error: " in unsigned.stderr and "bundle is not signed" in unsigned.stderr
+
+    signed(bundle, key)
+    passed = _run_example("sh", script, bundle, key.public_path, digest, env=gate_env)
+    assert passed.returncode == 0, passed.stderr
+    assert passed.stdout == f"deploy gate: {bundle} is intact and signed by the release key\n"
+
+    wrong_digest = _run_example(
+        "sh", script, bundle, key.public_path, "sha256:" + "0" * 64, env=gate_env
+    )
+    assert wrong_digest.returncode == 1
+    assert "bundle digest differs from --expect" in wrong_digest.stderr
+    wrong_key = _run_example("sh", script, bundle, other_key.public_path, env=gate_env)
+    assert wrong_key.returncode == 1
+    missing = _run_example("sh", script, tmp_path / "absent.kbundle", key.public_path, env=gate_env)
+    assert missing.returncode == 2
+    assert missing.stderr.endswith(
+        f"deploy gate: could not check {tmp_path / 'absent.kbundle'} "
+        "(bad path or key, not a bundle, "
+        "or kbundle[signing] missing)\n"
+    )
+
+
+def test_deploy_gate_python(
+    bundle: Path, key: keys.GeneratedKey, other_key: keys.GeneratedKey, trusted_dir: Path
+) -> None:
+    script = REPO / "examples" / "deploy_gate.py"
+    signed(bundle, key)
+    digest = read_head(bundle).digest
+    refused = _run_example(
+        sys.executable, script, bundle, other_key.public_path, env=env(trusted_dir)
+    )
+    assert refused.returncode == 1, refused.stderr
+    assert refused.stderr.startswith(
+        f"deploy gate: REFUSED {bundle}: {bundle} failed verification: kbundle.sig: "
+    )
+    served = _run_example(
+        sys.executable, script, bundle, key.public_path, digest, env=env(trusted_dir)
+    )
+    assert served.returncode == 0, served.stderr
+    assert served.stdout == (
+        f"deploy gate: {bundle} {digest}: signed by {key.key_id} (trusted)\n"
+        "deploy gate: serving signed_tiny (10 parameters)\n"
+    )
