@@ -42,26 +42,26 @@ EPOCH = "1700000000"  # SOURCE_DATE_EPOCH: identical manifests from two packs
 # Fixtures and helpers
 
 
-@pytest.fixture(scope="module")
-def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+def _tiny_model_file(factory: pytest.TempPathFactory, seed: int) -> Path:
+    """A 10-parameter model saved as .keras; the seed decides its weights."""
     import keras
 
-    keras.utils.set_random_seed(3)
+    keras.utils.set_random_seed(seed)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)], name="signed_tiny")
-    path = tmp_path_factory.mktemp("model") / "model.keras"
+    path = factory.mktemp(f"model{seed}") / "model.keras"
     model.save(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return _tiny_model_file(tmp_path_factory, seed=3)
 
 
 @pytest.fixture(scope="module")
 def other_model_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    import keras
-
-    keras.utils.set_random_seed(4)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)], name="signed_tiny")
-    path = tmp_path_factory.mktemp("other") / "model.keras"
-    model.save(path)
-    return path
+    """The same architecture with other weights: what a forger would swap in."""
+    return _tiny_model_file(tmp_path_factory, seed=4)
 
 
 @pytest.fixture
@@ -389,7 +389,7 @@ def test_manifest_rewritten_with_new_hashes(
     assert f"kbundle.sig: signature by {key.key_id} does not verify;" in result.stderr
 
 
-def _flip_signature_char(member: bytes) -> bytes:
+def _flip_signature_bit(member: bytes) -> bytes:
     document = json.loads(member)
     text = document["signatures"][0]["signature"]
     raw = bytearray(base64.b64decode(text))
@@ -409,7 +409,7 @@ def test_flipped_signature_byte_is_an_integrity_failure(
         bundle,
         tmp_path / "damaged.kbundle",
         head.manifest_bytes,
-        _flip_signature_char(head.signature),
+        _flip_signature_bit(head.signature),
     )
     result = run_cli("verify", damaged, env=env(trusted_dir))
     assert_clean_failure(result, 1)
