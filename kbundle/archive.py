@@ -579,6 +579,8 @@ def rewrite_header(
         if size is not None and handle.read(size) == header_region(head.manifest_bytes, head.signature):
             shutil.copyfileobj(handle, out, CHUNK_SIZE)
             return True
+    # The re-compressed payload is written exactly as write_bundle writes its payload frames;
+    # any framing write_bundle adds around them (a trailer frame, say) must be added here too.
     try:
         start = _payload_offset(source, head)
         with _open_stream(source) as (_tar, bounded, _tracker, _handle):
