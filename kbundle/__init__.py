@@ -7,6 +7,7 @@ Public API::
     kbundle.inspect("model.kbundle")                 -> BundleHead (manifest only)
     kbundle.unpack("model.kbundle", "dir")           -> UnpackResult
     kbundle.load("model.kbundle")                    -> keras.Model
+    kbundle.sign_bundle("model.kbundle", key)        -> SignResult (keys: kbundle.keys)
 
 Importing kbundle never imports TensorFlow or Keras; ``load`` and packing a live model do.
 """
@@ -20,11 +21,13 @@ from kbundle.errors import (
     IntegrityError,
     KbundleError,
     ModelLoadError,
+    SignatureError,
     UntrustedCodeError,
     UsageError,
 )
 from kbundle.findings import Finding, Severity
 from kbundle.pack import PackResult, pack
+from kbundle.sign import SignResult, sign_bundle
 from kbundle.unpack import UnpackResult, inspect, load, unpack, verify
 
 __all__ = [
@@ -35,6 +38,8 @@ __all__ = [
     "ModelLoadError",
     "PackResult",
     "Severity",
+    "SignResult",
+    "SignatureError",
     "UnpackResult",
     "UntrustedCodeError",
     "UsageError",
@@ -43,6 +48,7 @@ __all__ = [
     "inspect",
     "load",
     "pack",
+    "sign_bundle",
     "unpack",
     "verify",
 ]

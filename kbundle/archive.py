@@ -20,12 +20,13 @@ problem is collected as a finding. Stable: internal; the layout is format 1.0.
 from __future__ import annotations
 
 import os
+import shutil
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import zstandard
 
@@ -59,6 +60,9 @@ from kbundle.zstdframes import (
     trailer_frame,
 )
 
+if TYPE_CHECKING:
+    from kbundle.signing import SignatureStatus
+
 __all__ = [
     "BundleHead",
     "PayloadFile",
@@ -67,6 +71,7 @@ __all__ = [
     "header_region",
     "header_region_size",
     "read_head",
+    "rewrite_header",
     "scan_bundle",
     "write_bundle",
 ]
@@ -253,6 +258,8 @@ class VerifyReport:
     findings: list[Finding] = field(default_factory=list)
     files_checked: int = 0
     bytes_checked: int = 0
+    # What the signatures say, once kbundle.signing.check_signatures has looked at them.
+    signature: SignatureStatus | None = None
 
 
 class _Truncated(Exception):
@@ -296,6 +303,17 @@ class _BoundedStream:
                 f"compressed stream is corrupt: {exc}",
                 hint="the bundle is damaged; fetch an intact copy",
             ) from None
+
+    def chunks(self) -> Iterator[bytes]:
+        """The rest of the stream in chunks, refusing to go past ``limit``."""
+        while data := self._read(CHUNK_SIZE):
+            self.total += len(data)
+            if self.total > self.limit:
+                raise LimitExceededError(
+                    f"the archive holds more data than its manifest declares (over {self.limit} bytes)",
+                    hint="the bundle is damaged or hostile; refuse it",
+                )
+            yield data
 
     def drain(self) -> int:
         """Read to the end; return how many non-zero bytes were found (trailing garbage)."""
@@ -417,13 +435,7 @@ def scan_bundle(
     ):
         head = _read_manifest_member(tar, path)
         manifest = head.manifest
-        bounded.limit = (
-            bounded.total
-            + MAX_SIGNATURE_BYTES
-            + manifest.payload_size
-            + (len(manifest.members) + 2) * MAX_ARCHIVE_OVERHEAD_PER_MEMBER
-            + _MAX_TRAILER
-        )
+        bounded.limit = _stream_limit(bounded.total, manifest)
         report = VerifyReport(head=head)
         scanner = _MemberScanner(manifest, report, extract_to, progress)
         current = MANIFEST_NAME
@@ -480,6 +492,17 @@ def _check_trailer(tracker: FrameTracker, digest: str, report: VerifyReport) -> 
                 fix="the bundle is damaged; fetch an intact copy",
             )
         )
+
+
+def _stream_limit(consumed: int, manifest: Manifest) -> int:
+    """The most decompressed bytes a bundle with ``manifest`` may hold after ``consumed``."""
+    return (
+        consumed
+        + MAX_SIGNATURE_BYTES
+        + manifest.payload_size
+        + (len(manifest.members) + 2) * MAX_ARCHIVE_OVERHEAD_PER_MEMBER
+        + _MAX_TRAILER
+    )
 
 
 def _with_signature(head: BundleHead, tar: TarReader, size: int) -> BundleHead:
@@ -580,3 +603,62 @@ class _MemberScanner:
                 unreached[0] if len(unreached) == 1 else f"{len(unreached)} members",
                 "not checked: the stream broke before reaching them",
             )
+
+
+# --------------------------------------------------------------------------------------------
+# Replacing the header region (adding a signature to an existing bundle)
+
+
+def rewrite_header(
+    source: Path,
+    out: BinaryIO,
+    head: BundleHead,
+    signature_bytes: bytes | None,
+    *,
+    level: int,
+    threads: int = 0,
+) -> bool:
+    """Write the bundle ``source`` to ``out`` with a new header region: ``head``'s manifest
+    bytes (unchanged, so the digest is too) and ``signature_bytes``.
+
+    Returns True when the payload frames were copied byte for byte, which they are whenever
+    ``source`` is in kbundle's layout (its first frame is exactly the header region for
+    ``head``). A bundle re-compressed by another tool has its payload's tar stream
+    decompressed and compressed again at zstd ``level`` instead. ``source`` must have been
+    verified first: this copies structure, it does not check digests.
+    """
+    out.write(header_region(head.manifest_bytes, signature_bytes))
+    with source.open("rb") as handle:
+        size = header_region_size(handle)
+        handle.seek(0)
+        if size is not None and handle.read(size) == header_region(head.manifest_bytes, head.signature):
+            shutil.copyfileobj(handle, out, CHUNK_SIZE)
+            return True
+    # The re-compressed payload is framed exactly as write_bundle frames it, trailer included.
+    try:
+        start = _payload_offset(source, head)
+        with _open_stream(source) as (_tar, bounded, _tracker, _handle), PipelinedHasher() as frame_hasher:
+            bounded.limit = _stream_limit(0, head.manifest)
+            bounded.read_exact(start)
+            stream = _payload_stream(_TeeSink(out, frame_hasher), level, threads)
+            for chunk in bounded.chunks():
+                stream.write(chunk)
+            stream.close()
+            out.write(trailer_frame(_raw_digest(frame_hasher.digest())))
+    except _Truncated:
+        raise IntegrityError(
+            f"{source}: bundle is truncated", hint="the file was cut short; fetch an intact copy"
+        ) from None
+    return False
+
+
+def _payload_offset(source: Path, head: BundleHead) -> int:
+    """Where the first payload entry (or the end-of-archive marker) starts in the tar stream."""
+    with _open_stream(source) as (tar, bounded, _tracker, _handle):
+        _read_manifest_member(tar, source)
+        bounded.limit = _stream_limit(bounded.total, head.manifest)
+        entry = tar.next_entry()
+        if entry is not None and _is_signature(entry):
+            tar.skip()
+            entry = tar.next_entry()
+        return entry.offset if entry is not None else tar.offset - len(END_OF_ARCHIVE)

@@ -47,14 +47,21 @@ def _no_space(path: Path, code: int) -> PackError:
 
 
 @contextlib.contextmanager
-def atomic_file(path: Path, *, force: bool) -> Iterator[BinaryIO]:
-    """Yield a seekable file; on success it appears at ``path`` complete, else not at all."""
-    check_destination(path, force=force, what="bundle")
+def atomic_file(
+    path: Path, *, force: bool, mode: int = 0o644, what: str = "bundle"
+) -> Iterator[BinaryIO]:
+    """Yield a seekable file; on success it appears at ``path`` complete, else not at all.
+
+    ``mode`` (less the umask) is set before the file gets a name, so a private key written
+    with ``0o600`` is never readable by others, not even for a moment. ``what`` names the
+    output in messages.
+    """
+    check_destination(path, force=force, what=what)
     directory = path.parent
     fd: int | None = None
     temp_name: Path | None = None
     with contextlib.suppress(OSError, AttributeError):
-        fd = os.open(directory, os.O_TMPFILE | os.O_RDWR, 0o644)
+        fd = os.open(directory, os.O_TMPFILE | os.O_RDWR, mode & 0o600)
     if fd is None:
         fd, name = tempfile.mkstemp(dir=directory, prefix=f".{path.name}.", suffix=".partial")
         temp_name = Path(name)
@@ -68,10 +75,10 @@ def atomic_file(path: Path, *, force: bool) -> Iterator[BinaryIO]:
             if exc.errno in _FULL:
                 raise _no_space(path, exc.errno) from None
             raise
-        os.fchmod(handle.fileno(), 0o644 & ~_umask())
+        os.fchmod(handle.fileno(), mode & ~_umask())
         if temp_name is None:
-            temp_name = _link_anonymous(handle.fileno(), path, force=force)
-        _publish(temp_name, path, force=force)
+            temp_name = _link_anonymous(handle.fileno(), path, force=force, what=what)
+        _publish(temp_name, path, force=force, what=what)
         temp_name = None
     finally:
         # After a failed write the buffer cannot be flushed either; that second error would
@@ -89,7 +96,7 @@ def _umask() -> int:
     return mask
 
 
-def _link_anonymous(fd: int, path: Path, *, force: bool) -> Path | None:
+def _link_anonymous(fd: int, path: Path, *, force: bool, what: str) -> Path | None:
     """Give the anonymous file a name: ``path`` itself, or a temporary one to rename over it."""
     target = path if not force else path.with_name(f".{path.name}.{os.getpid()}.partial")
     if force:
@@ -101,13 +108,13 @@ def _link_anonymous(fd: int, path: Path, *, force: bool) -> Path | None:
         # file itself; plain link() would try to link the /proc symlink and fail with EXDEV.
         os.link(f"/proc/self/fd/{fd}", target.name, dst_dir_fd=directory, follow_symlinks=True)
     except FileExistsError:
-        raise OutputExistsError(f"bundle {path} already exists", hint="pass --force to replace it") from None
+        raise OutputExistsError(f"{what} {path} already exists", hint="pass --force to replace it") from None
     finally:
         os.close(directory)
     return target if force else None
 
 
-def _publish(temp: Path | None, path: Path, *, force: bool) -> None:
+def _publish(temp: Path | None, path: Path, *, force: bool, what: str) -> None:
     if temp is None:
         return  # already linked in place
     if force:
@@ -116,7 +123,7 @@ def _publish(temp: Path | None, path: Path, *, force: bool) -> None:
     try:
         os.link(temp, path)
     except FileExistsError:
-        raise OutputExistsError(f"bundle {path} already exists", hint="pass --force to replace it") from None
+        raise OutputExistsError(f"{what} {path} already exists", hint="pass --force to replace it") from None
     temp.unlink()
 
 

@@ -189,6 +189,48 @@ def _option_trust(command: F) -> F:
     )(command)
 
 
+def _option_trusted_keys(command: F) -> F:
+    command = click.option(
+        "--require-signature",
+        is_flag=True,
+        help="Fail unless the bundle is signed by a trusted key.",
+    )(command)
+    return click.option(
+        "--key",
+        "trusted_keys",
+        multiple=True,
+        type=click.Path(path_type=Path),
+        metavar="PUB",
+        help="Trust this public key (repeatable) instead of the trusted keys directory, and "
+        "require a signature by one of them.",
+    )(command)
+
+
+def _option_passphrase(command: F) -> F:
+    return click.option(
+        "--passphrase-file",
+        type=click.Path(path_type=Path),
+        metavar="FILE",
+        help="Read the private key's passphrase from FILE's first line "
+        "(else $KBUNDLE_KEY_PASSPHRASE, else a prompt on a terminal).",
+    )(command)
+
+
+def _load_signing_key(path: Path, passphrase_file: Path | None) -> Any:
+    """The private key at ``path``, asking for its passphrase on a terminal if need be."""
+    from kbundle import keys  # noqa: PLC0415
+
+    passphrase = keys.read_passphrase(passphrase_file)
+    if passphrase is None and keys.is_encrypted_key(path) and sys.stdin.isatty():
+        passphrase = click.prompt(f"Passphrase for {path}", hide_input=True, err=True).encode("utf-8")
+    return keys.load_signing_key(path, passphrase=passphrase)
+
+
+def _trusted(trusted_keys: tuple[Path, ...]) -> list[Path] | None:
+    """``--key`` values as the library takes them: None (no --key) means the directory."""
+    return list(trusted_keys) or None
+
+
 _BUNDLE = click.argument("bundle", type=click.Path(path_type=Path, dir_okay=True))
 
 
@@ -229,17 +271,20 @@ Examples:
   kbundle pack model.keras -o model.kbundle
   kbundle pack model.keras -o model.kbundle --level 19 --force
   kbundle pack big.keras -o big.kbundle --level none --quiet
+  kbundle pack model.keras -o model.kbundle --sign release.key
 """
 )
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The bundle to write (NAME.kbundle).")
 @click.option("--level", default="3", show_default=True, metavar="1..22|none", help="zstd compression level, or 'none' to store.")
 @click.option("--threads", default=-1, show_default=True, type=int, help="zstd worker threads (-1: one per CPU, 0: no workers).")
+@click.option("--sign", "sign_key", type=click.Path(path_type=Path), metavar="KEY", help="Sign the bundle with this private key (from 'kbundle keygen').")
+@_option_passphrase
 @_option_force
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
-def pack(model: Path, output: Path, level: str, threads: int, force: bool, quiet: bool, as_json: bool) -> None:
+def pack(model: Path, output: Path, level: str, threads: int, sign_key: Path | None, passphrase_file: Path | None, force: bool, quiet: bool, as_json: bool) -> None:
     """Pack MODEL (.keras, .h5 or SavedModel directory) into one verified bundle.
 
     Prints the bundle digest (sha256 of its manifest); pin it in deploy scripts with
@@ -247,13 +292,17 @@ def pack(model: Path, output: Path, level: str, threads: int, force: bool, quiet
     """
     from kbundle.pack import pack as pack_model  # noqa: PLC0415
 
+    signing_key = _load_signing_key(sign_key, passphrase_file) if sign_key else None
     with _progress("packing", not quiet) as progress:
-        result = pack_model(model, output, force=force, level=level, threads=threads, progress=progress)
+        result = pack_model(model, output, force=force, level=level, threads=threads, progress=progress, signing_key=signing_key)
+    signers = [signing_key.key_id] if signing_key else []
     if as_json:
-        _json_out({"ok": True, "bundle": str(result.path), "digest": result.digest, "size": result.size, "model_format": result.manifest.model.format})
+        _json_out({"ok": True, "bundle": str(result.path), "digest": result.digest, "size": result.size, "model_format": result.manifest.model.format, "signers": signers})
         return
     if not quiet:
         _err(f"packed {model} ({result.manifest.model.format}) into {result.path}: {_size(result.size)}, payload {_size(result.manifest.payload_size)}")
+        if signing_key:
+            _err(f"signed by {signing_key.key_id}")
     click.echo(f"{result.digest}  {result.path}")
 
 
@@ -262,29 +311,35 @@ def pack(model: Path, output: Path, level: str, threads: int, force: bool, quiet
 Examples:
   kbundle verify model.kbundle
   kbundle verify model.kbundle --expect sha256:3f2a... || exit 1
-  kbundle verify model.kbundle --json
+  kbundle verify model.kbundle --expect sha256:3f2a... --key release.pub
+  kbundle verify model.kbundle --require-signature --json
 """
 )
 @_BUNDLE
 @_option_expect
+@_option_trusted_keys
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
-def verify(bundle: Path, expect: str | None, quiet: bool, as_json: bool) -> None:
+def verify(bundle: Path, expect: str | None, trusted_keys: tuple[Path, ...], require_signature: bool, quiet: bool, as_json: bool) -> None:
     """Check every member of BUNDLE: size, SHA-256, names, kinds, nothing extra or missing.
 
-    Reports every problem at once. Never imports TensorFlow or Keras.
+    A signature, when present, must verify; a bad one is an integrity failure. Signers are
+    trusted when their public key is given with --key or lies in the trusted keys directory
+    ($KBUNDLE_TRUSTED_KEYS, default ~/.config/kbundle/trusted-keys). Reports every problem at
+    once. Never imports TensorFlow or Keras.
     """
     from kbundle.unpack import verify as verify_bundle  # noqa: PLC0415
 
     with _progress("verifying", not quiet and not as_json) as progress:
-        report = verify_bundle(bundle, expect=expect, progress=progress)
+        report = verify_bundle(bundle, expect=expect, trusted_keys=_trusted(trusted_keys), require_signature=require_signature, progress=progress)
     signed = report.head.signature is not None
+    assert report.signature is not None  # verify always checks signatures
     if as_json:
-        _json_out({"ok": True, "digest": report.head.digest, "files": report.files_checked, "bytes": report.bytes_checked, "signed": signed, "findings": []})
+        _json_out({"ok": True, "digest": report.head.digest, "files": report.files_checked, "bytes": report.bytes_checked, "signed": signed, "signature": report.signature.to_dict(), "findings": []})
         return
     if not quiet:
-        note = "" if signed else " (integrity-checked, not signed)"
+        note = f" ({report.signature.describe()})" if not signed else f"; {report.signature.describe()}"
         _err(f"OK: {report.files_checked} files, {_size(report.bytes_checked)} verified{note}")
     click.echo(f"{report.head.digest}  {bundle}")
 
@@ -305,7 +360,10 @@ def inspect(bundle: Path, as_json: bool) -> None:
 
     head = inspect_bundle(bundle)
     if as_json:
-        _json_out({"ok": True, "digest": head.digest, "signed": head.signature is not None, "manifest": head.manifest.to_dict()})
+        from kbundle.signing import signer_ids  # noqa: PLC0415
+
+        signers = signer_ids(head.signature)
+        _json_out({"ok": True, "digest": head.digest, "signed": head.signature is not None, "signers": list(signers) if isinstance(signers, tuple) else None, "manifest": head.manifest.to_dict()})
         return
     from kbundle.render import render_manifest  # noqa: PLC0415
 
@@ -318,6 +376,7 @@ Examples:
   kbundle unpack model.kbundle -d served-model
   kbundle unpack model.kbundle -d served-model --no-load --force
   kbundle unpack model.kbundle -d out --expect sha256:3f2a... --trust-code
+  kbundle unpack model.kbundle -d out --key release.pub
 """
 )
 @_BUNDLE
@@ -325,11 +384,12 @@ Examples:
 @click.option("--no-load", is_flag=True, help="Only verify and extract; do not prove the model loads.")
 @_option_expect
 @_option_trust
+@_option_trusted_keys
 @_option_force
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
-def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, trust_code: bool, unsafe_lambda: bool, force: bool, quiet: bool, as_json: bool) -> None:
+def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, trust_code: bool, unsafe_lambda: bool, trusted_keys: tuple[Path, ...], require_signature: bool, force: bool, quiet: bool, as_json: bool) -> None:
     """Verify BUNDLE while extracting it into DEST, then prove the model loads.
 
     DEST appears only when every member verified. The recorded environment is compared with
@@ -342,7 +402,7 @@ def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, t
 
     options = LoadOptions(trust_code=trust_code, safe_mode=not unsafe_lambda)
     with _progress("unpacking", not quiet and not as_json) as progress:
-        result = unpack_bundle(bundle, destination, force=force, expect=expect, load_model=not no_load, options=options, progress=progress)
+        result = unpack_bundle(bundle, destination, force=force, expect=expect, load_model=not no_load, options=options, trusted_keys=_trusted(trusted_keys), require_signature=require_signature, progress=progress)
     manifest = result.report.head.manifest
     differences = compare_environments(manifest.environment, capture_environment())
     loaded: dict[str, Any] | None = None
@@ -351,10 +411,12 @@ def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, t
 
         loaded = keras_io.describe_live_model(result.model)
     if as_json:
-        _json_out({"ok": True, "destination": str(result.path), "digest": result.report.head.digest, "model": str(result.model_path), "loaded": loaded is not None, "environment": [f.to_dict() for f in differences]})
+        signature = result.report.signature.to_dict() if result.report.signature else None
+        _json_out({"ok": True, "destination": str(result.path), "digest": result.report.head.digest, "model": str(result.model_path), "loaded": loaded is not None, "signature": signature, "environment": [f.to_dict() for f in differences]})
         return
     if not quiet:
-        _err(f"verified {result.report.files_checked} files into {result.path}")
+        signed = f" ({result.report.signature.describe()})" if result.report.signature else ""
+        _err(f"verified {result.report.files_checked} files into {result.path}{signed}")
         for finding in differences:
             if finding.severity >= Severity.INFO:
                 _err(f"  environment {finding.severity}: {finding.describe()}")
@@ -362,6 +424,83 @@ def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, t
             _err(f"model loads: {loaded['class_name']} {loaded['name']!r}, {loaded['parameter_count']} parameters")
     click.echo(str(result.model_path))
 
+
+
+# --------------------------------------------------------------------------------------------
+# Signing: keygen and sign (docs/signing.md)
+
+
+@main.command(
+    epilog="""\b
+Examples:
+  kbundle keygen -o release
+  kbundle keygen -o release --passphrase-file secret.txt
+  KBUNDLE_KEY_PASSPHRASE=... kbundle keygen -o ci/release --force
+  cp release.pub ~/.config/kbundle/trusted-keys/
+"""
+)
+@click.option("-o", "--output", "name", type=click.Path(path_type=Path), required=True, metavar="NAME", help="Write NAME.key (private, mode 0600) and NAME.pub (public).")
+@click.option("--no-passphrase", is_flag=True, help="Do not ask for a passphrase on a terminal; leave the private key unencrypted.")
+@_option_passphrase
+@_option_force
+@_option_json
+@_handle_errors("as_json")
+def keygen(name: Path, no_passphrase: bool, passphrase_file: Path | None, force: bool, as_json: bool) -> None:
+    """Make an Ed25519 key pair for signing bundles; print its fingerprint.
+
+    The private key is encrypted when a passphrase comes from --passphrase-file,
+    $KBUNDLE_KEY_PASSPHRASE or the terminal prompt (empty for none). Give NAME.pub to whoever
+    verifies your bundles; keep NAME.key secret.
+    """
+    from kbundle import keys  # noqa: PLC0415
+
+    passphrase = None if no_passphrase else keys.read_passphrase(passphrase_file)
+    if passphrase is None and not no_passphrase and sys.stdin.isatty():
+        passphrase = click.prompt(
+            "Passphrase for the new key (empty for none)", hide_input=True, confirmation_prompt=True, default="", show_default=False, err=True
+        ).encode("utf-8")
+    generated = keys.generate_key(name, passphrase=passphrase, force=force)
+    if as_json:
+        _json_out({"ok": True, "private_key": str(generated.private_path), "public_key": str(generated.public_path), "key_id": generated.key_id, "encrypted": generated.encrypted})
+        return
+    protection = "passphrase-protected" if generated.encrypted else "not encrypted"
+    _err(f"wrote private key {generated.private_path} ({protection}; keep it secret) and public key {generated.public_path}")
+    _err(f"trust it where bundles are verified: copy {generated.public_path} into {keys.trusted_keys_directory()}, or pass --key {generated.public_path}")
+    click.echo(f"{generated.key_id}  {generated.public_path}")
+
+
+@main.command(
+    epilog="""\b
+Examples:
+  kbundle sign model.kbundle --key release.key
+  kbundle sign model.kbundle --key release.key -o signed.kbundle
+  kbundle sign model.kbundle --key release.key --passphrase-file secret.txt
+"""
+)
+@_BUNDLE
+@click.option("--key", "key_path", type=click.Path(path_type=Path), required=True, metavar="KEY", help="The private key to sign with (NAME.key from 'kbundle keygen').")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the signed bundle here instead of replacing BUNDLE.")
+@_option_passphrase
+@_option_force
+@_option_quiet
+@_option_json
+@_handle_errors("as_json")
+def sign(bundle: Path, key_path: Path, output: Path | None, passphrase_file: Path | None, force: bool, quiet: bool, as_json: bool) -> None:
+    """Sign BUNDLE's manifest (and so everything it lists) with a private key.
+
+    BUNDLE is verified first. The digest does not change: the signature is stored beside the
+    manifest. Signatures by other keys are kept. BUNDLE is replaced atomically.
+    """
+    from kbundle.sign import sign_bundle  # noqa: PLC0415
+
+    signing_key = _load_signing_key(key_path, passphrase_file)
+    result = sign_bundle(bundle, signing_key, output=output, force=force)
+    if as_json:
+        _json_out({"ok": True, "bundle": str(result.path), "digest": result.digest, "key_id": result.key_id, "signers": list(result.signers)})
+        return
+    if not quiet:
+        _err(f"signed {result.path} with {result.key_id}" + ("" if len(result.signers) == 1 else f" ({len(result.signers)} signatures)"))
+    click.echo(f"{result.digest}  {result.path}")
 
 if __name__ == "__main__":  # pragma: no cover
     main()

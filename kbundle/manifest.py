@@ -50,6 +50,7 @@ __all__ = [
     "TensorSpec",
     "bundle_digest",
     "format_digest",
+    "load_json_object",
     "parse_manifest",
     "serialize_manifest",
 ]
@@ -347,18 +348,27 @@ def serialize_manifest(manifest: Manifest) -> bytes:
 
 def parse_manifest(data: bytes) -> Manifest:
     """Parse and validate manifest bytes, applying every limit before ``json.loads``."""
-    if len(data) > MAX_MANIFEST_BYTES:
+    raw = load_json_object(data, what="manifest", limit=MAX_MANIFEST_BYTES)
+    check_format_version(raw.get("format_version"))
+    return Manifest.from_dict(raw)
+
+
+def load_json_object(data: bytes, *, what: str, limit: int) -> dict[str, Any]:
+    """Strict JSON for bundle members: at most ``limit`` bytes of UTF-8, nesting capped before
+    parsing, duplicate keys and non-finite numbers refused, and an object at the top.
+    ``what`` names the member in messages."""
+    if len(data) > limit:
         raise LimitExceededError(
-            f"manifest is {len(data)} bytes, more than the limit of {MAX_MANIFEST_BYTES}",
+            f"{what} is {len(data)} bytes, more than the limit of {limit}",
             hint="this is not a bundle kbundle wrote; refuse it",
         )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise BundleFormatError(
-            f"manifest is not UTF-8 (byte {exc.start})", hint="the bundle is corrupt"
+            f"{what} is not UTF-8 (byte {exc.start})", hint="the bundle is corrupt"
         ) from None
-    _check_depth(text)
+    _check_depth(text, what)
     try:
         raw = json.loads(
             text,
@@ -367,11 +377,10 @@ def parse_manifest(data: bytes) -> Manifest:
             parse_float=_finite_float,
         )
     except (json.JSONDecodeError, ValueError) as exc:
-        raise BundleFormatError(f"manifest is not valid JSON: {exc}", hint="the bundle is corrupt") from None
+        raise BundleFormatError(f"{what} is not valid JSON: {exc}", hint="the bundle is corrupt") from None
     if not isinstance(raw, dict):
-        raise BundleFormatError("manifest is not a JSON object", hint="the bundle is corrupt")
-    check_format_version(raw.get("format_version"))
-    return Manifest.from_dict(raw)
+        raise BundleFormatError(f"{what} is not a JSON object", hint="the bundle is corrupt")
+    return raw
 
 
 def check_format_version(version: Any) -> None:
@@ -395,7 +404,7 @@ def check_format_version(version: Any) -> None:
         )
 
 
-def _check_depth(text: str) -> None:
+def _check_depth(text: str, what: str) -> None:
     depth = 0
     # The closing quote is optional so that an unterminated string is consumed once; a
     # required one made the scan quadratic on text like '"\\"\\"\\"...'.
@@ -405,7 +414,7 @@ def _check_depth(text: str) -> None:
             depth += 1
             if depth > MAX_JSON_DEPTH:
                 raise LimitExceededError(
-                    f"manifest JSON is nested deeper than {MAX_JSON_DEPTH} levels",
+                    f"{what} JSON is nested deeper than {MAX_JSON_DEPTH} levels",
                     hint="this is not a bundle kbundle wrote; refuse it",
                 )
         elif token in "]}":

@@ -22,6 +22,7 @@ from kbundle.archive import PayloadFile, ProgressCallback, write_bundle
 from kbundle.atomic import atomic_file, check_destination
 from kbundle.environment import capture_environment
 from kbundle.errors import UsageError
+from kbundle.keys import SigningKey
 from kbundle.manifest import (
     FORMAT_VERSION,
     Manifest,
@@ -32,6 +33,7 @@ from kbundle.manifest import (
     serialize_manifest,
 )
 from kbundle.model_files import MODEL_FILE_NAMES, describe_model_file, identify_format
+from kbundle.signing import manifest_signer, signature_member_size
 
 __all__ = ["DEFAULT_LEVEL", "PackResult", "pack"]
 
@@ -123,13 +125,16 @@ def pack(
     threads: int = -1,
     progress: Callable[[int, int], None] | None = None,
     extras: Callable[[Any, Path, str], Extras] | None = None,
+    signing_key: SigningKey | None = None,
 ) -> PackResult:
     """Pack ``model`` into the bundle ``output``.
 
     ``model`` is a path to a ``.keras`` file (or directory form), an ``.h5`` file, a SavedModel
     directory, or a live ``keras.Model`` (saved as ``.keras`` first). ``level`` is a zstd
     level or ``"none"``; ``threads`` the zstd worker count (-1: one per CPU). ``progress`` is
-    called with (bytes done, bytes total). Nothing is left at ``output`` unless pack succeeds.
+    called with (bytes done, bytes total). ``signing_key`` (from
+    :func:`kbundle.keys.load_signing_key`) signs the manifest in the same pass. Nothing is
+    left at ``output`` unless pack succeeds.
     """
     output_path = Path(output)
     check_destination(output_path, force=force, what="bundle")
@@ -190,6 +195,8 @@ def pack(
             manifest_bytes = write_bundle(
                 handle, payload, make_manifest, level=compression, threads=threads, mtime=mtime,
                 progress=reporter,
+                sign=manifest_signer(signing_key) if signing_key else None,
+                signature_size=signature_member_size(1) if signing_key else 0,
             )
             size = handle.seek(0, os.SEEK_END)
             # Inside the block: a manifest that breaks a format rule leaves no bundle behind.

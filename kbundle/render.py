@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from kbundle.archive import BundleHead
 from kbundle.manifest import TensorSpec
+from kbundle.signing import signer_ids
 
 __all__ = ["render_manifest"]
 
@@ -18,6 +19,15 @@ def _specs(specs: list[TensorSpec] | None) -> str:
     return ", ".join(f"{s.name or '?'} {s.shape} {s.dtype or ''}".strip() for s in specs)
 
 
+def _signers(signature: bytes | None) -> str:
+    if signature is None:
+        return "no (integrity-checked, not signed)"
+    signers = signer_ids(signature)
+    if isinstance(signers, str):
+        return f"unreadable signature member ({signers}); verify will refuse this bundle"
+    return f"by {', '.join(signers)} (not checked by inspect; run 'kbundle verify')"
+
+
 def render_manifest(head: BundleHead) -> str:
     manifest = head.manifest
     model = manifest.model
@@ -25,7 +35,7 @@ def render_manifest(head: BundleHead) -> str:
     lines = [
         f"bundle      {head.digest}",
         f"format      kbundle {manifest.format_version}, written by {manifest.generator} at {manifest.created}",
-        f"signed      {'yes' if head.signature is not None else 'no (integrity-checked, not signed)'}",
+        f"signed      {_signers(head.signature)}",
         f"model       {model.class_name or '?'} {model.name or ''} ({model.format}, {model.path})".rstrip(),
         f"parameters  {model.parameter_count if model.parameter_count is not None else 'unknown'}",
         f"inputs      {_specs(model.inputs)}",

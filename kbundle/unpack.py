@@ -16,9 +16,10 @@ from typing import Any
 
 from kbundle.archive import BundleHead, VerifyReport, read_head, scan_bundle
 from kbundle.atomic import atomic_directory
-from kbundle.errors import IntegrityError, UntrustedCodeError, UsageError
+from kbundle.errors import IntegrityError, SignatureError, UntrustedCodeError, UsageError
 from kbundle.findings import Finding
-from kbundle.names import MANIFEST_NAME
+from kbundle.names import MANIFEST_NAME, SIGNATURE_NAME
+from kbundle.signing import SignaturePolicy, TrustedKeys, check_signatures
 
 __all__ = ["LoadOptions", "UnpackResult", "inspect", "load", "unpack", "verify"]
 
@@ -50,7 +51,8 @@ def _raise_findings(report: VerifyReport, bundle: Path) -> None:
         return
     first = report.findings[0]
     more = len(report.findings) - 1
-    raise IntegrityError(
+    only_signature = all(f.location == SIGNATURE_NAME for f in report.findings)
+    raise (SignatureError if only_signature else IntegrityError)(
         f"{bundle} failed verification: {first.describe()}"
         + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""),
         hint=first.fix or "the bundle is corrupt or was altered; fetch an intact copy",
@@ -72,21 +74,36 @@ def _expect_finding(report: VerifyReport, expect: str | None) -> None:
         )
 
 
+def _signature_findings(report: VerifyReport, policy: SignaturePolicy) -> None:
+    status, findings = check_signatures(report.head, policy)
+    report.signature = status
+    report.findings.extend(findings)
+
+
 def verify(
     bundle: str | os.PathLike[str],
     *,
     expect: str | None = None,
+    trusted_keys: TrustedKeys | None = None,
+    require_signature: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> VerifyReport:
     """Check every member's size and digest, names, kinds and structure; raise on any problem.
 
-    ``expect`` pins the bundle digest (``sha256:...``). Raises :class:`IntegrityError` listing
-    every finding; returns the report when the bundle is intact.
+    ``expect`` pins the bundle digest (``sha256:...``). A signature, when present, must verify
+    (docs/signing.md): ``trusted_keys`` (key files or :class:`~kbundle.keys.PublicKey`) are
+    the keys trusted for this call, and naming any also requires a signature by one of them;
+    without it the trusted-keys directory is used. ``require_signature`` demands a trusted
+    signature. Raises :class:`IntegrityError` (:class:`SignatureError` when only signatures
+    are at fault) listing every finding; returns the report, whose ``signature`` says who
+    signed, when the bundle is intact.
     """
     path = _as_path(bundle)
     _check_expected(expect)
+    policy = SignaturePolicy.create(trusted_keys, require_signature)
     report = scan_bundle(path, progress=_progress_adapter(progress, path))
     _expect_finding(report, expect)
+    _signature_findings(report, policy)
     _raise_findings(report, path)
     return report
 
@@ -126,9 +143,11 @@ def _extract_verified(
     directory: Path,
     expect: str | None,
     progress: Callable[[int, int], None] | None,
+    policy: SignaturePolicy,
 ) -> VerifyReport:
     report = scan_bundle(path, extract_to=directory, progress=_progress_adapter(progress, path))
     _expect_finding(report, expect)
+    _signature_findings(report, policy)
     _raise_findings(report, path)
     (directory / MANIFEST_NAME).write_bytes(report.head.manifest_bytes)
     return report
@@ -144,13 +163,18 @@ class LoadOptions:
 
 
 def _require_trust(report: VerifyReport, options: LoadOptions) -> None:
+    """Bundled code runs only with ``trust_code`` or a verified signature by a trusted key."""
     carried = [o for o in report.head.manifest.custom_objects if o.transport in ("source", "pickle")]
-    if carried and not options.trust_code:
-        names = ", ".join(f"{o.name} ({o.transport})" for o in carried)
-        raise UntrustedCodeError(
-            f"loading would run bundled code nobody trusted: {names}",
-            hint="review it with 'kbundle show-code', then pass --trust-code (trust_code=True)",
-        )
+    signature = report.signature
+    if not carried or options.trust_code or (signature is not None and signature.trusted):
+        return
+    names = ", ".join(f"{o.name} ({o.transport})" for o in carried)
+    signed = f"; {signature.describe()}" if signature is not None and signature.signers else ""
+    raise UntrustedCodeError(
+        f"loading would run bundled code nobody trusted: {names}{signed}",
+        hint="review it with 'kbundle show-code', then pass --trust-code (trust_code=True), "
+        "or trust the signer's public key (--key, or the trusted keys directory)",
+    )
 
 
 def _load_verified(directory: Path, report: VerifyReport, options: LoadOptions) -> Any:
@@ -170,6 +194,8 @@ def unpack(
     expect: str | None = None,
     load_model: bool = False,
     options: LoadOptions | None = None,
+    trusted_keys: TrustedKeys | None = None,
+    require_signature: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> UnpackResult:
     """Verify ``bundle`` while extracting it; ``destination`` appears only if all is intact.
@@ -177,12 +203,15 @@ def unpack(
     The destination holds ``kbundle.json`` and the payload (``model/...``). An existing
     destination is replaced only with ``force``. With ``load_model`` the model is loaded from
     the verified files before they are moved into place, proving that it loads.
+    ``trusted_keys`` and ``require_signature`` are as for :func:`verify`; a signature by a
+    trusted key lets bundled code run without ``trust_code``.
     """
     path = _as_path(bundle)
     _check_expected(expect)
+    policy = SignaturePolicy.create(trusted_keys, require_signature)
     read_head(path)  # a bad bundle fails before any directory is made
     with atomic_directory(Path(destination), force=force) as staging:
-        report = _extract_verified(path, staging, expect, progress)
+        report = _extract_verified(path, staging, expect, progress, policy)
         model = _load_verified(staging, report, options or LoadOptions()) if load_model else None
     return UnpackResult(Path(destination), report, model)
 
@@ -194,16 +223,20 @@ def load(
     trust_code: bool = False,
     safe_mode: bool = True,
     compile: bool = True,
+    trusted_keys: TrustedKeys | None = None,
+    require_signature: bool = False,
     progress: Callable[[int, int], None] | None = None,
 ) -> Any:
     """Verify the bundle into a private temporary directory and load the model from there.
 
-    Returns a ``keras.Model``. Bundled code runs only with ``trust_code=True``; Keras
-    ``safe_mode`` stays on unless ``safe_mode=False``.
+    Returns a ``keras.Model``. Bundled code runs only with ``trust_code=True`` or when the
+    bundle is signed by a trusted key (``trusted_keys``, else the trusted-keys directory; see
+    :func:`verify`); Keras ``safe_mode`` stays on unless ``safe_mode=False``.
     """
     path = _as_path(bundle)
     _check_expected(expect)
+    policy = SignaturePolicy.create(trusted_keys, require_signature)
     options = LoadOptions(trust_code=trust_code, safe_mode=safe_mode, compile=compile)
     with tempfile.TemporaryDirectory(prefix="kbundle-load-") as private:
-        report = _extract_verified(path, Path(private), expect, progress)
+        report = _extract_verified(path, Path(private), expect, progress, policy)
         return _load_verified(Path(private), report, options)

@@ -301,7 +301,7 @@ class FrameTracker:
                     hint="kbundle never writes such frames; refuse the bundle",
                 )
         self._checksum = bool((descriptor >> 2) & 1)
-        if self.frames == 0 and (descriptor & 0b1110_0100) != 0b1110_0100:
+        if self.frames == 0 and (descriptor & 0b0010_0100) != 0b0010_0100:
             # The first frame (the header region) must check every one of its bytes: a single
             # segment (no window descriptor) with a content size and a checksum.
             raise IntegrityError(

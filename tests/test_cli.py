@@ -155,5 +155,8 @@ def test_json_outputs_are_machine_readable(saved_keras_file: Path, tmp_path: Pat
     verified = json.loads(run_cli("verify", bundle, "--json").stdout)
     inspected = json.loads(run_cli("inspect", bundle, "--json").stdout)
     assert packed["digest"] == verified["digest"] == inspected["digest"]
-    assert verified == {"ok": True, "digest": packed["digest"], "files": 1, "bytes": saved_keras_file.stat().st_size, "signed": False, "findings": []}
+    assert verified == {
+        "ok": True, "digest": packed["digest"], "files": 1, "bytes": saved_keras_file.stat().st_size, "signed": False, "findings": [],
+        "signature": {"signers": [], "state": "unsigned", "trusted_signers": []},
+    }
     assert inspected["manifest"]["model"]["format"] == "keras"
