@@ -1,0 +1,210 @@
+"""Pack / verify / unpack / load against the obvious baselines, side by side in one run.
+
+For each model (a ~1 GiB float32 .keras file built in code, and ResNet50(weights=None)) it
+times, with the page cache warm and taking the median of --repeat runs:
+
+* pack of the existing .keras file  vs  ``sha256sum FILE && tar --zstd -cf OUT FILE``
+* verify of the bundle               vs  ``tar --zstd -xf BUNDLE && sha256sum EXTRACTED``
+* unpack --no-load                   vs  the same
+* kbundle.load (TF already imported) vs  keras.saving.load_model of the unpacked file
+* kbundle.pack of a live model       vs  model.save (for reference; no target)
+
+and the peak RSS of the ``kbundle pack`` and ``kbundle verify`` processes. It prints a table of
+seconds, ratios and the targets from issue 2, and writes JSON to benchmarks/results/.
+
+    python benchmarks/bench_pipeline.py                 # 1 GiB model + ResNet50
+    python benchmarks/bench_pipeline.py --size-mb 256 --repeat 3 --skip-resnet
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+os.environ.setdefault("KERAS_BACKEND", "tensorflow")
+
+REPO = Path(__file__).resolve().parents[1]
+TARGETS = {"pack": 0.35, "verify": 0.6, "unpack": 0.7, "load": 1.3}
+MEMORY_TARGET_MIB = 150
+
+# Runs a command and reports the peak RSS of that command alone (RUSAGE_CHILDREN of a fresh
+# wrapper holds exactly one child).
+_RSS_WRAPPER = """
+import resource, subprocess, sys
+code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode
+print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code)
+"""
+
+
+def _env() -> dict[str, str]:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+def kbundle_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "kbundle", *args]
+
+
+def run(cmd: list[str] | str) -> None:
+    subprocess.run(cmd, check=True, shell=isinstance(cmd, str), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+def median_seconds(action: Callable[[], None], repeat: int, before: Callable[[], None] | None = None) -> float:
+    times = []
+    for _ in range(repeat):
+        if before:
+            before()
+        start = time.perf_counter()
+        action()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_rss_mib(cmd: list[str]) -> float:
+    out = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, *cmd], capture_output=True, text=True, env=_env(), check=True)
+    kib, code = out.stdout.split()
+    if code != "0":
+        raise RuntimeError(f"{cmd} failed with {code}")
+    return int(kib) / 1024
+
+
+def build_big_model(directory: Path, size_mb: int) -> Path:
+    import keras
+
+    units = int((size_mb * 1024 * 1024 / 4) ** 0.5)
+    model = keras.Sequential([keras.Input((units,)), keras.layers.Dense(units, use_bias=False)], name="big")
+    path = directory / "big.keras"
+    model.save(path)
+    return path
+
+
+def build_resnet(directory: Path) -> Path:
+    import keras
+
+    model = keras.applications.ResNet50(weights=None)
+    path = directory / "resnet50.keras"
+    model.save(path)
+    return path
+
+
+def bench_model(name: str, model_file: Path, work: Path, repeat: int) -> dict[str, Any]:
+    import keras
+
+    import kbundle
+
+    bundle = work / f"{name}.kbundle"
+    tarball = work / f"{name}.tar.zst"
+    extract = work / f"{name}-tar-extract"
+    unpacked = work / f"{name}-unpacked"
+    pack_flags = ["--quiet", "--force"]
+    if "--no-probe" in subprocess.run(kbundle_cmd("pack", "--help"), capture_output=True, text=True, env=_env()).stdout:
+        pack_flags.append("--no-probe")
+    file_size = model_file.stat().st_size
+    run(["cat", str(model_file)])  # warm the page cache
+    results: dict[str, Any] = {"model": name, "bytes": file_size}
+
+    results["pack"] = median_seconds(lambda: run(kbundle_cmd("pack", str(model_file), "-o", str(bundle), *pack_flags)), repeat)
+    results["pack_baseline"] = median_seconds(lambda: run(f"sha256sum '{model_file}' >/dev/null && tar --zstd -cf '{tarball}' -C '{model_file.parent}' '{model_file.name}'"), repeat)
+
+    results["verify"] = median_seconds(lambda: run(kbundle_cmd("verify", str(bundle), "--quiet")), repeat)
+
+    def reset_extract() -> None:
+        shutil.rmtree(extract, ignore_errors=True)
+        extract.mkdir()
+
+    baseline_read = f"tar --zstd -xf '{bundle}' -C '{extract}' && sha256sum '{extract}/model/model.keras' >/dev/null"
+    results["read_baseline"] = median_seconds(lambda: run(baseline_read), repeat, before=reset_extract)
+
+    def reset_unpacked() -> None:
+        shutil.rmtree(unpacked, ignore_errors=True)
+
+    results["unpack"] = median_seconds(lambda: run(kbundle_cmd("unpack", str(bundle), "-d", str(unpacked), "--no-load", "--quiet")), repeat, before=reset_unpacked)
+    if not unpacked.exists():
+        run(kbundle_cmd("unpack", str(bundle), "-d", str(unpacked), "--no-load", "--quiet"))
+
+    unpacked_model = unpacked / "model" / "model.keras"
+    keras.saving.load_model(unpacked_model)  # TF imported and warm for both sides
+    results["load"] = median_seconds(lambda: kbundle.load(bundle), repeat)
+    results["load_baseline"] = median_seconds(lambda: keras.saving.load_model(unpacked_model), repeat)
+
+    live = keras.saving.load_model(unpacked_model)
+    live_bundle = work / f"{name}-live.kbundle"
+    results["pack_live"] = median_seconds(lambda: kbundle.pack(live, live_bundle, force=True), repeat)
+    results["save_baseline"] = median_seconds(lambda: live.save(work / f"{name}-saved.keras"), repeat)
+
+    results["pack_peak_rss_mib"] = peak_rss_mib(kbundle_cmd("pack", str(model_file), "-o", str(bundle), *pack_flags))
+    results["verify_peak_rss_mib"] = peak_rss_mib(kbundle_cmd("verify", str(bundle), "--quiet"))
+    results["bundle_bytes"] = bundle.stat().st_size
+    results["tar_zst_bytes"] = tarball.stat().st_size
+    for path in (extract, unpacked):
+        shutil.rmtree(path, ignore_errors=True)
+    return results
+
+
+def ratios(r: dict[str, Any]) -> dict[str, float]:
+    return {
+        "pack": r["pack"] / r["pack_baseline"],
+        "verify": r["verify"] / r["read_baseline"],
+        "unpack": r["unpack"] / r["read_baseline"],
+        "load": r["load"] / r["load_baseline"],
+    }
+
+
+def print_table(all_results: list[dict[str, Any]]) -> None:
+    print()
+    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
+    header = f"{'model':<10} {'step':<8} {'kbundle s':>10} {'baseline s':>11} {'ratio':>7} {'target':>7}  baseline"
+    print(header)
+    print("-" * len(header))
+    baselines = {"pack": ("pack_baseline", "sha256sum + tar --zstd -cf"), "verify": ("read_baseline", "tar --zstd -xf + sha256sum"), "unpack": ("read_baseline", "tar --zstd -xf + sha256sum"), "load": ("load_baseline", "keras.saving.load_model")}
+    for r in all_results:
+        rat = ratios(r)
+        for step, (key, label) in baselines.items():
+            verdict = "ok" if rat[step] <= TARGETS[step] else "MISSED"
+            print(f"{r['model']:<10} {step:<8} {r[step]:>10.3f} {r[key]:>11.3f} {rat[step]:>7.2f} {'<=' + str(TARGETS[step]):>7}  {label} [{verdict}]")
+        print(f"{r['model']:<10} {'pack obj':<8} {r['pack_live']:>10.3f} {r['save_baseline']:>11.3f} {r['pack_live'] / r['save_baseline']:>7.2f} {'-':>7}  model.save (kbundle.pack saves too)")
+        for step in ("pack", "verify"):
+            rss = r[f"{step}_peak_rss_mib"]
+            verdict = "ok" if rss <= MEMORY_TARGET_MIB else "MISSED"
+            print(f"{r['model']:<10} {step + ' RSS':<8} {rss:>9.0f}M {'':>11} {'':>7} {'<=' + str(MEMORY_TARGET_MIB) + 'M':>7}  peak resident memory [{verdict}]")
+        print(f"{r['model']:<10} sizes: model {r['bytes'] / 2**20:.0f} MiB, bundle {r['bundle_bytes'] / 2**20:.0f} MiB, tar.zst {r['tar_zst_bytes'] / 2**20:.0f} MiB")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--size-mb", type=int, default=1024, help="size of the synthetic float32 model (default 1024)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is reported")
+    parser.add_argument("--skip-resnet", action="store_true", help="only the synthetic model")
+    parser.add_argument("--workdir", type=Path, default=None, help="where to put the files (default: a temp dir)")
+    args = parser.parse_args()
+    for tool in ("tar", "zstd", "sha256sum"):
+        if shutil.which(tool) is None:
+            sys.exit(f"benchmark needs {tool} on PATH")
+    with tempfile.TemporaryDirectory(prefix="kbundle-bench-", dir=args.workdir) as tmp:
+        work = Path(tmp)
+        models = [("synthetic", build_big_model(work, args.size_mb))]
+        if not args.skip_resnet:
+            models.append(("resnet50", build_resnet(work)))
+        all_results = [bench_model(name, path, work, args.repeat) for name, path in models]
+    print_table(all_results)
+    out_dir = REPO / "benchmarks" / "results"
+    out_dir.mkdir(exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    (out_dir / f"pipeline-{stamp}.json").write_text(json.dumps({"results": all_results, "ratios": [ratios(r) for r in all_results]}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
