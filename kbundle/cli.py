@@ -234,6 +234,10 @@ def _trusted(trusted_keys: tuple[Path, ...]) -> list[Path] | None:
 _BUNDLE = click.argument("bundle", type=click.Path(path_type=Path, dir_okay=True))
 
 
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
 def _size(count: int) -> str:
     value = float(count)
     for unit in ("B", "KB", "MB", "GB"):
@@ -263,6 +267,9 @@ Examples:
 @click.version_option(__version__, prog_name="kbundle")
 def main() -> None:
     """Pack Keras/TensorFlow models into verified, self-describing bundles, and load them back."""
+    from kbundle import keras_io  # noqa: PLC0415 - cheap: imports no Keras until used
+
+    keras_io.filter_native_logs = True
 
 
 @main.command(
@@ -340,7 +347,7 @@ def verify(bundle: Path, expect: str | None, trusted_keys: tuple[Path, ...], req
         return
     if not quiet:
         note = f" ({report.signature.describe()})" if not signed else f"; {report.signature.describe()}"
-        _err(f"OK: {report.files_checked} files, {_size(report.bytes_checked)} verified{note}")
+        _err(f"OK: {_count(report.files_checked, 'file')}, {_size(report.bytes_checked)} verified{note}")
     click.echo(f"{report.head.digest}  {bundle}")
 
 
@@ -416,7 +423,7 @@ def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, t
         return
     if not quiet:
         signed = f" ({result.report.signature.describe()})" if result.report.signature else ""
-        _err(f"verified {result.report.files_checked} files into {result.path}{signed}")
+        _err(f"verified {_count(result.report.files_checked, 'file')} into {result.path}{signed}")
         for finding in differences:
             if finding.severity >= Severity.INFO:
                 _err(f"  environment {finding.severity}: {finding.describe()}")

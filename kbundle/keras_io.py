@@ -16,9 +16,24 @@ from kbundle.manifest import TensorSpec
 __all__ = ["describe_live_model", "is_keras_model", "load_model", "save_model"]
 
 
+# Set by the CLI: run Keras imports and loads inside native_logs.filtered_native_stderr.
+filter_native_logs = False
+
+
+def _native_logs() -> Any:
+    if filter_native_logs:
+        from kbundle.native_logs import filtered_native_stderr  # noqa: PLC0415
+
+        return filtered_native_stderr()
+    import contextlib  # noqa: PLC0415
+
+    return contextlib.nullcontext()
+
+
 def _keras() -> Any:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ banner off stderr
-    import keras  # noqa: PLC0415 - lazy by design: importing Keras costs seconds
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Python-side TensorFlow logging
+    with _native_logs():
+        import keras  # noqa: PLC0415 - lazy by design: importing Keras costs seconds
 
     return keras
 
@@ -95,9 +110,10 @@ def load_model(
     """Load a verified ``.keras`` / ``.h5`` model file with Keras."""
     keras = _keras()
     try:
-        return keras.saving.load_model(
-            path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
-        )
+        with _native_logs():
+            return keras.saving.load_model(
+                path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
+            )
     except Exception as exc:
         raise ModelLoadError(_load_message(exc), hint=_load_hint(exc)) from exc
 

@@ -160,3 +160,27 @@ def test_json_outputs_are_machine_readable(saved_keras_file: Path, tmp_path: Pat
         "signature": {"signers": [], "state": "unsigned", "trusted_signers": []},
     }
     assert inspected["manifest"]["model"]["format"] == "keras"
+
+
+def test_native_tensorflow_chatter_is_filtered_but_real_errors_are_not() -> None:
+    from kbundle.native_logs import is_noise
+
+    noise = [
+        "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",
+        "I0000 00:00:1795240808.517151   10327 port.cc:153] oneDNN custom operations are on.",
+        "E0000 00:00:1795239294.297846    2574 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error",
+    ]
+    kept = ["kbundle: error: the verified model failed to load", "E0000 00:00:1.0 op_kernel.cc:1] OOM when allocating tensor", "Traceback (most recent call last):"]
+    assert [is_noise(line) for line in noise] == [True, True, True]
+    assert [is_noise(line) for line in kept] == [False, False, False]
+
+
+def test_unpack_output_has_no_tensorflow_startup_chatter(saved_keras_file: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "m.kbundle"
+    assert run_cli("pack", saved_keras_file, "-o", bundle).returncode == 0
+    result = run_cli("unpack", bundle, "-d", tmp_path / "out")
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines() == [
+        f"verified 1 file into {tmp_path / 'out'} (integrity-checked, not signed)",
+        "model loads: Sequential 'tiny_sequential', 193 parameters",
+    ]

@@ -99,7 +99,7 @@ def test_cli_round_trip_in_fresh_processes(saved_keras_file: Path, sequential_mo
     verified = run_cli("verify", bundle, "--expect", digest)
     assert verified.returncode == 0, verified.stderr
     assert verified.stdout == f"{digest}  {bundle}\n"
-    assert re.fullmatch(r"OK: 1 files, \d+\.\d KB verified \(integrity-checked, not signed\)\n", verified.stderr)
+    assert re.fullmatch(r"OK: 1 file, \d+\.\d KB verified \(integrity-checked, not signed\)\n", verified.stderr)
     unpacked = run_cli("unpack", bundle, "-d", tmp_path / "out", "--expect", digest)
     assert unpacked.returncode == 0, unpacked.stderr
     assert "model loads: Sequential 'tiny_sequential', 193 parameters" in unpacked.stderr
