@@ -25,6 +25,7 @@ checks may grow; a file refused by one release stays refused by the next.
 
 from __future__ import annotations
 
+import io
 import json
 import math
 import re
@@ -540,6 +541,11 @@ def _h5_object_findings(h5py: Any, handle: IO[bytes], name: str) -> FileFindings
                 findings += _h5_item_findings(h5py, kind, item, where)
                 if len(findings) > 100:  # enough evidence; stop walking a hostile file
                     break
+            where = f"{name}:/ (attribute model_config)"
+            config = root.attrs.get("model_config")
+            if config is not None:
+                text = config.decode("utf-8", "replace") if isinstance(config, bytes) else str(config)
+                findings += _json_findings(io.BytesIO(text.encode()), len(text), where)
     except _TooManyObjects as exc:
         findings.append(
             Finding(
