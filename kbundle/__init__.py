@@ -6,7 +6,8 @@ Public API::
     kbundle.verify("model.kbundle", expect=digest)   -> VerifyReport, or IntegrityError
     kbundle.inspect("model.kbundle")                 -> BundleHead (manifest only)
     kbundle.unpack("model.kbundle", "dir")           -> UnpackResult
-    kbundle.load("model.kbundle")                    -> keras.Model
+    kbundle.load("model.kbundle")                    -> keras.Model (docs/formats.md)
+    kbundle.diagnose("model.h5")                     -> Diagnosis (why it does not load)
 
 Importing kbundle never imports TensorFlow or Keras; ``load`` and packing a live model do.
 """
@@ -23,11 +24,13 @@ from kbundle.errors import (
     UntrustedCodeError,
     UsageError,
 )
+from kbundle.doctor import Diagnosis, diagnose
 from kbundle.findings import Finding, Severity
 from kbundle.pack import PackResult, pack
 from kbundle.unpack import UnpackResult, inspect, load, unpack, verify
 
 __all__ = [
+    "Diagnosis",
     "EnvironmentMismatchError",
     "Finding",
     "IntegrityError",
@@ -39,6 +42,7 @@ __all__ = [
     "UntrustedCodeError",
     "UsageError",
     "__version__",
+    "diagnose",
     "errors",
     "inspect",
     "load",

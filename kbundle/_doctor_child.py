@@ -130,7 +130,8 @@ def main(argv: list[str] | None = None) -> int:
             stage="load",
             ok=False,
             error_type=type(cause).__name__,
-            error=" ".join(str(cause).split())[:2000],
+            # Keras wraps the real cause of a failed deserialization after this phrase.
+            error=" ".join(str(cause).rsplit("Exception encountered:", 1)[-1].split())[:2000],
             message=getattr(exc, "message", str(exc)),
             hint=getattr(exc, "hint", None),
         )
