@@ -11,6 +11,7 @@ come from collecting several problems carry them in ``findings``. Stable: public
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from kbundle.findings import Finding
@@ -116,7 +117,7 @@ def first_sentence(text: str, limit: int = 300) -> str:
     """Another library's message in one short line: its first sentence, whitespace folded
     (Keras appends whole model configs to some of its errors)."""
     text = " ".join(text.split())
-    end = text.find(". ", 20)
-    if end != -1:
-        text = text[: end + 1]
+    end = re.search(r"\.\s(?=[A-Z])", text[20:])  # "vs. stored" goes on, ". Please" ends
+    if end is not None:
+        text = text[: 20 + end.start() + 1]
     return text if len(text) <= limit else text[: limit - 3] + "..."

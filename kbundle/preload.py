@@ -86,6 +86,8 @@ FileFindings = list[Finding]
 _DAMAGED_START = (
     "the file is damaged at its start; restore it from a backup or save the model again"
 )
+_CUT_SHORT = "an interrupted save or copy cuts a file short"
+_INCOMPLETE = "the file is incomplete; copy it again or save the model again"
 
 
 def require_sound_model(
@@ -179,8 +181,8 @@ def _zip_structure_finding(path: Path, name: str, size: int, exc: Exception) -> 
         else f"zip archive structure is unreadable ({exc})",
         expected=where[1] if where else None,
         actual=f"{size} bytes" if where else None,
-        why="an interrupted save or copy cuts a file short",
-        fix="the file is incomplete; copy it again or save the model again",
+        why=_CUT_SHORT,
+        fix=_INCOMPLETE,
     )
 
 
@@ -497,8 +499,8 @@ def _h5_superblock_findings(handle: IO[bytes], size: int, name: str) -> FileFind
                 problem="HDF5 file is truncated",
                 expected=f"{expected} bytes (the superblock's end-of-file address)",
                 actual=f"{size} bytes",
-                why="an interrupted save or copy cuts a file short",
-                fix="the file is incomplete; copy it again or save the model again",
+                why=_CUT_SHORT,
+                fix=_INCOMPLETE,
             )
         ]
     return []
@@ -544,7 +546,9 @@ def _h5_object_findings(h5py: Any, handle: IO[bytes], name: str) -> FileFindings
             where = f"{name}:/ (attribute model_config)"
             config = root.attrs.get("model_config")
             if config is not None:
-                text = config.decode("utf-8", "replace") if isinstance(config, bytes) else str(config)
+                text = (
+                    config.decode("utf-8", "replace") if isinstance(config, bytes) else str(config)
+                )
                 findings += _json_findings(io.BytesIO(text.encode()), len(text), where)
     except _TooManyObjects as exc:
         findings.append(

@@ -104,6 +104,18 @@ def saved_keras_file(tmp_path: Path, sequential_model: Any) -> Path:
     return path
 
 
+def env_without_tf_keras(tmp_path: Path) -> dict[str, str]:
+    """A child environment in which ``import tf_keras`` fails as if it were not installed."""
+    shim = tmp_path / "no-tf-keras" / "tf_keras"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'tf_keras'\", name='tf_keras')\n"
+    )
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(shim.parent), env["PYTHONPATH"]])
+    return env
+
+
 # --------------------------------------------------------------------------------------------
 # Real Keras 2 files (tf-keras), written once per session in a child process: Keras 2 and
 # Keras 3 cannot share one process as "keras", so the child runs with TF_USE_LEGACY_KERAS=1.

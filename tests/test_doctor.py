@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_clean_failure, child_env, run_cli
+from conftest import assert_clean_failure, child_env, env_without_tf_keras, run_cli
 
 import kbundle
 
@@ -182,6 +182,24 @@ def test_truncated_saved_model_graph(tmp_path: Path, sequential_model: Any) -> N
     assert problem.endswith(" bytes but 494 remain at byte 2")
 
 
+def test_flipped_savedmodel_weights_found_by_the_real_load(tmp_path: Path, sequential_model: Any) -> None:
+    directory = tmp_path / "exported"
+    sequential_model.export(directory, format="tf_saved_model", verbose=False)
+    shard = directory / "variables" / "variables.data-00000-of-00001"
+    data = bytearray(shard.read_bytes())
+    data[100] ^= 0xFF  # no structure changes: only TensorFlow's per-tensor checksum sees it
+    shard.write_bytes(bytes(data))
+
+    done, report = _doctor(directory)
+
+    assert done.returncode == 1
+    assert report["load"]["attempted"] is True and report["load"]["error_type"] == "DataLossError"
+    assert report["load"]["failure_class"] == "corruption"
+    (finding,) = report["findings"]["corruption"]
+    assert finding["location"] == "load" and "Checksum does not match" in finding["problem"]
+    assert finding["fix"] == "restore the file from a backup, copy it again, or save the model again"
+
+
 # --------------------------------------------------------------------------------------------
 # Serialization: resolved in the child, then the real load
 
@@ -295,13 +313,7 @@ def test_keras2_file_loads_through_tf_keras_with_environment_warnings(keras2_fil
 
 
 def test_keras2_file_without_tf_keras(keras2_files: Path, tmp_path: Path) -> None:
-    shim = tmp_path / "no-tf-keras" / "tf_keras"
-    shim.mkdir(parents=True)
-    (shim / "__init__.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'tf_keras'\", name='tf_keras')\n"
-    )
-    env = child_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(shim.parent), env["PYTHONPATH"]])
+    env = env_without_tf_keras(tmp_path)
 
     done, report = _doctor(keras2_files / "tfop.h5", env=env)
 

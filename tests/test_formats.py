@@ -7,7 +7,6 @@ files, SavedModels and hostile files are made here. Nothing is mocked.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 import zipfile
@@ -16,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import KERAS2_INPUT, assert_clean_failure, child_env, run_cli
+from conftest import KERAS2_INPUT, assert_clean_failure, env_without_tf_keras, run_cli
 
 import kbundle
 from kbundle import preload
@@ -36,18 +35,6 @@ def _outputs(model: Any, x: Any = X) -> np.ndarray:
 
 def _pack(source: Path, tmp_path: Path, name: str = "model.kbundle") -> kbundle.PackResult:
     return kbundle.pack(source, tmp_path / name)
-
-
-def _block_tf_keras(tmp_path: Path) -> dict[str, str]:
-    """An environment in which ``import tf_keras`` fails as if it were not installed."""
-    shim = tmp_path / "no-tf-keras" / "tf_keras"
-    shim.mkdir(parents=True)
-    (shim / "__init__.py").write_text(
-        "raise ModuleNotFoundError(\"No module named 'tf_keras'\", name='tf_keras')\n"
-    )
-    env = child_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(shim.parent), env["PYTHONPATH"]])
-    return env
 
 
 # --------------------------------------------------------------------------------------------
@@ -141,7 +128,9 @@ def test_keras2_h5_without_tf_keras_says_what_to_install(
 ) -> None:
     result = _pack(keras2_files / "tfop.h5", tmp_path)
 
-    done = run_cli("unpack", result.path, "-d", tmp_path / "out", env=_block_tf_keras(tmp_path))
+    done = run_cli(
+        "unpack", result.path, "-d", tmp_path / "out", env=env_without_tf_keras(tmp_path)
+    )
 
     assert_clean_failure(done, 5)
     assert (
