@@ -318,7 +318,9 @@ def _diagnose_bundle(path: Path, timeout: float) -> Diagnosis:
         for f in compare_environments(manifest.environment, current)
     ]
     findings = dict(diagnosis.findings)
-    findings["environment"] = recorded + findings.get("environment", [])
+    findings["environment"] = (
+        _as_warnings(recorded) if diagnosis.loads else recorded
+    ) + findings.get("environment", [])
     return Diagnosis(
         path=diagnosis.path,
         kind="bundle",
@@ -360,15 +362,9 @@ def _diagnose_model(
         for location in resolved.get("lambdas", [])
     ]
     findings["environment"] += _environment_findings(path, fmt, saved_by, current, resolved)
-    load = _load_attempt(child, fmt, findings)
-    if load.ok:  # the verdict is the real load: what did not stop it is a warning
-        findings = {
-            name: [
-                replace(f, severity=Severity.WARN) if f.severity >= Severity.ERROR else f
-                for f in items
-            ]
-            for name, items in findings.items()
-        }
+    load = _load_attempt(child, findings)
+    if load.ok:
+        findings = {name: _as_warnings(items) for name, items in findings.items()}
     if load.failure_class and not load.ok:
         findings.setdefault(load.failure_class, []).append(
             Finding(
@@ -382,6 +378,13 @@ def _diagnose_model(
     return Diagnosis(
         path=shown, kind="model", format=fmt, saved_by=saved_by, findings=findings, load=load
     )
+
+
+def _as_warnings(findings: list[Finding]) -> list[Finding]:
+    """The verdict is the real load: on a model that loads, what did not stop it is a warning."""
+    return [
+        replace(f, severity=Severity.WARN) if f.severity >= Severity.ERROR else f for f in findings
+    ]
 
 
 def _finding(data: dict[str, Any]) -> Finding:
@@ -447,7 +450,7 @@ def _run_child(path: Path, fmt: str, label: str, timeout: float) -> _ChildResult
     )
 
 
-def _load_attempt(child: _ChildResult, fmt: str, findings: dict[str, list[Finding]]) -> LoadAttempt:
+def _load_attempt(child: _ChildResult, findings: dict[str, list[Finding]]) -> LoadAttempt:
     load = child.records.get("load")
     if load is not None:
         if load.get("ok"):

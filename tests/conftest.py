@@ -104,6 +104,18 @@ def saved_keras_file(tmp_path: Path, sequential_model: Any) -> Path:
     return path
 
 
+def zip_member_data_offset(path: Path, member: str) -> int:
+    """Where ``member``'s stored bytes start in the zip ``path`` (after its local header)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        header = archive.getinfo(member).header_offset
+    raw = path.read_bytes()
+    name_len = int.from_bytes(raw[header + 26 : header + 28], "little")
+    extra_len = int.from_bytes(raw[header + 28 : header + 30], "little")
+    return header + 30 + name_len + extra_len
+
+
 def env_without_tf_keras(tmp_path: Path) -> dict[str, str]:
     """A child environment in which ``import tf_keras`` fails as if it were not installed."""
     shim = tmp_path / "no-tf-keras" / "tf_keras"

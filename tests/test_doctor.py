@@ -18,7 +18,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_clean_failure, child_env, env_without_tf_keras, run_cli
+from conftest import (
+    assert_clean_failure,
+    child_env,
+    env_without_tf_keras,
+    run_cli,
+    zip_member_data_offset,
+)
 
 import kbundle
 
@@ -136,12 +142,7 @@ def _flip_member(path: Path, member: str, at: int) -> tuple[int, Path]:
     with zipfile.ZipFile(path) as archive:
         info = archive.getinfo(member)
     data = bytearray(path.read_bytes())
-    start = (
-        info.header_offset
-        + 30
-        + int.from_bytes(data[info.header_offset + 26 : info.header_offset + 28], "little")
-        + int.from_bytes(data[info.header_offset + 28 : info.header_offset + 30], "little")
-    )
+    start = zip_member_data_offset(path, member)
     data[start + at] ^= 0x20
     damaged = path.with_name(f"damaged-{path.name}")
     damaged.write_bytes(bytes(data))
@@ -182,7 +183,9 @@ def test_truncated_saved_model_graph(tmp_path: Path, sequential_model: Any) -> N
     assert problem.endswith(" bytes but 494 remain at byte 2")
 
 
-def test_flipped_savedmodel_weights_found_by_the_real_load(tmp_path: Path, sequential_model: Any) -> None:
+def test_flipped_savedmodel_weights_found_by_the_real_load(
+    tmp_path: Path, sequential_model: Any
+) -> None:
     directory = tmp_path / "exported"
     sequential_model.export(directory, format="tf_saved_model", verbose=False)
     shard = directory / "variables" / "variables.data-00000-of-00001"
@@ -197,7 +200,9 @@ def test_flipped_savedmodel_weights_found_by_the_real_load(tmp_path: Path, seque
     assert report["load"]["failure_class"] == "corruption"
     (finding,) = report["findings"]["corruption"]
     assert finding["location"] == "load" and "Checksum does not match" in finding["problem"]
-    assert finding["fix"] == "restore the file from a backup, copy it again, or save the model again"
+    assert (
+        finding["fix"] == "restore the file from a backup, copy it again, or save the model again"
+    )
 
 
 # --------------------------------------------------------------------------------------------

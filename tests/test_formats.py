@@ -15,7 +15,13 @@ from typing import Any
 
 import numpy as np
 import pytest
-from conftest import KERAS2_INPUT, assert_clean_failure, env_without_tf_keras, run_cli
+from conftest import (
+    KERAS2_INPUT,
+    assert_clean_failure,
+    env_without_tf_keras,
+    run_cli,
+    zip_member_data_offset,
+)
 
 import kbundle
 from kbundle import preload
@@ -271,20 +277,9 @@ def test_keras3_h5_and_keras_files_describe_parameters(
 # Pre-load checks: pack refuses, and the load path refuses even inside an intact bundle
 
 
-def _member_data_offset(path: Path, member: str) -> int:
-    with zipfile.ZipFile(path) as archive:
-        info = archive.getinfo(member)
-    raw = path.read_bytes()
-    name_len, extra_len = (
-        int.from_bytes(raw[info.header_offset + 26 : info.header_offset + 28], "little"),
-        int.from_bytes(raw[info.header_offset + 28 : info.header_offset + 30], "little"),
-    )
-    return info.header_offset + 30 + name_len + extra_len
-
-
 def test_pack_refuses_keras_file_with_bad_crc(saved_keras_file: Path, tmp_path: Path) -> None:
     data = bytearray(saved_keras_file.read_bytes())
-    data[_member_data_offset(saved_keras_file, "model.weights.h5") + 2000] ^= 0x01
+    data[zip_member_data_offset(saved_keras_file, "model.weights.h5") + 2000] ^= 0x01
     saved_keras_file.write_bytes(bytes(data))
 
     done = run_cli("pack", saved_keras_file, "-o", tmp_path / "m.kbundle")
@@ -393,6 +388,27 @@ def test_hostile_model_inside_an_intact_bundle_is_refused_before_keras(
     assert not (tmp_path / "out").exists()
 
 
+def test_keras_zip_with_bad_crc_inside_an_intact_bundle_is_refused(
+    saved_keras_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = bytearray(saved_keras_file.read_bytes())
+    data[zip_member_data_offset(saved_keras_file, "config.json") + 10] ^= 0x01
+    saved_keras_file.write_bytes(bytes(data))
+    monkeypatch.setattr(
+        sys.modules["kbundle.pack"], "require_sound_model", lambda *args, **kwargs: None
+    )
+    bundle = kbundle.pack(saved_keras_file, tmp_path / "m.kbundle").path
+
+    done = run_cli("unpack", bundle, "-d", tmp_path / "out")
+
+    assert_clean_failure(done, 1)
+    assert (
+        "kbundle: error: model/model.keras is corrupt or unsafe to load: "
+        "model/model.keras/config.json: bad CRC-32: the member's bytes changed after it was written"
+    ) in done.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def _zip(path: Path, members: dict[str, bytes], compression: int = zipfile.ZIP_STORED) -> Path:
     with zipfile.ZipFile(path, "w", compression=compression) as archive:
         for name, data in members.items():
@@ -438,7 +454,7 @@ def test_zip_bomb_and_member_count_limits(tmp_path: Path, monkeypatch: pytest.Mo
 
 def test_truncated_keras_zip_says_where_it_ends(saved_keras_file: Path) -> None:
     data = saved_keras_file.read_bytes()
-    offset = _member_data_offset(saved_keras_file, "model.weights.h5")
+    offset = zip_member_data_offset(saved_keras_file, "model.weights.h5")
     saved_keras_file.write_bytes(data[: offset + 100])
     with zipfile.ZipFile(__import__("io").BytesIO(data)) as archive:
         end = offset + archive.getinfo("model.weights.h5").compress_size
