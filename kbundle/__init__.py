@@ -6,8 +6,9 @@ Public API::
     kbundle.verify("model.kbundle", expect=digest)   -> VerifyReport, or IntegrityError
     kbundle.inspect("model.kbundle")                 -> BundleHead (manifest only)
     kbundle.unpack("model.kbundle", "dir")           -> UnpackResult
-    kbundle.load("model.kbundle")                    -> keras.Model
+    kbundle.load("model.kbundle")                    -> keras.Model (docs/formats.md)
     kbundle.sign_bundle("model.kbundle", key)        -> SignResult (keys: kbundle.keys)
+    kbundle.diagnose("model.h5")                     -> Diagnosis (why it does not load)
 
 Importing kbundle never imports TensorFlow or Keras; ``load`` and packing a live model do.
 """
@@ -25,12 +26,14 @@ from kbundle.errors import (
     UntrustedCodeError,
     UsageError,
 )
+from kbundle.doctor import Diagnosis, diagnose
 from kbundle.findings import Finding, Severity
 from kbundle.pack import PackResult, pack
 from kbundle.sign import SignResult, sign_bundle
 from kbundle.unpack import UnpackResult, inspect, load, unpack, verify
 
 __all__ = [
+    "Diagnosis",
     "EnvironmentMismatchError",
     "Finding",
     "IntegrityError",
@@ -44,6 +47,7 @@ __all__ = [
     "UntrustedCodeError",
     "UsageError",
     "__version__",
+    "diagnose",
     "errors",
     "inspect",
     "load",

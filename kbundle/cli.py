@@ -509,5 +509,48 @@ def sign(bundle: Path, key_path: Path, output: Path | None, passphrase_file: Pat
         _err(f"signed {result.path} with {result.key_id}" + ("" if len(result.signers) == 1 else f" ({len(result.signers)} signatures)"))
     click.echo(f"{result.digest}  {result.path}")
 
+
+# --------------------------------------------------------------------------------------------
+# doctor (kbundle.doctor): diagnose a model that will not load
+
+
+@main.command(
+    epilog="""Exit codes: 0 the model loads; 1 corruption (damaged, truncated or unsafe file, or a
+bundle failing verification); 3 environment (another Keras major, backend or TensorFlow; ops
+this build lacks); 5 serialization (unresolvable custom objects, Lambda layers) or an
+unclassified load failure; 2 the path is missing or no kind of model.
+
+\b
+Examples:
+  kbundle doctor model.h5
+  kbundle doctor exported_savedmodel/
+  kbundle doctor model.kbundle --json | jq .findings.serialization
+"""
+)
+@click.argument("target", metavar="FILE", type=click.Path(path_type=Path))
+@click.option("--timeout", default=600.0, show_default=True, type=float, help="Seconds the child process may take to check and load the model.")
+@_option_json
+@_handle_errors("as_json")
+def doctor(target: Path, timeout: float, as_json: bool) -> None:
+    """Diagnose why FILE does or does not load: a .keras/.h5 file, SavedModel or bundle.
+
+    Reports every problem found, with evidence and a fix, filed as corruption, serialization
+    or environment; then loads the model in a child process (safe mode on, no bundled code)
+    and classifies the real error. Never runs code a bundle carries.
+    """
+    from kbundle.doctor import diagnose, render_diagnosis  # noqa: PLC0415
+
+    diagnosis = diagnose(target, timeout=timeout)
+    failure = diagnosis.error()
+    code = exit_code_for(failure) if failure else EXIT_OK
+    if as_json:
+        _json_out({"ok": diagnosis.loads, "exit_code": code, **diagnosis.to_dict()})
+    else:
+        click.echo(render_diagnosis(diagnosis))
+        if failure:
+            _err(f"kbundle: error: {failure}")
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

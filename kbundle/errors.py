@@ -11,6 +11,7 @@ come from collecting several problems carry them in ``findings``. Stable: public
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 
 from kbundle.findings import Finding
@@ -21,6 +22,7 @@ __all__ = [
     "IntegrityError",
     "KbundleError",
     "LimitExceededError",
+    "ModelFileError",
     "ModelLoadError",
     "NotABundleError",
     "OutputExistsError",
@@ -29,6 +31,7 @@ __all__ = [
     "UnsupportedFormatVersionError",
     "UntrustedCodeError",
     "UsageError",
+    "first_sentence",
 ]
 
 
@@ -85,6 +88,11 @@ class LimitExceededError(IntegrityError):
     """A size, count or depth limit was exceeded (defence against bombs)."""
 
 
+class ModelFileError(IntegrityError):
+    """A model file is corrupt or unsafe to hand to Keras (bad CRC, truncation, zip or HDF5
+    bomb, external links), found by the pre-load checks even inside an intact bundle."""
+
+
 class SignatureError(IntegrityError):
     """A signature is present but does not verify, or a required signature is missing."""
 
@@ -103,3 +111,13 @@ class ModelLoadError(KbundleError, RuntimeError):
 
 class PackError(KbundleError, RuntimeError):
     """A model could not be packed (it failed to save, or something it needs cannot travel)."""
+
+
+def first_sentence(text: str, limit: int = 300) -> str:
+    """Another library's message in one short line: its first sentence, whitespace folded
+    (Keras appends whole model configs to some of its errors)."""
+    text = " ".join(text.split())
+    end = re.search(r"\.\s(?=[A-Z])", text[20:])  # "vs. stored" goes on, ". Please" ends
+    if end is not None:
+        text = text[: 20 + end.start() + 1]
+    return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -7,13 +7,21 @@ translated into kbundle errors with the original message kept. Stable: internal.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kbundle.errors import ModelLoadError, PackError
+from kbundle.errors import EnvironmentMismatchError, ModelLoadError, PackError, first_sentence
 from kbundle.manifest import TensorSpec
 
-__all__ = ["describe_live_model", "is_keras_model", "load_model", "save_model"]
+__all__ = [
+    "LoadedModel",
+    "describe_live_model",
+    "is_keras_model",
+    "load_model",
+    "load_model_file",
+    "save_model",
+]
 
 
 # Set by the CLI: run Keras imports and loads inside native_logs.filtered_native_stderr.
@@ -103,19 +111,151 @@ def describe_live_model(model: Any) -> dict[str, Any]:
 def load_model(
     path: Path,
     *,
+    fmt: str | None = None,
     custom_objects: dict[str, Any] | None = None,
     safe_mode: bool = True,
     compile: bool = True,
 ) -> Any:
-    """Load a verified ``.keras`` / ``.h5`` model file with Keras."""
-    keras = _keras()
-    try:
-        with _native_logs():
-            return keras.saving.load_model(
+    """Load a verified model file or directory; ``fmt`` as in ``manifest.model.format``.
+
+    Returns what :func:`load_model_file` documents per format (``.model`` of its result).
+    """
+    return load_model_file(
+        path, fmt=fmt, custom_objects=custom_objects, safe_mode=safe_mode, compile=compile
+    ).model
+
+
+# --------------------------------------------------------------------------------------------
+# Loading each format (docs/formats.md says what each returns)
+
+
+@dataclass(frozen=True, slots=True)
+class LoadedModel:
+    """A loaded model, which loader produced it (``keras``, ``tf-keras``, ``TFSMLayer``), and
+    why a fallback was taken (``note``)."""
+
+    model: Any
+    loader: str
+    note: str | None = None
+
+
+def load_model_file(
+    path: Path,
+    *,
+    fmt: str | None = None,
+    custom_objects: dict[str, Any] | None = None,
+    safe_mode: bool = True,
+    compile: bool = True,
+) -> LoadedModel:
+    """Load a model file with the loader its format needs.
+
+    * ``.keras`` (zip or directory) and ``.h5``: ``keras.saving.load_model`` -> ``keras.Model``.
+      A file written by Keras 2 that Keras 3 cannot read is loaded with tf-keras when it is
+      installed (a ``tf_keras.Model``); a clear :class:`ModelLoadError` when neither can.
+    * SavedModel: ``keras.layers.TFSMLayer`` bound to the ``serve`` signature
+      (``model.export``), else ``serving_default`` (``tf.saved_model.save``, tf-keras), else
+      the only signature there is. Needs the TensorFlow backend.
+    """
+    from kbundle.model_files import identify_format  # noqa: PLC0415
+
+    fmt = fmt or identify_format(path)
+    with _native_logs():
+        if fmt == "savedmodel":
+            return _load_saved_model(path)
+        keras = _keras()
+        try:
+            model = keras.saving.load_model(
                 path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
             )
+        except Exception as exc:
+            return _load_keras2_fallback(path, fmt, exc, custom_objects, safe_mode, compile)
+    return LoadedModel(model, "keras")
+
+
+def _load_keras2_fallback(
+    path: Path,
+    fmt: str,
+    keras3_error: Exception,
+    custom_objects: dict[str, Any] | None,
+    safe_mode: bool,
+    compile: bool,
+) -> LoadedModel:
+    """Keras 3 failed: try tf-keras when the file says Keras 2 wrote it, else explain."""
+    from kbundle.model_config import marshalled_code  # noqa: PLC0415
+    from kbundle.model_files import describe_model_file, keras_major, read_model_config  # noqa: PLC0415
+
+    saved_by = describe_model_file(path, fmt).get("saved_by", {})
+    if fmt not in ("keras", "h5") or keras_major(saved_by) != 2 or "safe_mode" in str(keras3_error):
+        raise ModelLoadError(_load_message(keras3_error), hint=_load_hint(keras3_error)) from keras3_error
+    written = f"written by Keras {saved_by['keras_version']}"
+    if safe_mode and marshalled_code(read_model_config(path, fmt) or {}):
+        # tf-keras ignores safe_mode for .h5 files: it would unmarshal the Lambda's bytecode.
+        raise ModelLoadError(
+            f"this model was {written}; Keras 3 cannot load it ({first_sentence(str(keras3_error))}) and "
+            "tf-keras would run its Lambda layer's Python bytecode, which safe mode forbids",
+            hint="if you trust the file, load it with --unsafe-lambda (safe_mode=False)",
+        ) from keras3_error
+    try:
+        import tf_keras  # noqa: PLC0415 - Keras 2, only for files Keras 3 cannot read
+    except ImportError:
+        raise ModelLoadError(
+            f"this model was {written} and Keras 3 cannot load it: {first_sentence(str(keras3_error))}; "
+            "tf-keras (Keras 2) is not installed",
+            hint=f"install tf-keras to load Keras 2 files: {_tf_keras_requirement()}",
+        ) from keras3_error
+    try:
+        model = tf_keras.models.load_model(
+            path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
+        )
+    except Exception as exc:
+        raise ModelLoadError(
+            f"this model was {written}; neither Keras 3 ({type(keras3_error).__name__}: "
+            f"{first_sentence(str(keras3_error))}) nor tf-keras ({type(exc).__name__}: "
+            f"{first_sentence(str(exc))}) "
+            "could load it",
+            hint=_load_hint(exc),
+        ) from exc
+    note = f"Keras 3 could not load this Keras 2 file ({first_sentence(str(keras3_error))}); loaded with tf-keras"
+    return LoadedModel(model, "tf-keras", note)
+
+
+def _tf_keras_requirement() -> str:
+    """The tf-keras release matching the installed TensorFlow (tf-keras versions track it)."""
+    from importlib import metadata  # noqa: PLC0415
+
+    from kbundle.environment import TENSORFLOW_DISTRIBUTIONS  # noqa: PLC0415
+
+    for distribution in TENSORFLOW_DISTRIBUTIONS:
+        try:
+            major_minor = ".".join(metadata.version(distribution).split(".")[:2])
+        except metadata.PackageNotFoundError:
+            continue
+        return f"pip install 'tf-keras=={major_minor}.*' (add --no-deps with {distribution})"
+    return "pip install tf-keras"
+
+
+def _load_saved_model(path: Path) -> LoadedModel:
+    from kbundle.model_files import read_saved_model, serving_endpoint  # noqa: PLC0415
+
+    info = read_saved_model(path)
+    endpoint = serving_endpoint(info)
+    if endpoint is None:
+        raise ModelLoadError(
+            f"the SavedModel has no serving signature to call (signatures: "
+            f"{', '.join(info.signatures) or 'none'})",
+            hint="unpack it with 'kbundle unpack --no-load' and use tf.saved_model.load() on the directory",
+        )
+    keras = _keras()
+    if keras.backend.backend() != "tensorflow":
+        raise EnvironmentMismatchError(
+            f"a SavedModel loads only with the TensorFlow backend; KERAS_BACKEND is {keras.backend.backend()}",
+            hint="set KERAS_BACKEND=tensorflow",
+        )
+    try:
+        layer = keras.layers.TFSMLayer(str(path), call_endpoint=endpoint)
     except Exception as exc:
         raise ModelLoadError(_load_message(exc), hint=_load_hint(exc)) from exc
+    return LoadedModel(layer, "TFSMLayer", f"called through its {endpoint!r} signature")
 
 
 def _first_line(exc: BaseException) -> str:

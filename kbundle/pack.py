@@ -21,7 +21,7 @@ from kbundle._version import __version__
 from kbundle.archive import PayloadFile, ProgressCallback, write_bundle
 from kbundle.atomic import atomic_file, check_destination
 from kbundle.environment import capture_environment
-from kbundle.errors import UsageError
+from kbundle.errors import PackError, UsageError
 from kbundle.keys import SigningKey
 from kbundle.manifest import (
     FORMAT_VERSION,
@@ -33,6 +33,7 @@ from kbundle.manifest import (
     serialize_manifest,
 )
 from kbundle.model_files import MODEL_FILE_NAMES, describe_model_file, identify_format
+from kbundle.preload import require_sound_model
 from kbundle.signing import manifest_signer, signature_member_size
 
 __all__ = ["DEFAULT_LEVEL", "PackResult", "pack"]
@@ -150,6 +151,8 @@ def pack(
         elif isinstance(model, str | os.PathLike):
             source = Path(model)
             fmt = identify_format(source)
+            # Refuse a corrupt or hostile file now, not when someone loads the bundle.
+            require_sound_model(source, fmt, error=PackError, hint=f"run 'kbundle doctor {source}'")
             description = describe_model_file(source, fmt)
         else:
             raise UsageError(

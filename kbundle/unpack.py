@@ -16,9 +16,10 @@ from typing import Any
 
 from kbundle.archive import BundleHead, VerifyReport, read_head, scan_bundle
 from kbundle.atomic import atomic_directory
-from kbundle.errors import IntegrityError, SignatureError, UntrustedCodeError, UsageError
+from kbundle.errors import IntegrityError, ModelFileError, SignatureError, UntrustedCodeError, UsageError
 from kbundle.findings import Finding
 from kbundle.names import MANIFEST_NAME, SIGNATURE_NAME
+from kbundle.preload import require_sound_model
 from kbundle.signing import SignaturePolicy, TrustedKeys, check_signatures
 
 __all__ = ["LoadOptions", "UnpackResult", "inspect", "load", "unpack", "verify"]
@@ -182,8 +183,16 @@ def _load_verified(directory: Path, report: VerifyReport, options: LoadOptions) 
     from kbundle import keras_io  # noqa: PLC0415 - Keras is imported only to load
 
     _require_trust(report, options)
-    model_path = directory / report.head.manifest.model.path
-    return keras_io.load_model(model_path, safe_mode=options.safe_mode, compile=options.compile)
+    model = report.head.manifest.model
+    model_path = directory / model.path
+    # The checksums prove the model is what was packed, not that it is harmless.
+    require_sound_model(
+        model_path, model.format, error=ModelFileError, label=model.path,
+        hint="run 'kbundle doctor' on the bundle",
+    )
+    return keras_io.load_model(
+        model_path, fmt=model.format, safe_mode=options.safe_mode, compile=options.compile
+    )
 
 
 def unpack(
@@ -229,9 +238,12 @@ def load(
 ) -> Any:
     """Verify the bundle into a private temporary directory and load the model from there.
 
-    Returns a ``keras.Model``. Bundled code runs only with ``trust_code=True`` or when the
-    bundle is signed by a trusted key (``trusted_keys``, else the trusted-keys directory; see
-    :func:`verify`); Keras ``safe_mode`` stays on unless ``safe_mode=False``.
+    Returns a ``keras.Model`` for ``.keras`` and ``.h5`` models (a ``tf_keras`` model for a
+    Keras 2 file only tf-keras can read) and a ``keras.layers.TFSMLayer`` for a SavedModel
+    (docs/formats.md). The model file is checked before Keras opens it. Bundled code runs
+    only with ``trust_code=True`` or when the bundle is signed by a trusted key
+    (``trusted_keys``, else the trusted-keys directory; see :func:`verify`); Keras
+    ``safe_mode`` stays on unless ``safe_mode=False``.
     """
     path = _as_path(bundle)
     _check_expected(expect)

@@ -102,3 +102,96 @@ def saved_keras_file(tmp_path: Path, sequential_model: Any) -> Path:
     path = tmp_path / "model.keras"
     sequential_model.save(path)
     return path
+
+
+def zip_member_data_offset(path: Path, member: str) -> int:
+    """Where ``member``'s stored bytes start in the zip ``path`` (after its local header)."""
+    import zipfile
+
+    with zipfile.ZipFile(path) as archive:
+        header = archive.getinfo(member).header_offset
+    raw = path.read_bytes()
+    name_len = int.from_bytes(raw[header + 26 : header + 28], "little")
+    extra_len = int.from_bytes(raw[header + 28 : header + 30], "little")
+    return header + 30 + name_len + extra_len
+
+
+def env_without_tf_keras(tmp_path: Path) -> dict[str, str]:
+    """A child environment in which ``import tf_keras`` fails as if it were not installed."""
+    shim = tmp_path / "no-tf-keras" / "tf_keras"
+    shim.mkdir(parents=True)
+    (shim / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'tf_keras'\", name='tf_keras')\n"
+    )
+    env = child_env()
+    env["PYTHONPATH"] = os.pathsep.join([str(shim.parent), env["PYTHONPATH"]])
+    return env
+
+
+# --------------------------------------------------------------------------------------------
+# Real Keras 2 files (tf-keras), written once per session in a child process: Keras 2 and
+# Keras 3 cannot share one process as "keras", so the child runs with TF_USE_LEGACY_KERAS=1.
+
+KERAS2_INPUT = [[0.5, -1.0, 2.0, 0.25], [1.5, 0.0, -0.5, 3.0]]
+
+_KERAS2_SCRIPT = """
+import json, sys
+from pathlib import Path
+import numpy as np
+import tensorflow as tf
+import tf_keras as keras
+
+out, marker = Path(sys.argv[1]), sys.argv[2]
+keras.utils.set_random_seed(0)
+x = np.array(json.loads(sys.argv[3]), dtype="float32")
+
+class Scale(keras.layers.Layer):
+    def __init__(self, factor=2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+    def call(self, inputs):
+        return inputs * self.factor
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+
+def functional(name, middle):
+    inputs = keras.Input((4,), name="x")
+    return keras.Model(inputs, keras.layers.Dense(1, name="head")(middle(inputs)), name=name)
+
+models = {
+    "plain": keras.Sequential([keras.Input((4,), name="x"), keras.layers.Dense(3), keras.layers.Dense(1)], name="plain"),
+    "functional": functional("functional", lambda t: keras.layers.Dense(3, name="hidden")(t)),
+    "custom": functional("custom", lambda t: Scale(3.0, name="scale")(t)),
+    "tfop": functional("tfop", lambda t: tf.math.square(t)),
+    "tfop_lambda": functional("tfop_lambda", lambda t: keras.layers.Lambda(
+        eval("lambda v: v * 2 if not __import__('pathlib').Path(%r).touch() else v" % marker))(tf.math.square(t))),
+}
+expected = {}
+for name, model in models.items():
+    expected[name] = model(x).numpy()
+    model.save(out / f"{name}.h5")
+models["functional"].save(out / "functional.keras")
+models["plain"].save(out / "plain_savedmodel")
+np.savez(out / "expected.npz", **expected)
+"""
+
+
+@pytest.fixture(scope="session")
+def keras2_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Keras 2 models saved by tf-keras: ``plain.h5``, ``custom.h5`` (a custom ``Scale``
+    layer), ``tfop.h5`` (a TFOpLambda Keras 3 cannot read), ``tfop_lambda.h5`` (TFOpLambda then
+    a Lambda whose code touches ``lambda-ran`` in the same directory when it runs),
+    ``functional.h5`` and ``functional.keras`` (which Keras 3 cannot read: it names
+    ``tf_keras.src.engine.functional``), ``plain_savedmodel/`` and ``expected.npz`` (each
+    model's outputs on ``KERAS2_INPUT``)."""
+    import json
+
+    out = tmp_path_factory.mktemp("keras2")
+    marker = out / "lambda-ran"
+    done = subprocess.run(
+        [sys.executable, "-c", _KERAS2_SCRIPT, str(out), str(marker), json.dumps(KERAS2_INPUT)],
+        capture_output=True, text=True, env=child_env(TF_USE_LEGACY_KERAS="1"), timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    marker.unlink(missing_ok=True)  # building the Lambda model ran its code once, by design
+    return out

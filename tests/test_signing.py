@@ -129,7 +129,8 @@ def ok_prefix(bundle: Path) -> str:
     """The start of verify's summary line for ``bundle`` (a tiny model: kilobytes)."""
     manifest = read_head(bundle).manifest
     assert 1000 <= manifest.payload_size < 1_000_000
-    return f"OK: {len(manifest.members)} files, {manifest.payload_size / 1000:.1f} KB verified"
+    count = len(manifest.members)
+    return f"OK: {count} file{'' if count == 1 else 's'}, {manifest.payload_size / 1000:.1f} KB verified"
 
 
 # --------------------------------------------------------------------------------------------

@@ -149,7 +149,7 @@ def test_directory_model_packed_by_the_cli_matches_the_schema(
     manifest = manifest_of(bundle)
     assert manifest["model"]["format"] == "keras-dir"
     assert {
-        "path": "model/model.keras/assets",
+        "path": "model/keras_model/assets",
         "type": "dir",
         "size": None,
         "digest": None,
@@ -391,9 +391,9 @@ def test_directory_names_that_need_pax_records_round_trip(
     assert report.findings == []
     listed = {m.path for m in report.head.manifest.members if m.type == "dir"}
     assert listed == {
-        "model/model.keras",
-        f"model/model.keras/{long_name}",
-        "model/model.keras/modèle",
+        "model/keras_model",
+        f"model/keras_model/{long_name}",
+        "model/keras_model/modèle",
     }
     assert_valid_manifest(manifest_of(bundle))
 
@@ -409,7 +409,7 @@ def test_pack_refuses_a_name_the_format_forbids_and_leaves_nothing(
         kbundle.pack(model, output)
     assert caught.value.message == (
         "the manifest breaks 1 format rule(s): members[1].path: component 'aux.txt' cannot be "
-        "created on every file system: 'model/model.keras/aux.txt'"
+        "created on every file system: 'model/keras_model/aux.txt'"
     )
     assert list(output.parent.iterdir()) == []
 
