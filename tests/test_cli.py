@@ -190,3 +190,38 @@ def test_unpack_output_has_no_tensorflow_startup_chatter(saved_keras_file: Path,
         f"verified 1 file into {tmp_path / 'out'} (integrity-checked, not signed)",
         "model loads: Sequential 'tiny_sequential', 193 parameters",
     ]
+
+
+def _stderr_on_a_terminal(args: list[str]) -> tuple[int, str]:
+    """Run the CLI with stderr on a pseudo-terminal (stdout piped); return code and stderr."""
+    import pty
+
+    leader, follower = pty.openpty()
+    process = subprocess.Popen([sys.executable, "-m", "kbundle", *args], stdout=subprocess.DEVNULL, stderr=follower, stdin=subprocess.DEVNULL, env=child_env(COLUMNS="100"))
+    os.close(follower)
+    chunks = []
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # EIO: the child closed the terminal
+            break
+        if not data:
+            break
+        chunks.append(data)
+    os.close(leader)
+    return process.wait(timeout=120), b"".join(chunks).decode("utf-8", "replace")
+
+
+def test_progress_is_drawn_on_a_terminal_and_quiet_otherwise(keras: Any, tmp_path: Path) -> None:
+    model = keras.Sequential([keras.Input((1500,)), keras.layers.Dense(1500, use_bias=False)])
+    model.save(tmp_path / "m.keras")
+    bundle = tmp_path / "m.kbundle"
+    code, terminal = _stderr_on_a_terminal(["pack", str(tmp_path / "m.keras"), "-o", str(bundle), "--level", "19"])
+    assert code == 0, terminal
+    assert "packing" in terminal and "MB" in terminal
+    code, terminal = _stderr_on_a_terminal(["verify", str(bundle)])
+    assert code == 0 and "verifying" in terminal
+    code, terminal = _stderr_on_a_terminal(["verify", str(bundle), "--quiet"])
+    assert code == 0 and terminal == ""
+    piped = run_cli("verify", bundle)
+    assert "verifying" not in piped.stderr and "\x1b[" not in piped.stderr
