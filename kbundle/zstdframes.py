@@ -184,6 +184,7 @@ class FrameTracker:
         self._last_block = False
         self._checksum = False
         self._on_payload = on_payload
+        self._pieces: list[bytes | memoryview] = []  # payload bytes of the current feed()
         self.frames = 0
         self.consumed = 0
         self.trailer: bytes | None = None
@@ -198,11 +199,25 @@ class FrameTracker:
         """True when the stream so far ends exactly after a complete trailer frame."""
         return self._state == "ended"
 
-    def _payload(self, data: bytes | memoryview) -> None:
+    def _payload(self, data: bytes | bytearray | memoryview) -> None:
         if self.frames > 1 and self._on_payload is not None and self._state != "trailer":
-            self._on_payload(bytes(data))
+            # Header bytes live in a reused buffer and are copied; block contents are views
+            # of the caller's immutable chunk.
+            self._pieces.append(bytes(data) if isinstance(data, bytearray) else data)
 
     def feed(self, data: bytes) -> None:
+        try:
+            self._feed(data)
+        finally:
+            if self._pieces:
+                # One hand-over per chunk: a call per zstd block (every 128 KiB at most)
+                # cost more than the hashing itself.
+                joined = self._pieces[0] if len(self._pieces) == 1 else b"".join(self._pieces)
+                self._pieces = []
+                assert self._on_payload is not None
+                self._on_payload(bytes(joined) if isinstance(joined, memoryview) else joined)
+
+    def _feed(self, data: bytes) -> None:
         view = memoryview(data)
         while view:
             if self._state == "ended":
