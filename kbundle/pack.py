@@ -24,6 +24,7 @@ from kbundle.environment import capture_environment
 from kbundle.errors import UsageError
 from kbundle.manifest import (
     FORMAT_VERSION,
+    Environment,
     Manifest,
     Member,
     ModelInfo,
@@ -49,6 +50,7 @@ class PackResult:
     digest: str
     manifest: Manifest
     size: int
+    notes: tuple[str, ...] = ()
 
 
 def _utc_now() -> tuple[str, int]:
@@ -108,10 +110,14 @@ def _parse_level(level: int | str | None) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class Extras:
-    """Additions to a bundle beyond the model: more payload and manifest fields."""
+    """Additions to a bundle beyond the model: more payload, manifest fields, notes for the user."""
 
     payload: tuple[PayloadFile, ...] = ()
     fields: Mapping[str, Any] | None = None
+    notes: tuple[str, ...] = ()
+
+    def merged(self, other: Extras) -> Extras:
+        return Extras(self.payload + other.payload, {**(self.fields or {}), **(other.fields or {})}, self.notes + other.notes)
 
 
 def pack(
@@ -123,6 +129,8 @@ def pack(
     threads: int = -1,
     progress: Callable[[int, int], None] | None = None,
     extras: Callable[[Any, Path, str], Extras] | None = None,
+    probe: bool | None = None,
+    lock: bool = False,
 ) -> PackResult:
     """Pack ``model`` into the bundle ``output``.
 
@@ -130,6 +138,11 @@ def pack(
     directory, or a live ``keras.Model`` (saved as ``.keras`` first). ``level`` is a zstd
     level or ``"none"``; ``threads`` the zstd worker count (-1: one per CPU). ``progress`` is
     called with (bytes done, bytes total). Nothing is left at ``output`` unless pack succeeds.
+
+    ``probe`` stores a deterministic input and the model's output on it (``None``: whenever
+    the input signature is known; packing a file then loads it with Keras, which imports
+    TensorFlow; ``False`` keeps pack free of that). ``lock`` adds hashes to the pinned
+    requirements through pip-tools, which asks the package index (see ``kbundle.lock``).
     """
     output_path = Path(output)
     check_destination(output_path, force=force, what="bundle")
@@ -153,9 +166,11 @@ def pack(
             )
         payload = _model_payload(source, fmt)
         added = extras(model, Path(scratch), fmt) if extras else Extras()
+        added = added.merged(_probe_extras(model, source, fmt, description, Path(scratch), probe))
+        environment = capture_environment()  # after the probe: a TensorFlow it imported is recorded in full
+        added = added.merged(_requirements_extras(environment, added, Path(scratch), lock))
         payload += list(added.payload)
         created, mtime = _utc_now()
-        environment = capture_environment()
         info = ModelInfo(format=fmt, path=payload[0].path, **description)
 
         def make_manifest(digests: Mapping[str, str]) -> bytes:
@@ -193,4 +208,22 @@ def pack(
             )
             size = handle.seek(0, os.SEEK_END)
     manifest = parse_manifest(manifest_bytes)
-    return PackResult(output_path, bundle_digest(manifest_bytes), manifest, size)
+    return PackResult(output_path, bundle_digest(manifest_bytes), manifest, size, added.notes)
+
+
+def _probe_extras(model: Any, source: Path, fmt: str, description: Mapping[str, Any], scratch: Path, probe: bool | None) -> Extras:
+    """``probe/``: a deterministic input and the model's output on it (see kbundle.probe)."""
+    from kbundle.probe import probe_payload  # noqa: PLC0415 - Keras-side, imported when probing
+
+    info, files, notes = probe_payload(model, source, fmt, description.get("inputs"), scratch, wanted=probe)
+    return Extras(tuple(files), {"probe": info} if info else None, notes)
+
+
+def _requirements_extras(environment: Environment, added: Extras, scratch: Path, lock: bool) -> Extras:
+    """``env/``: the pinned closure and, with ``lock``, its hashes (see kbundle.lock)."""
+    from kbundle.lock import requirements_payload  # noqa: PLC0415
+
+    custom_objects = list((added.fields or {}).get("custom_objects") or [])
+    requirements, files = requirements_payload(scratch, environment, custom_objects, lock=lock)
+    notes = (requirements.note,) if lock and requirements.note else ()
+    return Extras(tuple(files), {"requirements": requirements}, notes)
