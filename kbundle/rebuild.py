@@ -2,7 +2,7 @@
 
 Both read the bundle's ``env/`` files only after verifying the whole bundle (they are what
 pip will install). ``create_environment`` makes a virtual environment with the recorded
-Python minor (``pythonX.Y`` on ``PATH``, or the running interpreter when it matches), installs
+Python minor (the running interpreter when it matches, else ``pythonX.Y`` on ``PATH``), installs
 the pinned closure with ``--no-deps`` (the closure is complete, and ``--no-deps`` stops
 tf-keras from pulling plain ``tensorflow`` over ``tensorflow-cpu``) and with
 ``--require-hashes`` when the bundle has a hashed lock, installs kbundle itself, and ends by
@@ -115,7 +115,7 @@ def _interpreter_version(executable: str) -> str | None:
 
 
 def find_interpreter(minor: str, python: str | None = None) -> str:
-    """An interpreter of Python ``minor`` (``3.11``): ``python`` if given, else from PATH."""
+    """An interpreter of Python ``minor`` (``3.11``): ``python`` if given, else this one or PATH's."""
     if python is not None:
         found = _interpreter_version(python)
         if found != minor:
@@ -124,9 +124,10 @@ def find_interpreter(minor: str, python: str | None = None) -> str:
                 hint=f"pass an interpreter of Python {minor}",
             )
         return python
-    candidates = [shutil.which(f"python{minor}")]
-    if "%d.%d" % sys.version_info[:2] == minor:
+    candidates: list[str | None] = []
+    if "%d.%d" % sys.version_info[:2] == minor:  # the running interpreter first: the closest patch release
         candidates.append(getattr(sys, "_base_executable", None) or sys.executable)
+    candidates.append(shutil.which(f"python{minor}"))
     for candidate in candidates:
         if candidate and _interpreter_version(candidate) == minor:
             return candidate
