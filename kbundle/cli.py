@@ -197,15 +197,17 @@ def _option_policy(command: F) -> F:
         "severity",
         multiple=True,
         metavar="FIELD=LEVEL",
-        help="Set the severity (ok, info, warn, error) of a differing field, e.g. keras.backend=warn "
-        "(repeatable; FIELD may use * as in 'distributions.*'). Overrides [tool.kbundle.severity].",
+        help="Set the severity (ok, info, warn, error) of a differing field, e.g. "
+        "keras.backend=warn (repeatable; FIELD may use * as in 'distributions.*'). "
+        "Overrides [tool.kbundle.severity].",
     )(command)
     return click.option(
         "--policy",
         type=click.Choice(["default", "strict", "lenient"]),
         default=None,
-        help="How strictly environment differences count: strict makes every version difference an "
-        "error, lenient only what will certainly fail. Default: [tool.kbundle] policy, else default.",
+        help="How strictly environment differences count: strict makes every version difference "
+        "an error, lenient only what will certainly fail. Default: [tool.kbundle] policy, else "
+        "default.",
     )(command)
 
 
@@ -270,15 +272,30 @@ Examples:
 @click.option(
     "--probe/--no-probe",
     default=None,
-    help="Store a deterministic input and the model's output, re-checked at load (default: whenever the "
-    "input signature is known; loads a model file with Keras, which imports TensorFlow).",
+    help="Store a deterministic input and the model's output, re-checked at load (default: "
+    "whenever the input signature is known; loads a model file with Keras, which imports "
+    "TensorFlow).",
 )
-@click.option("--lock", is_flag=True, help="Hash-lock the pinned requirements with pip-tools (asks the package index; slow).")
+@click.option(
+    "--lock",
+    is_flag=True,
+    help="Hash-lock the pinned requirements with pip-tools (asks the package index; slow).",
+)
 @_option_force
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
-def pack(model: Path, output: Path, level: str, threads: int, probe: bool | None, lock: bool, force: bool, quiet: bool, as_json: bool) -> None:
+def pack(
+    model: Path,
+    output: Path,
+    level: str,
+    threads: int,
+    probe: bool | None,
+    lock: bool,
+    force: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """Pack MODEL (.keras, .h5 or SavedModel directory) into one verified bundle.
 
     Prints the bundle digest (sha256 of its manifest); pin it in deploy scripts with
@@ -287,9 +304,15 @@ def pack(model: Path, output: Path, level: str, threads: int, probe: bool | None
     from kbundle.pack import pack as pack_model  # noqa: PLC0415
 
     with _progress("packing", not quiet) as progress:
-        result = pack_model(model, output, force=force, level=level, threads=threads, progress=progress, probe=probe, lock=lock)
+        result = pack_model(
+            model, output, force=force, level=level, threads=threads, progress=progress,
+            probe=probe, lock=lock,
+        )
     if as_json:
-        _json_out({"ok": True, "bundle": str(result.path), "digest": result.digest, "size": result.size, "model_format": result.manifest.model.format, "notes": list(result.notes)})
+        _json_out({
+            "ok": True, "bundle": str(result.path), "digest": result.digest, "size": result.size,
+            "model_format": result.manifest.model.format, "notes": list(result.notes),
+        })
         return
     for note in result.notes:
         _err(f"kbundle: note: {note}")
@@ -374,7 +397,21 @@ Examples:
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
-def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, trust_code: bool, unsafe_lambda: bool, ignore_env: bool, no_probe: bool, policy: str | None, severity: tuple[str, ...], force: bool, quiet: bool, as_json: bool) -> None:
+def unpack(
+    bundle: Path,
+    destination: Path,
+    no_load: bool,
+    expect: str | None,
+    trust_code: bool,
+    unsafe_lambda: bool,
+    ignore_env: bool,
+    no_probe: bool,
+    policy: str | None,
+    severity: tuple[str, ...],
+    force: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """Verify BUNDLE while extracting it into DEST, then prove the model loads.
 
     DEST appears only when every member verified. Before loading, the recorded environment
@@ -386,7 +423,13 @@ def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, t
     from kbundle.unpack import LoadOptions  # noqa: PLC0415
     from kbundle.unpack import unpack as unpack_bundle  # noqa: PLC0415
 
-    options = LoadOptions(trust_code=trust_code, safe_mode=not unsafe_lambda, ignore_env=ignore_env, policy=resolve_policy(policy, severity), probe=not no_probe)
+    options = LoadOptions(
+        trust_code=trust_code,
+        safe_mode=not unsafe_lambda,
+        ignore_env=ignore_env,
+        env_policy=resolve_policy(policy, severity),
+        probe=not no_probe,
+    )
     with _progress("unpacking", not quiet and not as_json) as progress:
         result = unpack_bundle(bundle, destination, force=force, expect=expect, load_model=not no_load, options=options, progress=progress)
     loaded: dict[str, Any] | None = None
@@ -395,7 +438,11 @@ def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, t
 
         loaded = keras_io.describe_live_model(result.model)
     if as_json:
-        _json_out({"ok": True, "destination": str(result.path), "digest": result.report.head.digest, "model": str(result.model_path), "loaded": loaded is not None, "environment": [f.to_dict() for f in result.environment]})
+        _json_out({
+            "ok": True, "destination": str(result.path), "digest": result.report.head.digest,
+            "model": str(result.model_path), "loaded": loaded is not None,
+            "environment": [f.to_dict() for f in result.environment],
+        })
         return
     _print_environment_concerns(result.environment)
     if not quiet:
@@ -473,8 +520,16 @@ Examples:
 """,
 )
 @_BUNDLE
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write to this file instead of stdout.")
-@click.option("--hashed/--pins", "hashed", default=None, help="The hash lock (an error if the bundle has none) or the plain pins. Default: the lock when there is one.")
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Write to this file instead of stdout."
+)
+@click.option(
+    "--hashed/--pins",
+    "hashed",
+    default=None,
+    help="The hash lock (an error if the bundle has none) or the plain pins. "
+    "Default: the lock when there is one.",
+)
 @_option_force
 @_handle_errors()
 def env_export(bundle: Path, output: Path | None, hashed: bool | None, force: bool) -> None:
@@ -504,12 +559,29 @@ Examples:
 )
 @_BUNDLE
 @click.argument("directory", type=click.Path(path_type=Path))
-@click.option("--python", "python", metavar="PATH", help="Interpreter to use (must be the recorded Python minor). Default: pythonX.Y on PATH.")
-@click.option("--kbundle", "kbundle_spec", metavar="SPEC", help="What to pip-install as kbundle. Default: this kbundle's checkout, else kbundle==VERSION.")
+@click.option(
+    "--python",
+    "python",
+    metavar="PATH",
+    help="Interpreter of the recorded Python minor. Default: this one if it fits, else pythonX.Y.",
+)
+@click.option(
+    "--kbundle",
+    "kbundle_spec",
+    metavar="SPEC",
+    help="What to pip-install as kbundle. Default: this kbundle's checkout, else kbundle==VERSION.",
+)
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
-def env_create(bundle: Path, directory: Path, python: str | None, kbundle_spec: str | None, quiet: bool, as_json: bool) -> None:
+def env_create(
+    bundle: Path,
+    directory: Path,
+    python: str | None,
+    kbundle_spec: str | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """Build a virtual environment in DIRECTORY that reproduces BUNDLE's environment.
 
     Uses the recorded Python minor, installs the pinned requirements with --no-deps (and
@@ -519,13 +591,22 @@ def env_create(bundle: Path, directory: Path, python: str | None, kbundle_spec: 
     from kbundle.rebuild import create_environment  # noqa: PLC0415
 
     step = None if quiet or as_json else (lambda text: _err(f"kbundle: {text}"))
-    created = create_environment(bundle, directory, python=python, kbundle_spec=kbundle_spec, step=step)
+    created = create_environment(
+        bundle, directory, python=python, kbundle_spec=kbundle_spec, step=step
+    )
     if as_json:
-        _json_out({"ok": True, "directory": str(created.directory), "python": created.python, "hashed": created.hashed, "backend": created.backend, "findings": [f.to_dict() for f in created.findings]})
+        _json_out({
+            "ok": True, "directory": str(created.directory), "python": created.python,
+            "hashed": created.hashed, "backend": created.backend,
+            "findings": [f.to_dict() for f in created.findings],
+        })
         return
     if not quiet:
-        install = "hash-checked" if created.hashed else "not hash-checked (the bundle has no hashed lock)"
-        _err(f"created {created.directory}: Python {created.python}, {install}; kbundle check inside it is clean")
+        install = "hash-checked" if created.hashed else "not hash-checked (no hashed lock)"
+        _err(
+            f"created {created.directory}: Python {created.python}, {install}; "
+            "kbundle check inside it is clean"
+        )
         if created.backend and created.backend != "tensorflow":
             _err(f"set KERAS_BACKEND={created.backend} when using it")
     click.echo(str(created.python_executable))

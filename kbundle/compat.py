@@ -24,6 +24,7 @@ from __future__ import annotations
 import fnmatch
 import os
 import sys
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -34,7 +35,7 @@ from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
 from kbundle.environment import TENSORFLOW_DISTRIBUTIONS, capture_environment
-from kbundle.errors import EnvironmentMismatchError, UsageError
+from kbundle.errors import EnvironmentMismatchError, ModelLoadError, UsageError
 from kbundle.findings import Finding, Severity
 from kbundle.manifest import CustomObject, Environment, Manifest
 
@@ -47,6 +48,7 @@ __all__ = [
     "check",
     "check_manifest",
     "compare_environments",
+    "environment_gate",
     "parse_severity_overrides",
     "resolve_policy",
 ]
@@ -62,14 +64,18 @@ RULES: dict[str, str] = {
     "keras.version": "an older Keras may not read a file written by a newer one",
     "keras.backend": "built-in layers move between backends; custom code calling tf. ops does not",
     "keras.floatx": "custom code that reads keras.config.floatx() computes in another dtype",
-    "keras.image_data_format": "custom code that reads the global data format lays tensors out differently",
-    "tensorflow.version": "ops and saved graphs of a newer TensorFlow may be missing from an older one",
+    "keras.image_data_format": (
+        "custom code that reads the global data format lays tensors out differently"
+    ),
+    "tensorflow.version": "a newer TensorFlow may save ops and graph features an older one lacks",
     "tensorflow.distribution": "several TensorFlow distributions overwrite each other's files",
-    "tensorflow.build": "a CUDA build and a CPU build run different kernels (speed, numerics, GPU-only ops)",
-    "python.version": "pickled code holds bytecode of one Python minor; wheels are built per minor",
+    "tensorflow.build": "CUDA and CPU builds run different kernels (speed, numerics, GPU-only ops)",
+    "python.version": "pickled code holds one Python minor's bytecode; wheels are built per minor",
     "python.implementation": "pickled code and compiled wheels are specific to CPython or PyPy",
-    "libraries.*": "numpy, h5py, cloudpickle and backend libraries read the saved arrays and pickles",
-    "distributions.*": "distributions that custom objects import must be installed, ideally at the recorded version",
+    "libraries.*": "numpy, h5py, cloudpickle and backend libraries read saved arrays and pickles",
+    "distributions.*": (
+        "what custom objects import must be installed, ideally at the recorded version"
+    ),
     "platform.system": "wheels and compiled custom ops are built per operating system",
     "platform.machine": "wheels and compiled custom ops are built per CPU architecture",
     "platform.libc": "wheels need a C library at least as new as the one they were built for",
@@ -95,7 +101,9 @@ class EnvironmentWarning(UserWarning):
 class _Outcome:
     severity: Severity
     certain: bool = False  # loading will certainly fail: an error under every policy
-    incidental: bool = False  # does not touch loading (the machine, unused libraries): strict leaves it
+    incidental: bool = (
+        False  # does not touch loading (the machine, unused libraries): strict leaves it
+    )
 
     def under(self, policy: str) -> Severity:
         if self.severity == Severity.OK:
@@ -148,16 +156,23 @@ class Policy:
         severity, origin = self.severity_for(finding.location, outcome)
         if origin is None:
             return finding
-        return replace(finding, severity=severity, problem=f"{finding.problem} (severity set by {origin})")
+        return replace(
+            finding, severity=severity, problem=f"{finding.problem} (severity set by {origin})"
+        )
 
 
-def parse_severity_overrides(items: Iterable[str], origin: str) -> tuple[tuple[str, Severity, str], ...]:
+def parse_severity_overrides(
+    items: Iterable[str], origin: str
+) -> tuple[tuple[str, Severity, str], ...]:
     """``FIELD=LEVEL`` strings into overrides; unknown fields and levels are usage errors."""
     parsed = []
     for item in items:
         pattern, sep, level = item.partition("=")
         if not sep:
-            raise UsageError(f"a severity override must be FIELD=LEVEL: {item!r}", hint="e.g. --severity keras.backend=warn")
+            raise UsageError(
+                f"a severity override must be FIELD=LEVEL: {item!r}",
+                hint="e.g. --severity keras.backend=warn",
+            )
         parsed.append(_override(pattern.strip(), level.strip(), origin))
     return tuple(parsed)
 
@@ -188,11 +203,13 @@ def resolve_policy(
     severity: Iterable[str] = (),
     *,
     start: Path | None = None,
+    origin: str = "--severity",
 ) -> Policy:
     """The policy in force: ``name`` and ``severity`` (command line) over ``[tool.kbundle]``.
 
     The configuration is the ``[tool.kbundle]`` table of the nearest ``pyproject.toml`` that
-    has one, searching from ``start`` (the working directory) upward.
+    has one, searching from ``start`` (the working directory) upward. ``origin`` names where
+    ``severity`` came from, in findings and errors (``--severity``, ``env_severity``).
     """
     config_path, table = _find_config(start or Path.cwd())
     policy_name = "default"
@@ -201,28 +218,45 @@ def resolve_policy(
         origin = str(config_path)
         unknown = sorted(set(table) - {"policy", "severity"})
         if unknown:
-            raise UsageError(f"{origin}: unknown key(s) in [tool.kbundle]: {', '.join(unknown)}", hint="allowed: policy, severity")
+            raise UsageError(
+                f"{origin}: unknown key(s) in [tool.kbundle]: {', '.join(unknown)}",
+                hint="allowed: policy, severity",
+            )
         configured = table.get("policy", "default")
         if configured not in POLICIES:
-            raise UsageError(f"{origin}: [tool.kbundle] policy must be one of {', '.join(POLICIES)}: {configured!r}", hint='e.g. policy = "strict"')
+            raise UsageError(
+                f"{origin}: [tool.kbundle] policy must be one of {', '.join(POLICIES)}: "
+                f"{configured!r}",
+                hint='e.g. policy = "strict"',
+            )
         policy_name = configured
         levels = table.get("severity", {})
         if not isinstance(levels, dict):
-            raise UsageError(f"{origin}: [tool.kbundle.severity] must be a table of FIELD = LEVEL: {levels!r}", hint='e.g. "keras.backend" = "warn"')
+            raise UsageError(
+                f"{origin}: [tool.kbundle.severity] must be a table of FIELD = LEVEL: {levels!r}",
+                hint='e.g. "keras.backend" = "warn"',
+            )
         overrides.extend(_override(str(k), str(v), origin) for k, v in levels.items())
     if name is not None:
         if name not in POLICIES:
-            raise UsageError(f"policy must be one of {', '.join(POLICIES)}: {name!r}", hint="use --policy default|strict|lenient")
+            raise UsageError(
+                f"policy must be one of {', '.join(POLICIES)}: {name!r}",
+                hint="use --policy default|strict|lenient",
+            )
         policy_name = name
-    overrides.extend(parse_severity_overrides(severity, "--severity"))
-    return Policy(name=policy_name, overrides=tuple(overrides), config=config_path if table is not None else None)
+    overrides.extend(parse_severity_overrides(severity, origin))
+    return Policy(
+        name=policy_name,
+        overrides=tuple(overrides),
+        config=config_path if table is not None else None,
+    )
 
 
 def _find_config(start: Path) -> tuple[Path | None, dict[str, Any] | None]:
     if sys.version_info >= (3, 11):
-        import tomllib  # noqa: PLC0415
+        import tomllib
     else:  # pragma: no cover - exercised on Python 3.10 only
-        import tomli as tomllib  # noqa: PLC0415
+        import tomli as tomllib
 
     for directory in (start.resolve(), *start.resolve().parents):
         candidate = directory / "pyproject.toml"
@@ -231,11 +265,17 @@ def _find_config(start: Path) -> tuple[Path | None, dict[str, Any] | None]:
         try:
             data = tomllib.loads(candidate.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise UsageError(f"{candidate} is not valid TOML: {exc}", hint="fix the file or run from another directory") from None
+            raise UsageError(
+                f"{candidate} is not valid TOML: {exc}",
+                hint="fix the file or run from another directory",
+            ) from None
         table = data.get("tool", {}).get("kbundle")
         if table is not None:
             if not isinstance(table, dict):
-                raise UsageError(f"{candidate}: [tool.kbundle] must be a table: {table!r}", hint='e.g. [tool.kbundle] policy = "strict"')
+                raise UsageError(
+                    f"{candidate}: [tool.kbundle] must be a table: {table!r}",
+                    hint='e.g. [tool.kbundle] policy = "strict"',
+                )
             return candidate, table
     return None, None
 
@@ -268,8 +308,15 @@ class CompatReport:
 
     def summary(self) -> str:
         """``compatible``, ``compatible with 2 warnings`` or ``incompatible: 1 error, ...``."""
-        counts = {level: sum(1 for f in self.findings if f.severity == level) for level in (Severity.ERROR, Severity.WARN)}
-        parts = [f"{n} {level}{'s' if n > 1 else ''}".replace("warn", "warning") for level, n in counts.items() if n]
+        counts = {
+            level: sum(1 for f in self.findings if f.severity == level)
+            for level in (Severity.ERROR, Severity.WARN)
+        }
+        parts = [
+            f"{n} {level}{'s' if n > 1 else ''}".replace("warn", "warning")
+            for level, n in counts.items()
+            if n
+        ]
         if counts[Severity.ERROR]:
             return "incompatible: " + ", ".join(parts)
         return "compatible" + (f" with {parts[0]}" if parts else "")
@@ -280,13 +327,41 @@ class CompatReport:
         if not errors:
             return
         more = len(errors) - 1
-        escape = "; 'kbundle check' explains every field; --ignore-env loads anyway" if loading else ""
+        escape = (
+            "; 'kbundle check' explains every field; --ignore-env loads anyway" if loading else ""
+        )
         raise EnvironmentMismatchError(
             f"this environment cannot load {what} under the {self.policy.name} policy: "
-            f"{errors[0].describe()}" + (f" (and {more} more error{'s' if more > 1 else ''})" if more else ""),
+            f"{errors[0].describe()}"
+            + (f" (and {more} more error{'s' if more > 1 else ''})" if more else ""),
             hint=f"{errors[0].fix or _EXPORT}{escape}",
             findings=errors,
         )
+
+    def explain_load_failure(self, exc: ModelLoadError) -> ModelLoadError:
+        """``exc`` with the environment differences (warn and up) named as the likely cause."""
+        concerns = self.at_least(Severity.WARN)
+        if not concerns:
+            return exc
+        more = f", and {len(concerns) - 1} more" if len(concerns) > 1 else ""
+        return ModelLoadError(
+            exc.message,
+            hint=f"the environment differs from the one the model was packed in "
+            f"({concerns[0].describe()}{more}); rebuild it with 'kbundle env create'",
+            findings=concerns,
+        )
+
+    def warn_once(self, what: str) -> None:
+        """One :class:`EnvironmentWarning` listing every finding of severity warn and up."""
+        concerns = self.at_least(Severity.WARN)
+        if concerns:
+            listed = "; ".join(f"{f.describe()} [{f.severity}]" for f in concerns)
+            warnings.warn(
+                f"{what}: the environment differs from the one it was packed in: {listed} "
+                "('kbundle check' explains each)",
+                EnvironmentWarning,
+                stacklevel=3,  # the caller of kbundle.load
+            )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -295,7 +370,9 @@ class CompatReport:
             "summary": self.summary(),
             "policy": self.policy.name,
             "config": str(self.policy.config) if self.policy.config else None,
-            "overrides": [{"field": p, "severity": str(s), "origin": o} for p, s, o in self.policy.overrides],
+            "overrides": [
+                {"field": p, "severity": str(s), "origin": o} for p, s, o in self.policy.overrides
+            ],
             "findings": [f.to_dict() for f in self.findings],
         }
 
@@ -312,18 +389,36 @@ def check(
     current: Environment | None = None,
 ) -> CompatReport:
     """Compare ``bundle``'s recorded environment with this one. Reads only the manifest."""
-    from kbundle.unpack import inspect  # noqa: PLC0415 - unpack imports this module
+    from kbundle.unpack import inspect
 
     manifest = inspect(bundle).manifest
     return check_manifest(manifest, policy=resolve_policy(policy, severity), current=current)
 
 
-def check_manifest(manifest: Manifest, *, policy: Policy | None = None, current: Environment | None = None) -> CompatReport:
+def environment_gate(
+    manifest: Manifest, policy: Policy | None, *, ignore: bool = True, what: str = "the bundle"
+) -> CompatReport:
+    """The check before loading: ``policy`` (None: the configured one); errors raise unless
+    ``ignore``."""
+    report = check_manifest(manifest, policy=policy or resolve_policy())
+    if not ignore:
+        report.raise_for_errors(what)
+    return report
+
+
+def check_manifest(
+    manifest: Manifest, *, policy: Policy | None = None, current: Environment | None = None
+) -> CompatReport:
     """Every rule on ``manifest``'s environment against ``current`` (captured when omitted)."""
     if current is None:
         current = capture_environment()
     chosen = policy or Policy()
-    return CompatReport(findings=tuple(compare_environments(manifest.environment, current, manifest=manifest, policy=chosen)), policy=chosen)
+    return CompatReport(
+        findings=tuple(
+            compare_environments(manifest.environment, current, manifest=manifest, policy=chosen)
+        ),
+        policy=chosen,
+    )
 
 
 def compare_environments(
@@ -395,7 +490,8 @@ class _Context:
             recorded=recorded,
             current=current,
             model_format=manifest.model.format if manifest else None,
-            saved_by_keras=(manifest.model.saved_by.get("keras_version") if manifest else None) or None,
+            saved_by_keras=(manifest.model.saved_by.get("keras_version") if manifest else None)
+            or None,
             pickles=tuple(o.name for o in objects if o.transport == "pickle"),
             bundled_code=tuple(o.name for o in objects if o.transport in ("source", "pickle")),
             tf_code=tuple(o.name for o in objects if _imports_tensorflow(o)),
@@ -405,7 +501,9 @@ class _Context:
 
 def _imports_tensorflow(obj: CustomObject) -> bool:
     modules = [m.split(".")[0] for m in obj.imports]
-    return "tensorflow" in modules or any(canonicalize_name(d).startswith("tensorflow") for d in obj.distributions)
+    return "tensorflow" in modules or any(
+        canonicalize_name(d).startswith("tensorflow") for d in obj.distributions
+    )
 
 
 def _needed_distributions(objects: Sequence[CustomObject]) -> dict[str, _Needed]:
@@ -416,7 +514,9 @@ def _needed_distributions(objects: Sequence[CustomObject]) -> dict[str, _Needed]
         bundled = obj.transport in ("source", "pickle")
         if key in needed:
             old = needed[key]
-            needed[key] = _Needed(old.version or version, (*old.objects, obj.name), old.bundled and bundled)
+            needed[key] = _Needed(
+                old.version or version, (*old.objects, obj.name), old.bundled and bundled
+            )
         else:
             needed[key] = _Needed(version, (obj.name,), bundled)
 
@@ -430,7 +530,9 @@ def _needed_distributions(objects: Sequence[CustomObject]) -> dict[str, _Needed]
                 requirement = Requirement(obj.requirement)
             except InvalidRequirement:
                 continue
-            pinned = next((s.version for s in requirement.specifier if s.operator in ("==", "===")), None)
+            pinned = next(
+                (s.version for s in requirement.specifier if s.operator in ("==", "===")), None
+            )
             add(requirement.name, pinned, obj)
     return dict(sorted(needed.items()))
 
@@ -481,12 +583,44 @@ def _compare_version(
         problem = "same version" if recorded == current else f"{what} versions differ"
         return _Result(location, recorded, current, outcome, problem, why_newer, fix)
     if _release(was, 1) != _release(now, 1):
-        return _Result(location, recorded, current, major, f"{what} major version differs", why_older if now < was else why_newer, fix)
+        return _Result(
+            location,
+            recorded,
+            current,
+            major,
+            f"{what} major version differs",
+            why_older if now < was else why_newer,
+            fix,
+        )
     if _release(was, 2) == _release(now, 2):
-        return _Result(location, recorded, current, patch, f"{what} patch release differs", "patch releases keep files and APIs compatible", fix)
+        return _Result(
+            location,
+            recorded,
+            current,
+            patch,
+            f"{what} patch release differs",
+            "patch releases keep files and APIs compatible",
+            fix,
+        )
     if now < was:
-        return _Result(location, recorded, current, older, f"{what} is older than the one that packed the model", why_older, fix)
-    return _Result(location, recorded, current, newer, f"{what} is newer than the one that packed the model", why_newer, fix)
+        return _Result(
+            location,
+            recorded,
+            current,
+            older,
+            f"{what} is older than the one that packed the model",
+            why_older,
+            fix,
+        )
+    return _Result(
+        location,
+        recorded,
+        current,
+        newer,
+        f"{what} is newer than the one that packed the model",
+        why_newer,
+        fix,
+    )
 
 
 def _keras_label(info: Any) -> str | None:
@@ -498,18 +632,31 @@ def _keras_rules(c: _Context) -> Iterator[_Result]:
     if rk is None:
         return
     if ck is None:
-        yield _Result("keras.major", _keras_label(rk), MISSING, CERTAIN, "Keras is not installed",
-                      "the model can only be loaded by Keras", f"install {rk.distribution}=={rk.version}")
+        yield _Result(
+            "keras.major",
+            _keras_label(rk),
+            MISSING,
+            CERTAIN,
+            "Keras is not installed",
+            "the model can only be loaded by Keras",
+            f"install {rk.distribution}=={rk.version}",
+        )
         return
     if rk.major != ck.major:
         yield _keras_major(c, rk, ck)
     else:
-        yield _Result("keras.major", _keras_label(rk), _keras_label(ck), SAME, "same Keras generation")
+        yield _Result(
+            "keras.major", _keras_label(rk), _keras_label(ck), SAME, "same Keras generation"
+        )
         saver = c.saved_by_keras if rk.distribution == "keras" and c.saved_by_keras else rk.version
         yield _compare_version(
-            "keras.version", "Keras", saver, ck.version,
+            "keras.version",
+            "Keras",
+            saver,
+            ck.version,
             older=LIKELY,
-            why_older="a file written by a newer Keras may use layers, arguments or config fields an older Keras does not know",
+            why_older="a file written by a newer Keras may use layers, arguments or config fields "
+            "an older Keras does not know",
             why_newer="newer Keras releases read the files of older ones",
             fix=f"install {rk.distribution}=={saver}",
         )
@@ -519,14 +666,22 @@ def _keras_rules(c: _Context) -> Iterator[_Result]:
     for name in ("floatx", "image_data_format"):
         was, now = getattr(rk, name), getattr(ck, name)
         if was is not None and now is not None and was != now:
-            yield _Result(f"keras.{name}", was, now, NOTE, "Keras configuration differs",
-                          RULES[f"keras.{name}"] + "; saved layers keep their own setting",
-                          f"set \"{name}\": \"{was}\" in ~/.keras/keras.json if custom code depends on it")
+            yield _Result(
+                f"keras.{name}",
+                was,
+                now,
+                NOTE,
+                "Keras configuration differs",
+                RULES[f"keras.{name}"] + "; saved layers keep their own setting",
+                f'set "{name}": "{was}" in ~/.keras/keras.json if custom code depends on it',
+            )
 
 
 def _keras_major(c: _Context, rk: Any, ck: Any) -> _Result:
     recorded, current = _keras_label(rk), _keras_label(ck)
-    fix = f"install {rk.distribution}=={rk.version}" + (" (with --no-deps, or it replaces tensorflow-cpu)" if rk.distribution == "tf-keras" else "")
+    fix = f"install {rk.distribution}=={rk.version}" + (
+        " (with --no-deps, or it replaces tensorflow-cpu)" if rk.distribution == "tf-keras" else ""
+    )
     if rk.distribution == "keras" and "keras" in c.current.distributions:
         fix = f"unset TF_USE_LEGACY_KERAS so that the installed Keras 3 is used, or {fix}"
     elif rk.distribution == "tf-keras" and "tf-keras" in c.current.distributions:
@@ -535,13 +690,22 @@ def _keras_major(c: _Context, rk: Any, ck: Any) -> _Result:
         why = "Keras 2 (tf-keras) cannot read models saved by Keras 3"
         outcome = CERTAIN
     elif c.model_format == "savedmodel":
-        why = "Keras 3 cannot load a Keras 2 SavedModel as a model (only for inference, through keras.layers.TFSMLayer)"
+        why = (
+            "Keras 3 cannot load a Keras 2 SavedModel as a model (only for "
+            "inference, through keras.layers.TFSMLayer)"
+        )
         outcome = CERTAIN
     elif c.model_format == "h5":
-        why = "Keras 3 reads legacy .h5 files of built-in layers, but custom layers and optimizers written for Keras 2 often fail"
+        why = (
+            "Keras 3 reads legacy .h5 files of built-in layers, but custom layers "
+            "and optimizers written for Keras 2 often fail"
+        )
         outcome = RISK
     else:
-        why = "Keras 3 reads Keras 2 files only partly: custom objects and training configuration often fail"
+        why = (
+            "Keras 3 reads Keras 2 files only partly: custom objects and training "
+            "configuration often fail"
+        )
         outcome = LIKELY
     return _Result("keras.major", recorded, current, outcome, "Keras generation differs", why, fix)
 
@@ -551,10 +715,16 @@ def _tf_keras_consistency(c: _Context) -> Iterator[_Result]:
     if ck is None or ck.distribution != "tf-keras" or ct is None:
         return
     if _minor(ck.version) != _minor(ct.version):
-        yield _Result("keras.distribution", f"tensorflow {_minor(ck.version)}", f"tensorflow {ct.version}", CERTAIN,
-                      f"tf-keras {ck.version} does not match the installed TensorFlow",
-                      RULES["keras.distribution"],
-                      f"install tf-keras=={_minor(ct.version)}.* with --no-deps, or TensorFlow {_minor(ck.version)}")
+        yield _Result(
+            "keras.distribution",
+            f"tensorflow {_minor(ck.version)}",
+            f"tensorflow {ct.version}",
+            CERTAIN,
+            f"tf-keras {ck.version} does not match the installed TensorFlow",
+            RULES["keras.distribution"],
+            f"install tf-keras=={_minor(ct.version)}.* with --no-deps, or TensorFlow "
+            f"{_minor(ck.version)}",
+        )
 
 
 def _backend_rule(c: _Context, recorded: str, current: str) -> _Result:
@@ -562,16 +732,46 @@ def _backend_rule(c: _Context, recorded: str, current: str) -> _Result:
         return _Result("keras.backend", recorded, current, SAME, "same backend")
     fix = f"set KERAS_BACKEND={recorded}"
     if c.model_format == "savedmodel":
-        return _Result("keras.backend", recorded, current, CERTAIN, "backend differs",
-                       "a SavedModel is a TensorFlow graph; only the tensorflow backend runs it", fix)
+        return _Result(
+            "keras.backend",
+            recorded,
+            current,
+            CERTAIN,
+            "backend differs",
+            "a SavedModel is a TensorFlow graph; only the tensorflow backend runs it",
+            fix,
+        )
     if c.tf_code:
-        return _Result("keras.backend", recorded, current, CERTAIN, "backend differs",
-                       f"custom code of {', '.join(c.tf_code)} imports tensorflow; tf. ops do not run on {current} tensors", fix)
+        return _Result(
+            "keras.backend",
+            recorded,
+            current,
+            CERTAIN,
+            "backend differs",
+            f"custom code of {', '.join(c.tf_code)} imports tensorflow; tf. ops do not run on "
+            f"{current} tensors",
+            fix,
+        )
     if c.bundled_code:
-        return _Result("keras.backend", recorded, current, RISK, "backend differs",
-                       f"custom code of {', '.join(c.bundled_code)} may call {recorded}-only ops", fix)
-    return _Result("keras.backend", recorded, current, NOTE, "backend differs",
-                   "a .keras model of built-in layers loads on any backend; results may differ in the last digits", fix)
+        return _Result(
+            "keras.backend",
+            recorded,
+            current,
+            RISK,
+            "backend differs",
+            f"custom code of {', '.join(c.bundled_code)} may call {recorded}-only ops",
+            fix,
+        )
+    return _Result(
+        "keras.backend",
+        recorded,
+        current,
+        NOTE,
+        "backend differs",
+        "a .keras model of built-in layers loads on any backend; results may differ in the last "
+        "digits",
+        fix,
+    )
 
 
 def _build_label(info: Mapping[str, Any]) -> str:
@@ -592,50 +792,118 @@ def _tensorflow_rules(c: _Context) -> Iterator[_Result]:
     rt, ct = c.recorded.tensorflow, c.current.tensorflow
     several = _installed_tensorflows(c.current)
     if len(several) > 1:
-        yield _Result("tensorflow.distribution", rt.distribution if rt else None, ", ".join(several), RISK,
-                      "several TensorFlow distributions are installed",
-                      "they share the tensorflow package directory, so the last one installed silently wins "
-                      "(installing tf-keras with its dependencies pulls plain tensorflow, the CUDA build, over tensorflow-cpu)",
-                      f"uninstall all of them and install only {rt.distribution if rt else several[0]}")
+        yield _Result(
+            "tensorflow.distribution",
+            rt.distribution if rt else None,
+            ", ".join(several),
+            RISK,
+            "several TensorFlow distributions are installed",
+            "they share the tensorflow package directory, so the last one installed silently wins "
+            "(installing tf-keras with its dependencies pulls plain tensorflow, the CUDA build, "
+            "over tensorflow-cpu)",
+            f"uninstall all of them and install only {rt.distribution if rt else several[0]}",
+        )
     if rt is None:
         if ct is not None:
-            yield _Result("tensorflow.version", None, ct.version, NOTE, "TensorFlow was not installed when packing", "not needed by the recorded backend")
+            yield _Result(
+                "tensorflow.version",
+                None,
+                ct.version,
+                NOTE,
+                "TensorFlow was not installed when packing",
+                "not needed by the recorded backend",
+            )
         return
     if ct is None:
         ck = c.current.keras
-        needed = ck is None or ck.major < 3 or (ck.backend or "tensorflow") == "tensorflow" or c.model_format == "savedmodel"
-        yield _Result("tensorflow.version", rt.version, MISSING, CERTAIN if needed else NOTE, "TensorFlow is not installed",
-                      "the tensorflow backend and SavedModels need it" if needed else "the current backend does not need TensorFlow",
-                      f"install {rt.distribution}=={rt.version}")
+        needed = (
+            ck is None
+            or ck.major < 3
+            or (ck.backend or "tensorflow") == "tensorflow"
+            or c.model_format == "savedmodel"
+        )
+        yield _Result(
+            "tensorflow.version",
+            rt.version,
+            MISSING,
+            CERTAIN if needed else NOTE,
+            "TensorFlow is not installed",
+            "the tensorflow backend and SavedModels need it"
+            if needed
+            else "the current backend does not need TensorFlow",
+            f"install {rt.distribution}=={rt.version}",
+        )
         return
     yield _compare_version(
-        "tensorflow.version", "TensorFlow", rt.version, ct.version,
+        "tensorflow.version",
+        "TensorFlow",
+        rt.version,
+        ct.version,
         older=RISK,
-        why_older="a model saved by a newer TensorFlow may use ops or graph features an older one lacks",
-        why_newer="newer TensorFlow releases run models saved by older ones, with small numeric differences",
+        why_older="a model saved by a newer TensorFlow may use ops or graph features an older one "
+        "lacks",
+        why_newer="newer TensorFlow releases run models saved by older ones, with small numeric "
+        "differences",
         fix=f"install {rt.distribution}=={rt.version}",
     )
     if len(several) <= 1 and rt.distribution != ct.distribution:
-        yield _Result("tensorflow.distribution", rt.distribution, ct.distribution, NOTE, "another TensorFlow distribution",
-                      "the same TensorFlow in another build or packaging", f"install {rt.distribution}=={rt.version}")
+        yield _Result(
+            "tensorflow.distribution",
+            rt.distribution,
+            ct.distribution,
+            NOTE,
+            "another TensorFlow distribution",
+            "the same TensorFlow in another build or packaging",
+            f"install {rt.distribution}=={rt.version}",
+        )
     yield _build_rule(rt.build_info, ct.build_info, rt.distribution, rt.version)
 
 
-def _build_rule(recorded: Mapping[str, Any], current: Mapping[str, Any], distribution: str, version: str) -> _Result:
+def _build_rule(
+    recorded: Mapping[str, Any], current: Mapping[str, Any], distribution: str, version: str
+) -> _Result:
     was, now = _build_label(recorded), _build_label(current)
     fix = f"install {distribution}=={version}"
     if was == now or "unknown" in (was, now):
-        return _Result("tensorflow.build", was, now, SAME if was == now else NOTE, "same build" if was == now else "build unknown")
+        return _Result(
+            "tensorflow.build",
+            was,
+            now,
+            SAME if was == now else NOTE,
+            "same build" if was == now else "build unknown",
+        )
     gpu_before = bool(recorded.get("is_cuda_build") or recorded.get("is_rocm_build"))
     gpu_now = bool(current.get("is_cuda_build") or current.get("is_rocm_build"))
     if gpu_before and not gpu_now:
-        return _Result("tensorflow.build", was, now, RISK, "GPU build recorded, CPU build installed",
-                       "the model runs on the CPU (slower, slightly different numerics); GPU-only ops such as cuDNN kernels are missing", fix)
+        return _Result(
+            "tensorflow.build",
+            was,
+            now,
+            RISK,
+            "GPU build recorded, CPU build installed",
+            "the model runs on the CPU (slower, slightly different numerics); GPU-only ops such as "
+            "cuDNN kernels are missing",
+            fix,
+        )
     if not gpu_before and gpu_now:
-        return _Result("tensorflow.build", was, now, NOTE, "CPU build recorded, GPU build installed",
-                       "GPU kernels give slightly different numerics than the CPU kernels used when packing", fix)
-    return _Result("tensorflow.build", was, now, NOTE, "another CUDA/cuDNN or ROCm version",
-                   "kernels differ between CUDA/cuDNN versions; results may differ in the last digits", fix)
+        return _Result(
+            "tensorflow.build",
+            was,
+            now,
+            NOTE,
+            "CPU build recorded, GPU build installed",
+            "GPU kernels give slightly different numerics than the CPU kernels used when packing",
+            fix,
+        )
+    return _Result(
+        "tensorflow.build",
+        was,
+        now,
+        NOTE,
+        "another CUDA/cuDNN or ROCm version",
+        "kernels differ between CUDA/cuDNN versions; results may differ in the last digits",
+        fix,
+    )
 
 
 def _python_rules(c: _Context) -> Iterator[_Result]:
@@ -643,21 +911,64 @@ def _python_rules(c: _Context) -> Iterator[_Result]:
     was, now = _parse(rp.version), _parse(cp.version)
     fix = f"use Python {_minor(rp.version)}: 'kbundle env create' builds an environment with it"
     if rp.version == cp.version or was is None or now is None:
-        yield _Result("python.version", rp.version, cp.version, SAME if rp.version == cp.version else NOTE, "same Python" if rp.version == cp.version else "Python differs")
+        yield _Result(
+            "python.version",
+            rp.version,
+            cp.version,
+            SAME if rp.version == cp.version else NOTE,
+            "same Python" if rp.version == cp.version else "Python differs",
+        )
     elif _release(was, 2) == _release(now, 2):
-        yield _Result("python.version", rp.version, cp.version, NOTE, "Python patch release differs", "patch releases keep bytecode and wheels compatible")
+        yield _Result(
+            "python.version",
+            rp.version,
+            cp.version,
+            NOTE,
+            "Python patch release differs",
+            "patch releases keep bytecode and wheels compatible",
+        )
     elif c.pickles:
-        yield _Result("python.version", rp.version, cp.version, CERTAIN, "Python minor differs and the bundle carries pickles",
-                      f"cloudpickle stores bytecode, which changes with every Python minor: {', '.join(c.pickles)} cannot be unpickled", fix)
+        yield _Result(
+            "python.version",
+            rp.version,
+            cp.version,
+            CERTAIN,
+            "Python minor differs and the bundle carries pickles",
+            "cloudpickle stores bytecode, which changes with every Python minor: "
+            f"{', '.join(c.pickles)} cannot be unpickled",
+            fix,
+        )
     elif now < was and c.bundled_code:
-        yield _Result("python.version", rp.version, cp.version, RISK, "Python is older than the one that packed the model",
-                      f"bundled source of {', '.join(c.bundled_code)} may use syntax or library features of the newer Python", fix)
+        yield _Result(
+            "python.version",
+            rp.version,
+            cp.version,
+            RISK,
+            "Python is older than the one that packed the model",
+            f"bundled source of {', '.join(c.bundled_code)} may use syntax or library features of "
+            "the newer Python",
+            fix,
+        )
     else:
-        yield _Result("python.version", rp.version, cp.version, NOTE, "Python minor differs",
-                      "the model file is independent of Python; compiled wheels are built per Python minor", fix)
+        yield _Result(
+            "python.version",
+            rp.version,
+            cp.version,
+            NOTE,
+            "Python minor differs",
+            "the model file is independent of Python; compiled wheels are built per Python minor",
+            fix,
+        )
     if rp.implementation != cp.implementation:
-        yield _Result("python.implementation", rp.implementation, cp.implementation, CERTAIN if c.pickles else RISK,
-                      "another Python implementation", RULES["python.implementation"], f"use {rp.implementation}")
+        yield _Result(
+            "python.implementation",
+            rp.implementation,
+            cp.implementation,
+            CERTAIN if c.pickles else RISK,
+            "another Python implementation",
+            RULES["python.implementation"],
+            f"use {rp.implementation}",
+        )
 
 
 def _library_rules(c: _Context) -> Iterator[_Result]:
@@ -668,7 +979,15 @@ def _library_rules(c: _Context) -> Iterator[_Result]:
         was, now = recorded.get(name), current.get(name)
         location = f"libraries.{name}"
         if name in backend_libraries and now is None:
-            yield _Result(location, was, MISSING, CERTAIN, "not installed", f"the {backend} backend runs on it", f"install {name}" + (f"=={was}" if was else ""))
+            yield _Result(
+                location,
+                was,
+                MISSING,
+                CERTAIN,
+                "not installed",
+                f"the {backend} backend runs on it",
+                f"install {name}" + (f"=={was}" if was else ""),
+            )
             continue
         if name == "tf-keras" or was is None:
             continue  # tf-keras is judged by the keras.* rules; an unrecorded library by nothing
@@ -678,14 +997,24 @@ def _library_rules(c: _Context) -> Iterator[_Result]:
         role, outcome = _library_role(c, name, backend)
         if now is None:
             if outcome is not INCIDENTAL:
-                yield _Result(location, was, MISSING, CERTAIN, "not installed", role, f"install {name}=={was}")
+                yield _Result(
+                    location, was, MISSING, CERTAIN, "not installed", role, f"install {name}=={was}"
+                )
             continue
         if name == "cloudpickle" and c.pickles:
             role = "pickles are only guaranteed to load with the cloudpickle that wrote them"
         result = _compare_version(
-            location, name, was, now, older=outcome, newer=outcome if outcome is INCIDENTAL else NOTE,
-            patch=outcome if outcome is INCIDENTAL else NOTE, major=RISK if outcome is RISK else outcome,
-            why_older=role, why_newer=f"{role}; newer releases read what older ones wrote", fix=f"install {name}=={was}",
+            location,
+            name,
+            was,
+            now,
+            older=outcome,
+            newer=outcome if outcome is INCIDENTAL else NOTE,
+            patch=outcome if outcome is INCIDENTAL else NOTE,
+            major=RISK if outcome is RISK else outcome,
+            why_older=role,
+            why_newer=f"{role}; newer releases read what older ones wrote",
+            fix=f"install {name}=={was}",
         )
         if name == "h5py" or result.outcome is not SAME:
             yield result
@@ -707,7 +1036,10 @@ def _library_role(c: _Context, name: str, backend: str) -> tuple[str, _Outcome]:
     if name in _BACKEND_LIBRARIES.get(backend, ()):
         return f"the {backend} backend runs on it", RISK
     if name in ("ml-dtypes", "protobuf") and (c.current.tensorflow or c.current.keras):
-        return f"TensorFlow/Keras depend on {name}; the recorded versions were installed together", NOTE
+        return (
+            f"TensorFlow/Keras depend on {name}; the recorded versions were installed together",
+            NOTE,
+        )
     return f"{name} is not used to load this model here", INCIDENTAL
 
 
@@ -716,13 +1048,36 @@ def _numpy_rule(c: _Context, was: str, now: str) -> _Result:
     old, new = _parse(was), _parse(now)
     if old is not None and new is not None and _release(old, 1) != _release(new, 1):
         if c.pickles:
-            return _Result("libraries.numpy", was, now, LIKELY, "numpy major version differs and the bundle carries pickles",
-                           "numpy 2 pickles name numpy._core, which numpy 1 lacks; arrays pickled by one major may not load in the other", fix)
-        return _Result("libraries.numpy", was, now, RISK, "numpy major version differs",
-                       "numpy 1 and 2 differ in C API and type promotion; TensorFlow and custom code built for one may fail or compute differently", fix)
-    return _compare_version("libraries.numpy", "numpy", was, now, older=NOTE,
-                            why_older="weights are read as plain arrays by any numpy of the same major",
-                            why_newer="weights are read as plain arrays by any numpy of the same major", fix=fix)
+            return _Result(
+                "libraries.numpy",
+                was,
+                now,
+                LIKELY,
+                "numpy major version differs and the bundle carries pickles",
+                "numpy 2 pickles name numpy._core, which numpy 1 lacks; arrays pickled by one "
+                "major may not load in the other",
+                fix,
+            )
+        return _Result(
+            "libraries.numpy",
+            was,
+            now,
+            RISK,
+            "numpy major version differs",
+            "numpy 1 and 2 differ in C API and type promotion; TensorFlow and custom code built "
+            "for one may fail or compute differently",
+            fix,
+        )
+    return _compare_version(
+        "libraries.numpy",
+        "numpy",
+        was,
+        now,
+        older=NOTE,
+        why_older="weights are read as plain arrays by any numpy of the same major",
+        why_newer="weights are read as plain arrays by any numpy of the same major",
+        fix=fix,
+    )
 
 
 def _distribution_rules(c: _Context) -> Iterator[_Result]:
@@ -733,34 +1088,78 @@ def _distribution_rules(c: _Context) -> Iterator[_Result]:
         now = installed.get(name)
         fix = f"install {name}=={need.version}" if need.version else f"install {name}"
         if now is None:
-            yield _Result(location, need.version, MISSING, CERTAIN, "not installed",
-                          f"custom object(s) {objects} import it", fix)
+            yield _Result(
+                location,
+                need.version,
+                MISSING,
+                CERTAIN,
+                "not installed",
+                f"custom object(s) {objects} import it",
+                fix,
+            )
             continue
         if need.version is None or need.version == now:
             yield _Result(location, need.version, now, SAME, "installed")
             continue
         if need.bundled:
-            why = f"the bundled code of {objects} imports it; another version may behave differently"
+            why = (
+                f"the bundled code of {objects} imports it; another version may behave differently"
+            )
             outcome = NOTE
         else:
-            why = f"{objects} are defined by this distribution and not bundled: another version may define them differently"
+            why = (
+                f"{objects} are defined by this distribution and not bundled: another "
+                "version may define them differently"
+            )
             outcome = RISK
-        yield _compare_version(location, name, need.version, now, older=outcome, newer=outcome, patch=NOTE, major=RISK,
-                               why_older=why, why_newer=why, fix=fix)
+        yield _compare_version(
+            location,
+            name,
+            need.version,
+            now,
+            older=outcome,
+            newer=outcome,
+            patch=NOTE,
+            major=RISK,
+            why_older=why,
+            why_newer=why,
+            fix=fix,
+        )
 
 
 def _platform_rules(c: _Context) -> Iterator[_Result]:
     rp, cp = c.recorded.platform, c.current.platform
     for name in ("system", "machine"):
         was, now = getattr(rp, name), getattr(cp, name)
-        yield _Result(f"platform.{name}", was, now, SAME if was == now else NOTE,
-                      "same" if was == now else "another " + ("operating system" if name == "system" else "CPU architecture"),
-                      RULES[f"platform.{name}"] + "; the model file itself is portable",
-                      "'kbundle env create' installs wheels for this platform from the pinned versions")
+        yield _Result(
+            f"platform.{name}",
+            was,
+            now,
+            SAME if was == now else NOTE,
+            "same"
+            if was == now
+            else "another " + ("operating system" if name == "system" else "CPU architecture"),
+            RULES[f"platform.{name}"] + "; the model file itself is portable",
+            "'kbundle env create' installs wheels for this platform from the pinned versions",
+        )
     if rp.libc and cp.libc and rp.libc != cp.libc:
-        yield _Result("platform.libc", rp.libc, cp.libc, INCIDENTAL, "another C library", RULES["platform.libc"],
-                      "if 'kbundle env create' finds no wheel, use a system at least as new as the recorded one")
+        yield _Result(
+            "platform.libc",
+            rp.libc,
+            cp.libc,
+            INCIDENTAL,
+            "another C library",
+            RULES["platform.libc"],
+            "if 'kbundle env create' finds no wheel, use a system at least as new as the recorded "
+            "one",
+        )
     if c.recorded.gpus and not c.current.gpus:
-        yield _Result("gpus", ", ".join(c.recorded.gpus), "none", INCIDENTAL, "no GPU visible",
-                      "the model runs on the CPU: slower, and numerics may differ in the last digits",
-                      "run on a machine with a GPU and a CUDA build of TensorFlow for the recorded speed")
+        yield _Result(
+            "gpus",
+            ", ".join(c.recorded.gpus),
+            "none",
+            INCIDENTAL,
+            "no GPU visible",
+            "the model runs on the CPU: slower, and numerics may differ in the last digits",
+            "run on a machine with a GPU and a CUDA build of TensorFlow for the recorded speed",
+        )

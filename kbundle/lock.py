@@ -19,6 +19,7 @@ why. Stable: the member names and the ``Requirements`` fields are format 1.0.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.metadata as metadata
 import importlib.util
 import re
@@ -73,17 +74,17 @@ def model_roots(environment: Environment, custom_objects: Sequence[CustomObject]
             continue
         roots += list(obj.distributions)
         if obj.requirement:
-            try:
+            with contextlib.suppress(InvalidRequirement):
                 roots.append(Requirement(obj.requirement).name)
-            except InvalidRequirement:
-                pass
     unique: dict[str, None] = {}
     for name in roots:
         unique.setdefault(canonicalize_name(name))
     return list(unique)
 
 
-def closure(roots: Iterable[str], installed: Mapping[str, str] | None = None) -> tuple[dict[str, str], list[str]]:
+def closure(
+    roots: Iterable[str], installed: Mapping[str, str] | None = None
+) -> tuple[dict[str, str], list[str]]:
     """Every installed distribution ``roots`` need, recursively: ``({name: version}, missing)``.
 
     Requirement markers are evaluated for this interpreter and the extras asked for. A
@@ -96,7 +97,9 @@ def closure(roots: Iterable[str], installed: Mapping[str, str] | None = None) ->
     pins: dict[str, str] = {}
     missing: list[str] = []
     visited: set[tuple[str, frozenset[str]]] = set()
-    pending: list[tuple[str, frozenset[str], str]] = [(canonicalize_name(r), frozenset(), "the model") for r in roots]
+    pending: list[tuple[str, frozenset[str], str]] = [
+        (canonicalize_name(r), frozenset(), "the model") for r in roots
+    ]
     while pending:
         name, extras, parent = pending.pop()
         if name not in installed and name in TENSORFLOW_DISTRIBUTIONS and tensorflows:
@@ -109,7 +112,9 @@ def closure(roots: Iterable[str], installed: Mapping[str, str] | None = None) ->
         visited.add((name, extras))
         pins[name] = installed[name]
         for requirement in _requirements_of(name, extras):
-            pending.append((canonicalize_name(requirement.name), frozenset(requirement.extras), name))
+            pending.append(
+                (canonicalize_name(requirement.name), frozenset(requirement.extras), name)
+            )
     return dict(sorted(pins.items())), sorted(set(missing))
 
 
@@ -140,12 +145,16 @@ def _marker_holds(requirement: Requirement, extra: str) -> bool:
         return False
 
 
-def requirements_text(pins: Mapping[str, str], environment: Environment, missing: Sequence[str]) -> str:
+def requirements_text(
+    pins: Mapping[str, str], environment: Environment, missing: Sequence[str]
+) -> str:
     """The ``requirements.txt`` body: a header saying where it came from, then one pin a line."""
     python = environment.python
     lines = [
-        "# Installed closure of the distributions this model needs, pinned as installed when packing.",
-        f"# Python {python.version} ({python.implementation}) on {environment.platform.system} {environment.platform.machine}.",
+        "# Installed closure of the distributions this model needs, pinned as installed when "
+        "packing.",
+        f"# Python {python.version} ({python.implementation}) on {environment.platform.system} "
+        f"{environment.platform.machine}.",
         "# Install into a fresh environment with: pip install --no-deps -r requirements.txt",
     ]
     lines += [f"# not installed when packing: {item}" for item in missing]
@@ -155,7 +164,7 @@ def requirements_text(pins: Mapping[str, str], environment: Environment, missing
 
 def parse_pins(text: str) -> dict[str, str]:
     """``name==version`` lines of a requirements or lock file, by normalised name."""
-    pins = {}
+    pins: dict[str, str] = {}
     for line in text.splitlines():
         match = _PIN_RE.match(line.strip())
         if match:
@@ -163,7 +172,9 @@ def parse_pins(text: str) -> dict[str, str]:
     return pins
 
 
-def hash_lock(requirements: Path, output: Path, *, timeout: float = LOCK_TIMEOUT_SECONDS) -> str | None:
+def hash_lock(
+    requirements: Path, output: Path, *, timeout: float = LOCK_TIMEOUT_SECONDS
+) -> str | None:
     """Write ``output`` with hashes for every pin in ``requirements``; return None or why not.
 
     The lock is filtered to exactly the pinned closure, so installing it with
@@ -173,18 +184,44 @@ def hash_lock(requirements: Path, output: Path, *, timeout: float = LOCK_TIMEOUT
         return "pip-tools is not installed (pip install 'kbundle[lock]')"
     raw = output.with_suffix(".raw")
     command = [
-        sys.executable, "-m", "piptools", "compile", "--no-config", "--generate-hashes", "--allow-unsafe",
-        "--no-emit-index-url", "--no-emit-find-links", "--strip-extras", "--no-header", "--no-annotate",
-        "--quiet", "--pip-args", _PIP_ARGS, "--output-file", str(raw), str(requirements),
+        sys.executable,
+        "-m",
+        "piptools",
+        "compile",
+        "--no-config",
+        "--generate-hashes",
+        "--allow-unsafe",
+        "--no-emit-index-url",
+        "--no-emit-find-links",
+        "--strip-extras",
+        "--no-header",
+        "--no-annotate",
+        "--quiet",
+        "--pip-args",
+        _PIP_ARGS,
+        "--output-file",
+        str(raw),
+        str(requirements),
     ]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=requirements.parent, stdin=subprocess.DEVNULL, check=False)
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=requirements.parent,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
     except subprocess.TimeoutExpired:
-        return f"pip-compile did not finish within {timeout:.0f} s (is the package index reachable?)"
+        return (
+            f"pip-compile did not finish within {timeout:.0f} s (is the package index reachable?)"
+        )
     except OSError as exc:
         return f"pip-compile could not be started: {exc}"
     if done.returncode != 0 or not raw.is_file():
-        return f"pip-compile failed (is the package index reachable?): {_last_line(done.stderr or done.stdout)}"
+        detail = _last_line(done.stderr or done.stdout)
+        return f"pip-compile failed (is the package index reachable?): {detail}"
     wanted = parse_pins(requirements.read_text(encoding="utf-8"))
     blocks = _lock_blocks(raw.read_text(encoding="utf-8"))
     raw.unlink()
@@ -198,8 +235,13 @@ def hash_lock(requirements: Path, output: Path, *, timeout: float = LOCK_TIMEOUT
             kept.append(block)
     absent = sorted(set(wanted) - {name for name, _, _ in blocks})
     if wrong or absent:
-        return "pip-compile did not reproduce the pins: " + ", ".join(wrong + [f"{n} missing" for n in absent])
-    header = ["# Hash-locked closure (pip-compile --generate-hashes). Install with:", "#   pip install --no-deps --require-hashes -r requirements.lock"]
+        return "pip-compile did not reproduce the pins: " + ", ".join(
+            wrong + [f"{n} missing" for n in absent]
+        )
+    header = [
+        "# Hash-locked closure (pip-compile --generate-hashes). Install with:",
+        "#   pip install --no-deps --require-hashes -r requirements.lock",
+    ]
     header += [f"# dropped (not installed when packing): {item}" for item in dropped]
     output.write_text("\n".join(header + kept) + "\n", encoding="utf-8")
     return None
@@ -213,7 +255,9 @@ def _lock_blocks(text: str) -> list[tuple[str, str, str]]:
             continue
         match = _PIN_RE.match(line)
         if match:
-            blocks.append((canonicalize_name(match.group(1)), match.group(2).rstrip("\\").strip(), line))
+            blocks.append(
+                (canonicalize_name(match.group(1)), match.group(2).rstrip("\\").strip(), line)
+            )
         elif blocks and line.startswith((" ", "\t")):
             name, version, block = blocks[-1]
             blocks[-1] = (name, version, block + "\n" + line)
@@ -221,7 +265,9 @@ def _lock_blocks(text: str) -> list[tuple[str, str, str]]:
 
 
 def _last_line(text: str) -> str:
-    lines = [line.strip() for line in text.splitlines() if line.strip() and "is ignored" not in line]
+    lines = [
+        line.strip() for line in text.splitlines() if line.strip() and "is ignored" not in line
+    ]
     return lines[-1][:300] if lines else "no output"
 
 
@@ -240,10 +286,16 @@ def requirements_payload(
     requirements.write_text(requirements_text(pins, environment, missing), encoding="utf-8")
     payload = [PayloadFile(REQUIREMENTS_MEMBER, requirements, requirements.stat().st_size)]
     if not lock:
-        return Requirements(requirements=REQUIREMENTS_MEMBER, note="not hash-locked: pack with --lock to add hashes"), payload
+        return Requirements(
+            requirements=REQUIREMENTS_MEMBER, note="not hash-locked: pack with --lock to add hashes"
+        ), payload
     locked = directory / LOCK_MEMBER
     why_not = hash_lock(requirements, locked)
     if why_not is not None:
-        return Requirements(requirements=REQUIREMENTS_MEMBER, note=f"not hash-locked: {why_not}"), payload
+        return Requirements(
+            requirements=REQUIREMENTS_MEMBER, note=f"not hash-locked: {why_not}"
+        ), payload
     payload.append(PayloadFile(LOCK_MEMBER, locked, locked.stat().st_size))
-    return Requirements(requirements=REQUIREMENTS_MEMBER, lock=LOCK_MEMBER, lock_hashed=True), payload
+    return Requirements(
+        requirements=REQUIREMENTS_MEMBER, lock=LOCK_MEMBER, lock_hashed=True
+    ), payload

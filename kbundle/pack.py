@@ -117,7 +117,8 @@ class Extras:
     notes: tuple[str, ...] = ()
 
     def merged(self, other: Extras) -> Extras:
-        return Extras(self.payload + other.payload, {**(self.fields or {}), **(other.fields or {})}, self.notes + other.notes)
+        fields = {**(self.fields or {}), **(other.fields or {})}
+        return Extras(self.payload + other.payload, fields, self.notes + other.notes)
 
 
 def pack(
@@ -167,7 +168,8 @@ def pack(
         payload = _model_payload(source, fmt)
         added = extras(model, Path(scratch), fmt) if extras else Extras()
         added = added.merged(_probe_extras(model, source, fmt, description, Path(scratch), probe))
-        environment = capture_environment()  # after the probe: a TensorFlow it imported is recorded in full
+        # After the probe: a TensorFlow it imported is recorded in full.
+        environment = capture_environment()
         added = added.merged(_requirements_extras(environment, added, Path(scratch), lock))
         payload += list(added.payload)
         created, mtime = _utc_now()
@@ -211,15 +213,25 @@ def pack(
     return PackResult(output_path, bundle_digest(manifest_bytes), manifest, size, added.notes)
 
 
-def _probe_extras(model: Any, source: Path, fmt: str, description: Mapping[str, Any], scratch: Path, probe: bool | None) -> Extras:
+def _probe_extras(
+    model: Any,
+    source: Path,
+    fmt: str,
+    description: Mapping[str, Any],
+    scratch: Path,
+    probe: bool | None,
+) -> Extras:
     """``probe/``: a deterministic input and the model's output on it (see kbundle.probe)."""
     from kbundle.probe import probe_payload  # noqa: PLC0415 - Keras-side, imported when probing
 
-    info, files, notes = probe_payload(model, source, fmt, description.get("inputs"), scratch, wanted=probe)
+    inputs = description.get("inputs")
+    info, files, notes = probe_payload(model, source, fmt, inputs, scratch, wanted=probe)
     return Extras(tuple(files), {"probe": info} if info else None, notes)
 
 
-def _requirements_extras(environment: Environment, added: Extras, scratch: Path, lock: bool) -> Extras:
+def _requirements_extras(
+    environment: Environment, added: Extras, scratch: Path, lock: bool
+) -> Extras:
     """``env/``: the pinned closure and, with ``lock``, its hashes (see kbundle.lock)."""
     from kbundle.lock import requirements_payload  # noqa: PLC0415
 

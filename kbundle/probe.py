@@ -24,9 +24,10 @@ from pathlib import Path
 from typing import Any
 
 from kbundle.archive import PayloadFile
-from kbundle.errors import ModelLoadError, PackError
+from kbundle.compat import CompatReport
+from kbundle.errors import EnvironmentMismatchError, ModelLoadError, PackError
 from kbundle.findings import Finding, Severity
-from kbundle.manifest import CustomObject, ProbeInfo, TensorSpec
+from kbundle.manifest import CustomObject, Manifest, ProbeInfo, TensorSpec
 
 __all__ = [
     "PROBE_INPUTS",
@@ -37,6 +38,7 @@ __all__ = [
     "probe_finding",
     "probe_payload",
     "probe_signature",
+    "run_probe",
 ]
 
 PROBE_INPUTS = "probe/inputs.npz"
@@ -78,12 +80,15 @@ def _numeric(dtype: str) -> bool:
 
 
 def _make_inputs(specs: Sequence[TensorSpec]) -> list[Any]:
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     rng = np.random.default_rng(PROBE_SEED)
     arrays = []
     for spec in specs:
-        shape = tuple(PROBE_BATCH if i == 0 else (d or PROBE_UNKNOWN_DIM) for i, d in enumerate(spec.shape or []))
+        shape = tuple(
+            PROBE_BATCH if i == 0 else (d or PROBE_UNKNOWN_DIM)
+            for i, d in enumerate(spec.shape or [])
+        )
         dtype = spec.dtype or "float32"
         if dtype.startswith(("float", "bfloat")):
             storage = "float32" if dtype == "bfloat16" else dtype
@@ -105,8 +110,8 @@ def _tolerance(dtypes: Sequence[str]) -> tuple[float, float]:
 
 def _run(model: Any, inputs: list[Any]) -> list[Any]:
     """The model's outputs on ``inputs`` as a flat list of numpy arrays (inference mode)."""
-    import keras  # noqa: PLC0415 - this module is Keras-side; the model is live, so Keras is loaded
-    import numpy as np  # noqa: PLC0415
+    import keras
+    import numpy as np
 
     feed = inputs[0] if len(inputs) == 1 else inputs
     result = model(feed, training=False)
@@ -114,45 +119,54 @@ def _run(model: Any, inputs: list[Any]) -> list[Any]:
 
 
 def _write_npz(path: Path, arrays: Sequence[Any], prefix: str) -> int:
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
         for index, array in enumerate(arrays):
             data = io.BytesIO()
             np.lib.format.write_array(data, np.ascontiguousarray(array), allow_pickle=False)
-            archive.writestr(zipfile.ZipInfo(f"{prefix}_{index}.npy", date_time=_ZIP_EPOCH), data.getvalue())
+            archive.writestr(
+                zipfile.ZipInfo(f"{prefix}_{index}.npy", date_time=_ZIP_EPOCH), data.getvalue()
+            )
     path.write_bytes(buffer.getvalue())
     return len(buffer.getvalue())
 
 
 def _read_npz(path: Path) -> list[Any]:
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     with np.load(path, allow_pickle=False) as data:
         names = sorted(data.files, key=lambda n: int(n.rsplit("_", 1)[1].split(".")[0]))
         return [data[name] for name in names]
 
 
-def make_probe(model: Any, specs: Sequence[TensorSpec], directory: Path) -> tuple[ProbeInfo, list[PayloadFile]]:
+def make_probe(
+    model: Any, specs: Sequence[TensorSpec], directory: Path
+) -> tuple[ProbeInfo, list[PayloadFile]]:
     """Run ``model`` on a deterministic input; write both under ``directory``; return the record."""
     inputs = _make_inputs(specs)
     if sum(a.size for a in inputs) > MAX_PROBE_ELEMENTS:
         raise PackError(
-            f"the probe input would hold {sum(a.size for a in inputs)} elements, more than {MAX_PROBE_ELEMENTS}",
+            f"the probe input would hold {sum(a.size for a in inputs)} elements, more than "
+            f"{MAX_PROBE_ELEMENTS}",
             hint="pack with --no-probe (probe=False) for models with very large inputs",
         )
     try:
         outputs = _run(model, inputs)
     except Exception as exc:
         raise PackError(
-            f"the model failed on the probe input: {type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",
+            f"the model failed on the probe input: {type(exc).__name__}: "
+            f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",
             hint="pack with --no-probe (probe=False) if the model cannot run on random inputs",
         ) from exc
     rtol, atol = _tolerance([str(o.dtype) for o in outputs])
     (directory / "probe").mkdir(exist_ok=True)
     payload = []
-    for member, arrays, prefix in ((PROBE_INPUTS, inputs, "input"), (PROBE_OUTPUTS, outputs, "output")):
+    for member, arrays, prefix in (
+        (PROBE_INPUTS, inputs, "input"),
+        (PROBE_OUTPUTS, outputs, "output"),
+    ):
         target = directory / member
         size = _write_npz(target, arrays, prefix)
         payload.append(PayloadFile(member, target, size))
@@ -175,11 +189,13 @@ def probe_payload(
     """
     if wanted is False:
         return None, [], ()
-    from kbundle import keras_io  # noqa: PLC0415
+    from kbundle import keras_io
 
     def skip(reason: str) -> tuple[ProbeInfo | None, list[PayloadFile], tuple[str, ...]]:
         if wanted:
-            raise PackError(f"cannot probe the model: {reason}", hint="pack with --no-probe (probe=False)")
+            raise PackError(
+                f"cannot probe the model: {reason}", hint="pack with --no-probe (probe=False)"
+            )
         return None, [], (f"no probe stored: {reason}",)
 
     live = model if keras_io.is_keras_model(model) else None
@@ -218,24 +234,39 @@ class ProbeComparison:
 
 def compare_probe(model: Any, directory: Path, info: ProbeInfo) -> ProbeComparison:
     """Re-run the stored probe input through ``model`` and compare with the stored outputs."""
-    import numpy as np  # noqa: PLC0415
+    import numpy as np
 
     try:
         inputs = _read_npz(directory / info.inputs)
         expected = _read_npz(directory / info.outputs)
     except (OSError, ValueError, zipfile.BadZipFile, IndexError) as exc:
-        raise ModelLoadError(f"the probe files are unreadable: {exc}", hint="the bundle is damaged; load with --no-probe to skip the probe") from exc
+        raise ModelLoadError(
+            f"the probe files are unreadable: {exc}",
+            hint="the bundle is damaged; load with --no-probe to skip the probe",
+        ) from exc
     try:
         actual = _run(model, inputs)
     except Exception as exc:
-        return ProbeComparison(float("inf"), float("inf"), False, f"the model failed on the probe input: {type(exc).__name__}")
+        return ProbeComparison(
+            float("inf"),
+            float("inf"),
+            False,
+            f"the model failed on the probe input: {type(exc).__name__}",
+        )
     if len(actual) != len(expected):
-        return ProbeComparison(float("inf"), float("inf"), False, f"{len(actual)} outputs, {len(expected)} recorded")
+        return ProbeComparison(
+            float("inf"), float("inf"), False, f"{len(actual)} outputs, {len(expected)} recorded"
+        )
     max_abs = max_rel = 0.0
     within = True
     for index, (got, want) in enumerate(zip(actual, expected, strict=True)):
         if got.shape != want.shape:
-            return ProbeComparison(float("inf"), float("inf"), False, f"output {index} has shape {got.shape}, recorded {want.shape}")
+            return ProbeComparison(
+                float("inf"),
+                float("inf"),
+                False,
+                f"output {index} has shape {got.shape}, recorded {want.shape}",
+            )
         got64, want64 = got.astype("float64"), want.astype("float64")
         same = (got64 == want64) | (np.isnan(got64) & np.isnan(want64))
         with np.errstate(invalid="ignore"):
@@ -243,7 +274,9 @@ def compare_probe(model: Any, directory: Path, info: ProbeInfo) -> ProbeComparis
         diff = np.where(np.isnan(diff), np.inf, diff)  # NaN against a number
         if diff.size:
             max_abs = max(max_abs, float(diff.max()))
-            scale = np.maximum(np.abs(np.where(np.isfinite(want64), want64, 0.0)), np.finfo("float64").tiny)
+            scale = np.maximum(
+                np.abs(np.where(np.isfinite(want64), want64, 0.0)), np.finfo("float64").tiny
+            )
             max_rel = max(max_rel, float((diff / scale).max()))
             bound = info.atol + info.rtol * np.abs(np.where(np.isfinite(want64), want64, 0.0))
             within = within and bool(np.all(diff <= bound))
@@ -260,7 +293,13 @@ def probe_finding(
     """The ``probe`` finding: ok within tolerance, else an error naming the likely cause."""
     expected = f"within rtol {info.rtol:g}, atol {info.atol:g}"
     if comparison.within:
-        return Finding(location="probe", problem="outputs match the recorded ones", severity=Severity.OK, expected=expected, actual=comparison.describe())
+        return Finding(
+            location="probe",
+            problem="outputs match the recorded ones",
+            severity=Severity.OK,
+            expected=expected,
+            actual=comparison.describe(),
+        )
     return Finding(
         location="probe",
         problem="the loaded model computes different outputs than the packed model",
@@ -268,7 +307,8 @@ def probe_finding(
         expected=expected,
         actual=comparison.describe(),
         why=_likely_cause(differences, custom_objects),
-        fix="load the model in the recorded environment ('kbundle env create') and with the custom code it was packed with; "
+        fix="load the model in the recorded environment ('kbundle env create') and with the custom "
+        "code it was packed with; "
         "--no-probe skips this check",
     )
 
@@ -277,11 +317,21 @@ def _likely_cause(differences: Sequence[Finding], custom_objects: Sequence[Custo
     causes = []
     defined_here = [o.name for o in custom_objects if o.transport == "distribution"]
     if defined_here:
-        causes.append(f"a changed definition of {', '.join(defined_here)}, which came from installed code, not the bundle")
+        causes.append(
+            f"a changed definition of {', '.join(defined_here)}, which came from installed code, "
+            "not the bundle"
+        )
     changed = {f.location for f in differences if f.severity > Severity.OK}
     if "keras.backend" in changed:
         causes.append("another Keras backend computes differently")
-    if changed & {"tensorflow.build", "tensorflow.version", "keras.version", "keras.major", "libraries.jax", "libraries.torch"}:
+    if changed & {
+        "tensorflow.build",
+        "tensorflow.version",
+        "keras.version",
+        "keras.major",
+        "libraries.jax",
+        "libraries.torch",
+    }:
         causes.append("another build or version of TensorFlow/Keras changed the numerics")
     if not causes:
         causes.append(
@@ -289,3 +339,30 @@ def _likely_cause(differences: Sequence[Finding], custom_objects: Sequence[Custo
             "(a class registered under the same name), or a changed Keras/TensorFlow numeric kernel"
         )
     return "likely cause: " + "; or ".join(causes)
+
+
+def run_probe(
+    model: Any, directory: Path, manifest: Manifest, report: CompatReport, *, what: str
+) -> CompatReport:
+    """Re-run the stored probe after loading; add its finding; raise on an error finding.
+
+    The finding goes through the report's policy overrides (``--severity probe=warn``).
+    """
+    info = manifest.probe
+    assert info is not None
+    finding = report.policy.override(
+        probe_finding(
+            compare_probe(model, directory, info),
+            info,
+            differences=report.findings,
+            custom_objects=manifest.custom_objects,
+        )
+    )
+    if finding.severity >= Severity.ERROR:
+        raise EnvironmentMismatchError(
+            f"the model loaded from {what} computes different outputs than when it was packed: "
+            f"{finding.actual} (expected {finding.expected})",
+            hint=f"{finding.why}; --no-probe (probe=False) skips the probe",
+            findings=[finding],
+        )
+    return report.with_findings([finding])

@@ -31,7 +31,12 @@ from kbundle.errors import EnvironmentMismatchError, UsageError
 from kbundle.findings import Finding, Severity
 from kbundle.manifest import Manifest
 
-__all__ = ["CreatedEnvironment", "create_environment", "export_requirements", "kbundle_install_spec"]
+__all__ = [
+    "CreatedEnvironment",
+    "create_environment",
+    "export_requirements",
+    "kbundle_install_spec",
+]
 
 # Installing TensorFlow from a mirror took 20-40 s here; a slow index may take many minutes.
 # An hour is the point where something is stuck rather than slow.
@@ -42,19 +47,22 @@ CHECK_TIMEOUT_SECONDS = 300
 
 def _verified_env_files(bundle: Path, scratch: Path) -> tuple[Manifest, Path]:
     """Verify ``bundle`` into ``scratch`` and return its manifest and the extracted root."""
-    from kbundle.unpack import unpack  # noqa: PLC0415 - unpack imports compat, which is fine
+    from kbundle.unpack import unpack
 
     result = unpack(bundle, scratch / "bundle")
     manifest = result.report.head.manifest
     if manifest.requirements is None:
         raise UsageError(
-            f"{bundle} records no requirements (it was packed by a kbundle without env/requirements.txt)",
+            f"{bundle} records no requirements (it was packed by a kbundle without "
+            "env/requirements.txt)",
             hint="'kbundle inspect' shows the recorded versions; install them by hand",
         )
     return manifest, result.path
 
 
-def export_requirements(bundle: str | os.PathLike[str], *, hashed: bool | None = None) -> tuple[str, bool]:
+def export_requirements(
+    bundle: str | os.PathLike[str], *, hashed: bool | None = None
+) -> tuple[str, bool]:
     """The bundle's requirements text and whether it carries hashes.
 
     ``hashed=None`` gives the hashed lock when the bundle has one, else the pins;
@@ -67,7 +75,8 @@ def export_requirements(bundle: str | os.PathLike[str], *, hashed: bool | None =
         has_lock = bool(requirements.lock and requirements.lock_hashed)
         if hashed and not has_lock:
             raise UsageError(
-                f"{bundle} has no hash-locked requirements: {requirements.note or 'no lock recorded'}",
+                f"{bundle} has no hash-locked requirements: "
+                f"{requirements.note or 'no lock recorded'}",
                 hint="export the pins without --hashed, or re-pack with --lock",
             )
         use_lock = has_lock if hashed is None else hashed
@@ -91,7 +100,11 @@ class CreatedEnvironment:
 
 
 def _venv_python(directory: Path) -> Path:
-    return directory / ("Scripts" if os.name == "nt" else "bin") / ("python.exe" if os.name == "nt" else "python")
+    return (
+        directory
+        / ("Scripts" if os.name == "nt" else "bin")
+        / ("python.exe" if os.name == "nt" else "python")
+    )
 
 
 def kbundle_install_spec() -> str:
@@ -107,7 +120,11 @@ def _interpreter_version(executable: str) -> str | None:
     try:
         done = subprocess.run(
             [executable, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-            capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+            stdin=subprocess.DEVNULL,
         )
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -115,38 +132,61 @@ def _interpreter_version(executable: str) -> str | None:
 
 
 def find_interpreter(minor: str, python: str | None = None) -> str:
-    """An interpreter of Python ``minor`` (``3.11``): ``python`` if given, else this one or PATH's."""
+    """An interpreter of Python ``minor`` (``3.11``): ``python`` if given, else this one or "
+    "PATH's."""
     if python is not None:
         found = _interpreter_version(python)
         if found != minor:
             raise UsageError(
-                f"--python {python} is Python {found or '(not runnable)'}, the bundle was packed with Python {minor}",
+                f"--python {python} is Python {found or '(not runnable)'}, the bundle was packed "
+                f"with Python {minor}",
                 hint=f"pass an interpreter of Python {minor}",
             )
         return python
     candidates: list[str | None] = []
-    if "%d.%d" % sys.version_info[:2] == minor:  # the running interpreter first: the closest patch release
+    # The running interpreter first: of the ones that fit, it is the closest patch release.
+    if f"{sys.version_info[0]}.{sys.version_info[1]}" == minor:
         candidates.append(getattr(sys, "_base_executable", None) or sys.executable)
     candidates.append(shutil.which(f"python{minor}"))
     for candidate in candidates:
         if candidate and _interpreter_version(candidate) == minor:
             return candidate
     raise UsageError(
-        f"Python {minor}, which the bundle was packed with, is not installed here: no python{minor} on PATH",
-        hint=f"install Python {minor} (python.org, pyenv, 'uv python install {minor}') or pass --python PATH",
+        f"Python {minor}, which the bundle was packed with, is not installed here: no "
+        f"python{minor} on PATH",
+        hint=f"install Python {minor} (python.org, pyenv, 'uv python install {minor}') or pass "
+        "--python PATH",
     )
 
 
-def _run(command: list[str], what: str, timeout: float, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+def _run(
+    command: list[str], what: str, timeout: float, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, check=False, env=env, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
-        raise EnvironmentMismatchError(f"{what} did not finish within {timeout:.0f} s", hint="check the package index and retry") from None
+        raise EnvironmentMismatchError(
+            f"{what} did not finish within {timeout:.0f} s",
+            hint="check the package index and retry",
+        ) from None
     if done.returncode != 0:
-        lines = [ln.strip() for ln in (done.stderr or done.stdout).splitlines() if ln.strip() and "is ignored" not in ln]
+        lines = [
+            ln.strip()
+            for ln in (done.stderr or done.stdout).splitlines()
+            if ln.strip() and "is ignored" not in ln
+        ]
         raise EnvironmentMismatchError(
             f"{what} failed (exit {done.returncode}): {lines[-1][:300] if lines else 'no output'}",
-            hint="the recorded versions may have no wheel for this platform or Python; 'kbundle check' shows what differs",
+            hint="the recorded versions may have no wheel for this platform or Python; 'kbundle "
+            "check' shows what differs",
         )
     return done
 
@@ -167,7 +207,10 @@ def create_environment(
     """
     bundle_path, target = Path(bundle).resolve(), Path(directory)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
-        raise UsageError(f"{target} already exists and is not empty", hint="choose a new directory for the environment")
+        raise UsageError(
+            f"{target} already exists and is not empty",
+            hint="choose a new directory for the environment",
+        )
     announce = step or (lambda _text: None)
     with tempfile.TemporaryDirectory(prefix="kbundle-env-") as scratch:
         manifest, root = _verified_env_files(bundle_path, Path(scratch))
@@ -179,17 +222,39 @@ def create_environment(
         member = requirements.lock if hashed and requirements.lock else requirements.requirements
         created = not target.exists()
         try:
-            announce(f"creating a virtual environment with {interpreter} (Python {minor}) in {target}")
-            _run([interpreter, "-m", "venv", str(target)], "creating the virtual environment", INSTALL_TIMEOUT_SECONDS)
+            announce(
+                f"creating a virtual environment with {interpreter} (Python {minor}) in {target}"
+            )
+            _run(
+                [interpreter, "-m", "venv", str(target)],
+                "creating the virtual environment",
+                INSTALL_TIMEOUT_SECONDS,
+            )
             venv_python = str(_venv_python(target))
-            announce(f"installing the pinned requirements ({'hash-checked' if hashed else 'not hash-locked: ' + (requirements.note or '')})")
-            install = [venv_python, "-m", "pip", "install", "--no-deps", "--disable-pip-version-check", "-r", str(root / member)]
+            announce(
+                "installing the pinned requirements "
+                f"({'hash-checked' if hashed else 'not hash-locked: ' + (requirements.note or '')})"
+            )
+            install = [
+                venv_python,
+                "-m",
+                "pip",
+                "install",
+                "--no-deps",
+                "--disable-pip-version-check",
+                "-r",
+                str(root / member),
+            ]
             if hashed:
                 install.insert(5, "--require-hashes")
             _run(install, "pip install of the recorded requirements", INSTALL_TIMEOUT_SECONDS)
             spec = kbundle_spec or kbundle_install_spec()
             announce(f"installing kbundle from {spec}")
-            _run([venv_python, "-m", "pip", "install", "--disable-pip-version-check", spec], "pip install of kbundle", INSTALL_TIMEOUT_SECONDS)
+            _run(
+                [venv_python, "-m", "pip", "install", "--disable-pip-version-check", spec],
+                "pip install of kbundle",
+                INSTALL_TIMEOUT_SECONDS,
+            )
         except BaseException:
             if created:
                 shutil.rmtree(target, ignore_errors=True)
@@ -216,22 +281,38 @@ def _check_inside(venv_python: str, bundle: Path, backend: str | None) -> tuple[
         env["KERAS_BACKEND"] = backend
     command = [venv_python, "-m", "kbundle", "check", str(bundle), "--json"]
     try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=CHECK_TIMEOUT_SECONDS, check=False, env=env, stdin=subprocess.DEVNULL)
+        done = subprocess.run(
+            command,
+            capture_output=True,
+            text=True,
+            timeout=CHECK_TIMEOUT_SECONDS,
+            check=False,
+            env=env,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
-        raise EnvironmentMismatchError("kbundle check in the new environment did not finish", hint="run it by hand") from None
+        raise EnvironmentMismatchError(
+            "kbundle check in the new environment did not finish", hint="run it by hand"
+        ) from None
     try:
         data = json.loads(done.stdout)
         findings = tuple(
             Finding(
-                location=f["location"], problem=f["problem"], severity=Severity[f["severity"].upper()],
-                expected=f.get("expected"), actual=f.get("actual"), why=f.get("why"), fix=f.get("fix"),
+                location=f["location"],
+                problem=f["problem"],
+                severity=Severity[f["severity"].upper()],
+                expected=f.get("expected"),
+                actual=f.get("actual"),
+                why=f.get("why"),
+                fix=f.get("fix"),
             )
             for f in data["findings"]
         )
     except (ValueError, KeyError, TypeError):
         lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
         raise EnvironmentMismatchError(
-            f"kbundle check could not run in the new environment (exit {done.returncode}): {lines[-1][:300] if lines else 'no output'}",
+            f"kbundle check could not run in the new environment (exit {done.returncode}): "
+            f"{lines[-1][:300] if lines else 'no output'}",
             hint=f"run '{venv_python} -m kbundle check {bundle}' by hand",
         ) from None
     return findings

@@ -84,9 +84,17 @@ def _cell(value: str | None) -> str:
 def render_compat(report: CompatReport) -> str:
     """The ``kbundle check`` text: a table of every field, then why/fix per difference, verdict."""
     header = ("FIELD", "RECORDED", "CURRENT", "SEVERITY")
-    rows = [(f.location, _cell(f.expected), _cell(f.actual), str(f.severity)) for f in report.findings]
-    widths = [max(len(row[i]) for row in [header, *rows]) for i in range(3)]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)) + "  " + row[3] for row in [header, *rows]]
+    rows = [header]
+    rows += [
+        (f.location, _cell(f.expected), _cell(f.actual), str(f.severity)) for f in report.findings
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
+        + "  "
+        + row[3]
+        for row in rows
+    ]
     differences = [f for f in report.findings if f.severity > Severity.OK]
     if differences:
         lines.append("")

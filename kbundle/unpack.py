@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import tempfile
-import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,9 +16,9 @@ from typing import Any
 
 from kbundle.archive import BundleHead, VerifyReport, read_head, scan_bundle
 from kbundle.atomic import atomic_directory
-from kbundle.compat import CompatReport, EnvironmentWarning, Policy, check_manifest, resolve_policy
-from kbundle.errors import EnvironmentMismatchError, IntegrityError, ModelLoadError, UntrustedCodeError, UsageError
-from kbundle.findings import Finding, Severity
+from kbundle.compat import CompatReport, Policy, environment_gate, resolve_policy
+from kbundle.errors import IntegrityError, ModelLoadError, UntrustedCodeError, UsageError
+from kbundle.findings import Finding
 from kbundle.names import MANIFEST_NAME
 
 __all__ = ["LoadOptions", "UnpackResult", "inspect", "load", "unpack", "verify"]
@@ -140,7 +139,7 @@ def _extract_verified(
 class LoadOptions:
     """What loading may do: run bundled code, turn Keras safe mode off, compile.
 
-    Before loading, the recorded environment is checked under ``policy`` (``None``: the
+    Before loading, the recorded environment is checked under ``env_policy`` (``None``: the
     ``[tool.kbundle]`` configuration, else ``default``); errors refuse unless ``ignore_env``.
     After loading, the stored probe is re-run unless ``probe`` is false.
     """
@@ -149,7 +148,7 @@ class LoadOptions:
     safe_mode: bool = True
     compile: bool = True
     ignore_env: bool = False
-    policy: Policy | None = None
+    env_policy: Policy | None = None
     probe: bool = True
 
 
@@ -163,11 +162,9 @@ def _require_trust(report: VerifyReport, options: LoadOptions) -> None:
         )
 
 
-def _environment_report(report: VerifyReport, options: LoadOptions) -> CompatReport:
-    return check_manifest(report.head.manifest, policy=options.policy or resolve_policy())
-
-
-def _load_verified(directory: Path, report: VerifyReport, options: LoadOptions, name: str = "the bundle") -> tuple[Any, CompatReport]:
+def _load_verified(
+    directory: Path, report: VerifyReport, options: LoadOptions, name: str = "the bundle"
+) -> tuple[Any, CompatReport]:
     """Load the model from files that were just verified into ``directory``.
 
     The environment check runs first (errors refuse unless ``ignore_env``); the probe runs
@@ -175,39 +172,19 @@ def _load_verified(directory: Path, report: VerifyReport, options: LoadOptions, 
     """
     from kbundle import keras_io  # noqa: PLC0415 - Keras is imported only to load
 
-    compat = _environment_report(report, options)
-    if not options.ignore_env:
-        compat.raise_for_errors(name)
-    _require_trust(report, options)
     manifest = report.head.manifest
+    compat = environment_gate(manifest, options.env_policy, ignore=options.ignore_env, what=name)
+    _require_trust(report, options)
     try:
-        model = keras_io.load_model(directory / manifest.model.path, safe_mode=options.safe_mode, compile=options.compile)
-    except ModelLoadError as exc:
-        concerns = compat.at_least(Severity.WARN)
-        if not concerns:
-            raise
-        raise ModelLoadError(
-            exc.message,
-            hint=f"the environment differs from the one the model was packed in ({concerns[0].describe()}"
-            + (f", and {len(concerns) - 1} more" if len(concerns) > 1 else "")
-            + "); rebuild it with 'kbundle env create'",
-            findings=concerns,
-        ) from exc
-    if options.probe and manifest.probe is not None:
-        from kbundle.probe import compare_probe, probe_finding  # noqa: PLC0415 - Keras-side
-
-        finding = compat.policy.override(
-            probe_finding(compare_probe(model, directory, manifest.probe), manifest.probe,
-                          differences=compat.findings, custom_objects=manifest.custom_objects)
+        model = keras_io.load_model(
+            directory / manifest.model.path, safe_mode=options.safe_mode, compile=options.compile
         )
-        compat = compat.with_findings([finding])
-        if finding.severity >= Severity.ERROR:
-            raise EnvironmentMismatchError(
-                f"the model loaded from {name} computes different outputs than when it was packed: {finding.actual} "
-                f"(expected {finding.expected})",
-                hint=f"{finding.why}; --no-probe (probe=False) skips the probe",
-                findings=[finding],
-            )
+    except ModelLoadError as exc:
+        raise compat.explain_load_failure(exc) from exc
+    if options.probe and manifest.probe is not None:
+        from kbundle.probe import run_probe  # noqa: PLC0415 - Keras-side
+
+        compat = run_probe(model, directory, manifest, compat, what=name)
     return model, compat
 
 
@@ -236,7 +213,7 @@ def unpack(
         if load_model:
             model, compat = _load_verified(staging, report, chosen, str(path))
         else:  # nothing runs here, so differences are reported but refuse nothing
-            model, compat = None, _environment_report(report, chosen)
+            model, compat = None, environment_gate(report.head.manifest, chosen.env_policy)
     return UnpackResult(Path(destination), report, model, list(compat.findings))
 
 
@@ -248,8 +225,8 @@ def load(
     safe_mode: bool = True,
     compile: bool = True,
     ignore_env: bool = False,
-    policy: str | None = None,
-    severity: Iterable[str] = (),
+    env_policy: str | None = None,
+    env_severity: Iterable[str] = (),
     probe: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> Any:
@@ -257,27 +234,25 @@ def load(
 
     Returns a ``keras.Model``. Bundled code runs only with ``trust_code=True``; Keras
     ``safe_mode`` stays on unless ``safe_mode=False``. The environment is checked first under
-    ``policy`` (``default``, ``strict``, ``lenient``; ``severity`` holds ``FIELD=LEVEL``
-    overrides): errors raise :class:`EnvironmentMismatchError` unless ``ignore_env``, and
-    warnings are issued once as one :class:`kbundle.compat.EnvironmentWarning`. The stored
-    probe is re-run after loading unless ``probe=False``; a mismatch raises.
+    ``env_policy`` (``default``, ``strict``, ``lenient``; ``env_severity`` holds
+    ``FIELD=LEVEL`` overrides; see docs/compatibility.md): errors raise
+    :class:`EnvironmentMismatchError` unless ``ignore_env``; warnings are issued once, as one
+    :class:`kbundle.compat.EnvironmentWarning`. The stored probe is re-run after loading
+    unless ``probe=False``; a mismatch raises.
     """
     path = _as_path(bundle)
     _check_expected(expect)
+    env = resolve_policy(env_policy, env_severity, origin="env_severity")
     options = LoadOptions(
-        trust_code=trust_code, safe_mode=safe_mode, compile=compile, ignore_env=ignore_env,
-        policy=resolve_policy(policy, severity), probe=probe,
+        trust_code=trust_code,
+        safe_mode=safe_mode,
+        compile=compile,
+        ignore_env=ignore_env,
+        env_policy=env,
+        probe=probe,
     )
     with tempfile.TemporaryDirectory(prefix="kbundle-load-") as private:
         report = _extract_verified(path, Path(private), expect, progress)
         model, compat = _load_verified(Path(private), report, options, str(path))
-    concerns = compat.at_least(Severity.WARN)
-    if concerns:
-        warnings.warn(
-            f"{path}: the environment differs from the one it was packed in: "
-            + "; ".join(f"{f.describe()} [{f.severity}]" for f in concerns)
-            + " ('kbundle check' explains each)",
-            EnvironmentWarning,
-            stacklevel=2,
-        )
+    compat.warn_once(str(path))
     return model

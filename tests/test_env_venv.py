@@ -27,7 +27,14 @@ pytestmark = [pytest.mark.keras, pytest.mark.venv, pytest.mark.slow]
 # accepts pinned too, so that the findings below are exact.
 OLD_KERAS = "3.10.0"
 OLD_TENSORFLOW = "2.19.1"
-OLD_PINS = (f"tensorflow-cpu=={OLD_TENSORFLOW}", f"keras=={OLD_KERAS}", "numpy==2.1.3", "h5py==3.16.0", "protobuf==5.29.6", "ml-dtypes==0.5.1")
+OLD_PINS = (
+    f"tensorflow-cpu=={OLD_TENSORFLOW}",
+    f"keras=={OLD_KERAS}",
+    "numpy==2.1.3",
+    "h5py==3.16.0",
+    "protobuf==5.29.6",
+    "ml-dtypes==0.5.1",
+)
 INSTALL_TIMEOUT = 1800
 
 
@@ -35,8 +42,18 @@ def _venv_python(directory: Path) -> Path:
     return directory / ("Scripts" if os.name == "nt" else "bin") / "python"
 
 
-def _run(command: list[str | os.PathLike[str]], env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(c) for c in command], capture_output=True, text=True, env=env, timeout=timeout, check=False, stdin=subprocess.DEVNULL)
+def _run(
+    command: list[str | os.PathLike[str]], env: dict[str, str] | None = None, timeout: float = 600
+) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(c) for c in command],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=timeout,
+        check=False,
+        stdin=subprocess.DEVNULL,
+    )
 
 
 def _outside_env(**extra: str) -> dict[str, str]:
@@ -52,7 +69,9 @@ def old_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     made = _run([sys.executable, "-m", "venv", directory])
     assert made.returncode == 0, made.stderr
     python = _venv_python(directory)
-    installed = _run([python, "-m", "pip", "install", "--quiet", *OLD_PINS, REPO], timeout=INSTALL_TIMEOUT)
+    installed = _run(
+        [python, "-m", "pip", "install", "--quiet", *OLD_PINS, REPO], timeout=INSTALL_TIMEOUT
+    )
     assert installed.returncode == 0, installed.stderr[-3000:]
     return python
 
@@ -72,17 +91,29 @@ def _not_ok(stdout: str) -> list[dict[str, Any]]:
 
 
 def _library_findings(found: list[dict[str, Any]]) -> list[tuple[str, str, str | None, str | None]]:
-    return [(f["location"], f["severity"], f.get("expected"), f.get("actual")) for f in found if f["location"].startswith("libraries.")]
+    return [
+        (f["location"], f["severity"], f.get("expected"), f.get("actual"))
+        for f in found
+        if f["location"].startswith("libraries.")
+    ]
 
 
-def _expected_library_rows(recorded: dict[str, str], current: dict[str, str | None]) -> list[tuple[str, str, str, str]]:
+def _expected_library_rows(
+    recorded: dict[str, str], current: dict[str, str | None]
+) -> list[tuple[str, str, str, str]]:
     """Every recorded library that the other environment has in another version: info."""
     order = ("numpy", "h5py", "cloudpickle")
     names = sorted(recorded, key=lambda n: (order.index(n) if n in order else len(order), n))
-    return [(f"libraries.{n}", "info", recorded[n], current[n]) for n in names if n != "tf-keras" and current.get(n) not in (None, recorded[n])]  # type: ignore[misc]
+    return [
+        (f"libraries.{n}", "info", recorded[n], current[n])
+        for n in names
+        if n != "tf-keras" and current.get(n) not in (None, recorded[n])
+    ]  # type: ignore[misc]
 
 
-def test_a_bundle_from_a_newer_keras_is_refused_by_the_older_pair(old_python: Path, sequential_model: Any, tmp_path: Path) -> None:
+def test_a_bundle_from_a_newer_keras_is_refused_by_the_older_pair(
+    old_python: Path, sequential_model: Any, tmp_path: Path
+) -> None:
     bundle = kbundle.pack(sequential_model, tmp_path / "new.kbundle").path
     recorded = kbundle.inspect(bundle).manifest.environment
     assert recorded.keras is not None and recorded.tensorflow is not None
@@ -112,7 +143,10 @@ def test_a_bundle_from_a_newer_keras_is_refused_by_the_older_pair(old_python: Pa
     old_versions = _versions(old_python, list(recorded.libraries))
     assert _library_findings(found) == _expected_library_rows(recorded.libraries, old_versions)
 
-    refused = _run([old_python, "-m", "kbundle", "unpack", bundle, "-d", tmp_path / "refused"], env=_outside_env())
+    refused = _run(
+        [old_python, "-m", "kbundle", "unpack", bundle, "-d", tmp_path / "refused"],
+        env=_outside_env(),
+    )
     assert_clean_failure(refused, 3)
     assert refused.stderr.splitlines()[0] == (
         f"kbundle: error: this environment cannot load {bundle} under the default policy: keras.version: Keras is older than "
@@ -120,13 +154,21 @@ def test_a_bundle_from_a_newer_keras_is_refused_by_the_older_pair(old_python: Pa
         "'kbundle check' explains every field; --ignore-env loads anyway"
     )
     # The verdict was right: told to go ahead, Keras 3.10 fails on the file.
-    forced = _run([old_python, "-m", "kbundle", "unpack", bundle, "-d", tmp_path / "forced", "--ignore-env"], env=_outside_env())
+    forced = _run(
+        [old_python, "-m", "kbundle", "unpack", bundle, "-d", tmp_path / "forced", "--ignore-env"],
+        env=_outside_env(),
+    )
     assert_clean_failure(forced, 5)
     assert "the verified model failed to load in Keras" in forced.stderr
-    assert f"; the environment differs from the one the model was packed in (keras.version: Keras is older than the one that packed the model (expected {recorded.keras.version}, found {OLD_KERAS})" in forced.stderr
+    assert (
+        f"; the environment differs from the one the model was packed in (keras.version: Keras is older than the one that packed the model (expected {recorded.keras.version}, found {OLD_KERAS})"
+        in forced.stderr
+    )
 
 
-def test_a_bundle_from_the_older_pair_loads_here_and_its_probe_matches(old_python: Path, tmp_path: Path) -> None:
+def test_a_bundle_from_the_older_pair_loads_here_and_its_probe_matches(
+    old_python: Path, tmp_path: Path
+) -> None:
     bundle = tmp_path / "old.kbundle"
     script = (
         "import sys, keras, kbundle\nkeras.utils.set_random_seed(3)\n"
@@ -142,33 +184,64 @@ def test_a_bundle_from_the_older_pair_loads_here_and_its_probe_matches(old_pytho
     assert checked.returncode == 0, checked.stderr
     found = _not_ok(checked.stdout)
     here = _versions(sys.executable, ["keras", "tensorflow-cpu", *recorded.libraries])
-    assert [(f["location"], f["severity"], f["problem"], f["expected"], f["actual"]) for f in found if not f["location"].startswith("libraries.")] == [
-        ("keras.version", "info", "Keras is newer than the one that packed the model", OLD_KERAS, here["keras"]),
-        ("tensorflow.version", "info", "TensorFlow is newer than the one that packed the model", OLD_TENSORFLOW, here["tensorflow-cpu"]),
+    assert [
+        (f["location"], f["severity"], f["problem"], f["expected"], f["actual"])
+        for f in found
+        if not f["location"].startswith("libraries.")
+    ] == [
+        (
+            "keras.version",
+            "info",
+            "Keras is newer than the one that packed the model",
+            OLD_KERAS,
+            here["keras"],
+        ),
+        (
+            "tensorflow.version",
+            "info",
+            "TensorFlow is newer than the one that packed the model",
+            OLD_TENSORFLOW,
+            here["tensorflow-cpu"],
+        ),
     ]
     assert _library_findings(found) == _expected_library_rows(recorded.libraries, here)
 
     unpacked = kbundle.unpack(bundle, tmp_path / "out", load_model=True)
     assert unpacked.model.name == "old_pair"
     probe = unpacked.environment[-1]
-    assert (probe.location, probe.severity, probe.expected) == ("probe", kbundle.Severity.OK, "within rtol 0.0001, atol 1e-05")
+    assert (probe.location, probe.severity, probe.expected) == (
+        "probe",
+        kbundle.Severity.OK,
+        "within rtol 0.0001, atol 1e-05",
+    )
 
 
 @pytest.fixture(scope="session")
-def rebuilt(tmp_path_factory: pytest.TempPathFactory, keras: Any) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
+def rebuilt(
+    tmp_path_factory: pytest.TempPathFactory, keras: Any
+) -> tuple[Path, Path, subprocess.CompletedProcess[str]]:
     root = tmp_path_factory.mktemp("rebuilt")
     keras.utils.set_random_seed(5)
-    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3, activation="relu"), keras.layers.Dense(1)], name="rebuilt_model")
+    model = keras.Sequential(
+        [keras.Input((4,)), keras.layers.Dense(3, activation="relu"), keras.layers.Dense(1)],
+        name="rebuilt_model",
+    )
     bundle = kbundle.pack(model, root / "model.kbundle", lock=True).path
     created = run_cli("env", "create", bundle, root / "venv", timeout=INSTALL_TIMEOUT)
     return bundle, root / "venv", created
 
 
-def test_pack_with_lock_hashes_exactly_the_pinned_closure(rebuilt: tuple[Path, Path, subprocess.CompletedProcess[str]], tmp_path: Path) -> None:
+def test_pack_with_lock_hashes_exactly_the_pinned_closure(
+    rebuilt: tuple[Path, Path, subprocess.CompletedProcess[str]], tmp_path: Path
+) -> None:
     bundle, _, _ = rebuilt
     requirements = kbundle.inspect(bundle).manifest.requirements
     assert requirements is not None
-    assert (requirements.lock, requirements.lock_hashed, requirements.note) == ("env/requirements.lock", True, None)
+    assert (requirements.lock, requirements.lock_hashed, requirements.note) == (
+        "env/requirements.lock",
+        True,
+        None,
+    )
     files = kbundle.unpack(bundle, tmp_path / "out").path / "env"
     pins = parse_pins((files / "requirements.txt").read_text())
     lock = (files / "requirements.lock").read_text()
@@ -180,7 +253,9 @@ def test_pack_with_lock_hashes_exactly_the_pinned_closure(rebuilt: tuple[Path, P
     assert (exported.returncode, exported.stdout) == (0, lock)
 
 
-def test_env_create_rebuilds_an_environment_where_check_is_clean_and_the_model_loads(rebuilt: tuple[Path, Path, subprocess.CompletedProcess[str]]) -> None:
+def test_env_create_rebuilds_an_environment_where_check_is_clean_and_the_model_loads(
+    rebuilt: tuple[Path, Path, subprocess.CompletedProcess[str]],
+) -> None:
     bundle, venv, created = rebuilt
     assert created.returncode == 0, created.stderr[-3000:]
     python = _venv_python(venv)
@@ -188,15 +263,30 @@ def test_env_create_rebuilds_an_environment_where_check_is_clean_and_the_model_l
     minor = "%d.%d" % sys.version_info[:2]
     steps = created.stderr.splitlines()
     assert steps[1] == "kbundle: installing the pinned requirements (hash-checked)"
-    assert steps[-1] == f"created {venv}: Python {minor}, hash-checked; kbundle check inside it is clean"
+    assert (
+        steps[-1]
+        == f"created {venv}: Python {minor}, hash-checked; kbundle check inside it is clean"
+    )
 
     frozen = parse_pins(_run([python, "-m", "pip", "freeze", "--all"], env=_outside_env()).stdout)
-    pins = parse_pins(kbundle.unpack(bundle, venv.parent / "files").path.joinpath("env/requirements.txt").read_text())
+    pins = parse_pins(
+        kbundle.unpack(bundle, venv.parent / "files")
+        .path.joinpath("env/requirements.txt")
+        .read_text()
+    )
     assert {name: frozen.get(name) for name in pins} == pins
     assert "tensorflow" not in frozen  # only tensorflow-cpu, as recorded
 
     checked = _run([python, "-m", "kbundle", "check", bundle, "--json"], env=_outside_env())
     assert checked.returncode == 0, checked.stderr
     assert [f for f in _not_ok(checked.stdout) if f["severity"] in ("warn", "error")] == []
-    loaded = _run([python, "-c", "import sys, kbundle\nmodel = kbundle.load(sys.argv[1])\nprint(model.name, model.count_params())", bundle], env=_outside_env())
+    loaded = _run(
+        [
+            python,
+            "-c",
+            "import sys, kbundle\nmodel = kbundle.load(sys.argv[1])\nprint(model.name, model.count_params())",
+            bundle,
+        ],
+        env=_outside_env(),
+    )
     assert (loaded.returncode, loaded.stdout) == (0, "rebuilt_model 19\n"), loaded.stderr

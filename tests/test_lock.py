@@ -33,16 +33,23 @@ def bundle(tmp_path: Path, sequential_model: Any) -> Path:
 
 def test_requirements_pin_the_installed_closure(bundle: Path, tmp_path: Path) -> None:
     manifest = kbundle.inspect(bundle).manifest
-    assert manifest.requirements == Requirements(requirements="env/requirements.txt", note="not hash-locked: pack with --lock to add hashes")
+    assert manifest.requirements == Requirements(
+        requirements="env/requirements.txt", note="not hash-locked: pack with --lock to add hashes"
+    )
     text = (kbundle.unpack(bundle, tmp_path / "out").path / "env/requirements.txt").read_text()
     pins = parse_pins(text)
     assert pins[TENSORFLOW] == metadata.version(TENSORFLOW)
-    assert "tensorflow" not in pins and "tf-keras" not in pins  # installed, but not what this model uses
+    assert (
+        "tensorflow" not in pins and "tf-keras" not in pins
+    )  # installed, but not what this model uses
     for name in ("keras", "h5py", "numpy", "ml-dtypes", "namex", "optree"):
         assert pins[name] == metadata.version(name)
     assert "pytest" not in pins and "kbundle" not in pins
     assert all(pins[name] == installed_distributions()[name] for name in pins)
-    assert text.splitlines()[2] == "# Install into a fresh environment with: pip install --no-deps -r requirements.txt"
+    assert (
+        text.splitlines()[2]
+        == "# Install into a fresh environment with: pip install --no-deps -r requirements.txt"
+    )
     assert text.splitlines()[3:] == [f"{name}=={version}" for name, version in sorted(pins.items())]
 
 
@@ -62,12 +69,30 @@ def test_local_version_labels_are_kept_and_missing_requirements_named() -> None:
     assert missing == ["namex (required by keras)"]
 
 
-def test_a_lock_with_an_unreachable_index_still_packs_and_says_why(tmp_path: Path, saved_keras_file: Path) -> None:
-    unreachable = child_env(PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL="http://127.0.0.1:9/simple", PIP_EXTRA_INDEX_URL="", PIP_FIND_LINKS="")
-    result = run_cli("pack", saved_keras_file, "-o", tmp_path / "m.kbundle", "--lock", "--no-probe", "-q", env=unreachable)
+def test_a_lock_with_an_unreachable_index_still_packs_and_says_why(
+    tmp_path: Path, saved_keras_file: Path
+) -> None:
+    unreachable = child_env(
+        PIP_CONFIG_FILE=os.devnull,
+        PIP_INDEX_URL="http://127.0.0.1:9/simple",
+        PIP_EXTRA_INDEX_URL="",
+        PIP_FIND_LINKS="",
+    )
+    result = run_cli(
+        "pack",
+        saved_keras_file,
+        "-o",
+        tmp_path / "m.kbundle",
+        "--lock",
+        "--no-probe",
+        "-q",
+        env=unreachable,
+    )
     assert result.returncode == 0, result.stderr
     note = result.stderr.splitlines()[0]
-    assert note.startswith("kbundle: note: not hash-locked: pip-compile failed (is the package index reachable?): "), note
+    assert note.startswith(
+        "kbundle: note: not hash-locked: pip-compile failed (is the package index reachable?): "
+    ), note
     requirements = kbundle.inspect(tmp_path / "m.kbundle").manifest.requirements
     assert requirements is not None
     assert (requirements.lock, requirements.lock_hashed) == (None, False)
@@ -95,9 +120,17 @@ def test_env_export_writes_the_pins(bundle: Path, tmp_path: Path) -> None:
 def test_env_create_needs_the_recorded_python(tmp_path: Path, sequential_model: Any) -> None:
     def old_python(model: Any, scratch: Path, fmt: str) -> Extras:
         environment = kbundle.environment.capture_environment()
-        return Extras(fields={"environment": replace(environment, python=replace(environment.python, version="3.4.10"))})
+        return Extras(
+            fields={
+                "environment": replace(
+                    environment, python=replace(environment.python, version="3.4.10")
+                )
+            }
+        )
 
-    bundle = kbundle.pack(sequential_model, tmp_path / "old.kbundle", probe=False, extras=old_python).path
+    bundle = kbundle.pack(
+        sequential_model, tmp_path / "old.kbundle", probe=False, extras=old_python
+    ).path
     missing = run_cli("env", "create", bundle, tmp_path / "venv")
     assert_clean_failure(missing, 2)
     assert missing.stderr == (
@@ -110,7 +143,9 @@ def test_env_create_needs_the_recorded_python(tmp_path: Path, sequential_model: 
     wrong = run_cli("env", "create", bundle, tmp_path / "venv", "--python", sys.executable)
     assert_clean_failure(wrong, 2)
     minor = "%d.%d" % sys.version_info[:2]
-    assert wrong.stderr.startswith(f"kbundle: error: --python {sys.executable} is Python {minor}, the bundle was packed with Python 3.4;")
+    assert wrong.stderr.startswith(
+        f"kbundle: error: --python {sys.executable} is Python {minor}, the bundle was packed with Python 3.4;"
+    )
     occupied = tmp_path / "occupied"
     occupied.mkdir()
     (occupied / "keep.txt").write_text("mine")

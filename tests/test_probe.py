@@ -35,11 +35,18 @@ def _npz(path: Path) -> list[np.ndarray]:
         return [data[name] for name in sorted(data.files)]
 
 
-def test_pack_stores_the_model_output_on_a_deterministic_input(tmp_path: Path, sequential_model: Any) -> None:
+def test_pack_stores_the_model_output_on_a_deterministic_input(
+    tmp_path: Path, sequential_model: Any
+) -> None:
     first = kbundle.pack(sequential_model, tmp_path / "a.kbundle").manifest
     kbundle.pack(sequential_model, tmp_path / "b.kbundle")
-    assert first.probe == kbundle.manifest.ProbeInfo(inputs="probe/inputs.npz", outputs="probe/outputs.npz", rtol=1e-4, atol=1e-5)
-    assert [m.path for m in first.members if m.path.startswith("probe/")] == ["probe/inputs.npz", "probe/outputs.npz"]
+    assert first.probe == kbundle.manifest.ProbeInfo(
+        inputs="probe/inputs.npz", outputs="probe/outputs.npz", rtol=1e-4, atol=1e-5
+    )
+    assert [m.path for m in first.members if m.path.startswith("probe/")] == [
+        "probe/inputs.npz",
+        "probe/outputs.npz",
+    ]
     a = kbundle.unpack(tmp_path / "a.kbundle", tmp_path / "a").path
     b = kbundle.unpack(tmp_path / "b.kbundle", tmp_path / "b").path
     for member in ("probe/inputs.npz", "probe/outputs.npz"):
@@ -52,7 +59,9 @@ def test_pack_stores_the_model_output_on_a_deterministic_input(tmp_path: Path, s
         assert {info.date_time for info in archive.infolist()} == {(1980, 1, 1, 0, 0, 0)}
 
 
-def test_several_inputs_and_outputs_and_integer_inputs(tmp_path: Path, functional_model: Any, keras: Any) -> None:
+def test_several_inputs_and_outputs_and_integer_inputs(
+    tmp_path: Path, functional_model: Any, keras: Any
+) -> None:
     kbundle.pack(functional_model, tmp_path / "two.kbundle")
     model = kbundle.load(tmp_path / "two.kbundle")
     assert model.name == "two_in_two_out"
@@ -64,14 +73,22 @@ def test_several_inputs_and_outputs_and_integer_inputs(tmp_path: Path, functiona
     assert (ids.shape, ids.dtype, set(np.unique(ids)) <= {0, 1}) == ((2, 4), np.int32, True)
     unpacked = kbundle.unpack(tmp_path / "two.kbundle", tmp_path / "two", load_model=True)
     probe = unpacked.environment[-1]
-    assert (probe.location, probe.severity, probe.actual) == ("probe", kbundle.Severity.OK, "max abs diff 0, max rel diff 0")
+    assert (probe.location, probe.severity, probe.actual) == (
+        "probe",
+        kbundle.Severity.OK,
+        "max abs diff 0, max rel diff 0",
+    )
 
 
 def test_the_comparison_uses_the_stored_tolerance(tmp_path: Path, sequential_model: Any) -> None:
     info, _ = make_probe(sequential_model, sequential_model_specs(sequential_model), tmp_path)
     [outputs] = _npz(tmp_path / info.outputs)
     exact = compare_probe(sequential_model, tmp_path, info)
-    assert (exact.within, exact.max_abs, exact.describe()) == (True, 0.0, "max abs diff 0, max rel diff 0")
+    assert (exact.within, exact.max_abs, exact.describe()) == (
+        True,
+        0.0,
+        "max abs diff 0, max rel diff 0",
+    )
     for delta, within in ((1e-6, True), (1e-2, False)):
         shifted = outputs.astype("float64") + delta
         np.savez(tmp_path / info.outputs, output_0=shifted)
@@ -81,7 +98,10 @@ def test_the_comparison_uses_the_stored_tolerance(tmp_path: Path, sequential_mod
     np.savez(tmp_path / info.outputs, output_0=np.full_like(outputs, np.nan))
     assert compare_probe(sequential_model, tmp_path, info).within is False
     np.savez(tmp_path / info.outputs, output_0=outputs[:1])
-    assert compare_probe(sequential_model, tmp_path, info).describe() == "output 0 has shape (2, 1), recorded (1, 1)"
+    assert (
+        compare_probe(sequential_model, tmp_path, info).describe()
+        == "output 0 has shape (2, 1), recorded (1, 1)"
+    )
 
 
 def sequential_model_specs(model: Any) -> list[kbundle.manifest.TensorSpec]:
@@ -110,13 +130,33 @@ def test_a_custom_layer_whose_call_changed_is_caught(tmp_path: Path) -> None:
         "model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3), scale_layers.Scale()])\n"
         "kbundle.pack(model, sys.argv[1])\n"
     )
-    done = subprocess.run([sys.executable, "-c", pack_script, str(bundle)], capture_output=True, text=True, env=_with_layers(packed_with), timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", pack_script, str(bundle)],
+        capture_output=True,
+        text=True,
+        env=_with_layers(packed_with),
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr
     # The CLI with the layer module imported first, as an application that defines it would.
-    cli = [sys.executable, "-c", "import sys, scale_layers\nfrom kbundle.cli import main\nmain(sys.argv[1:])", "unpack", str(bundle)]
+    cli = [
+        sys.executable,
+        "-c",
+        "import sys, scale_layers\nfrom kbundle.cli import main\nmain(sys.argv[1:])",
+        "unpack",
+        str(bundle),
+    ]
 
     def unpack(directory: Path, destination: str, *extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([*cli, "-d", str(tmp_path / destination), *extra], capture_output=True, text=True, env=_with_layers(directory), timeout=300, check=False)
+        return subprocess.run(
+            [*cli, "-d", str(tmp_path / destination), *extra],
+            capture_output=True,
+            text=True,
+            env=_with_layers(directory),
+            timeout=300,
+            check=False,
+        )
 
     same = unpack(packed_with, "same")
     assert same.returncode == 0, same.stderr
@@ -140,10 +180,15 @@ def test_a_custom_layer_whose_call_changed_is_caught(tmp_path: Path) -> None:
 
     tolerated = unpack(changed, "tolerated", "--severity", "probe=warn")
     assert tolerated.returncode == 0, tolerated.stderr
-    assert "kbundle: warning: environment probe: the loaded model computes different outputs than the packed model (severity set by --severity)" in tolerated.stderr
+    assert (
+        "kbundle: warning: environment probe: the loaded model computes different outputs than the packed model (severity set by --severity)"
+        in tolerated.stderr
+    )
 
 
-def test_packing_a_file_probes_it_unless_told_not_to(tmp_path: Path, saved_keras_file: Path) -> None:
+def test_packing_a_file_probes_it_unless_told_not_to(
+    tmp_path: Path, saved_keras_file: Path
+) -> None:
     probed = run_cli("pack", saved_keras_file, "-o", tmp_path / "probed.kbundle", "-q")
     assert probed.returncode == 0, probed.stderr
     assert kbundle.inspect(tmp_path / "probed.kbundle").manifest.probe is not None
@@ -151,11 +196,20 @@ def test_packing_a_file_probes_it_unless_told_not_to(tmp_path: Path, saved_keras
         "import sys, kbundle\nresult = kbundle.pack(sys.argv[1], sys.argv[2], probe=False)\n"
         "print(result.manifest.probe, [m for m in ('tensorflow', 'keras') if m in sys.modules])\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, str(saved_keras_file), str(tmp_path / "plain.kbundle")], capture_output=True, text=True, env=child_env(), timeout=120, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(saved_keras_file), str(tmp_path / "plain.kbundle")],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+        check=False,
+    )
     assert (done.returncode, done.stdout) == (0, "None []\n"), done.stderr
 
 
-def test_a_model_without_a_known_signature_is_packed_with_a_note(tmp_path: Path, keras: Any) -> None:
+def test_a_model_without_a_known_signature_is_packed_with_a_note(
+    tmp_path: Path, keras: Any
+) -> None:
     class Doubler(keras.Model):  # subclassed: Keras records no input signature, even once called
         def call(self, x):  # type: ignore[no-untyped-def]
             return x * 2
@@ -164,8 +218,13 @@ def test_a_model_without_a_known_signature_is_packed_with_a_note(tmp_path: Path,
     model(np.ones((1, 3), "float32"))
     result = kbundle.pack(model, tmp_path / "doubler.kbundle")
     assert result.manifest.probe is None
-    assert result.notes == ("no probe stored: the model's input signature (shapes and numeric dtypes) is unknown",)
+    assert result.notes == (
+        "no probe stored: the model's input signature (shapes and numeric dtypes) is unknown",
+    )
     with pytest.raises(PackError) as caught:
         kbundle.pack(model, tmp_path / "asked.kbundle", probe=True)
-    assert str(caught.value) == "cannot probe the model: the model's input signature (shapes and numeric dtypes) is unknown; pack with --no-probe (probe=False)"
+    assert (
+        str(caught.value)
+        == "cannot probe the model: the model's input signature (shapes and numeric dtypes) is unknown; pack with --no-probe (probe=False)"
+    )
     assert not (tmp_path / "asked.kbundle").exists()
