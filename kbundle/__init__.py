@@ -4,6 +4,7 @@ Public API::
 
     kbundle.pack(model_or_path, "model.kbundle")    -> PackResult (digest, manifest)
     kbundle.verify("model.kbundle", expect=digest)   -> VerifyReport, or IntegrityError
+    kbundle.check("model.kbundle")                   -> CompatReport (this environment vs recorded)
     kbundle.inspect("model.kbundle")                 -> BundleHead (manifest only)
     kbundle.unpack("model.kbundle", "dir")           -> UnpackResult
     kbundle.load("model.kbundle")                    -> keras.Model
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 from kbundle import errors
 from kbundle._version import __version__
+from kbundle.compat import CompatReport, check
 from kbundle.errors import (
     EnvironmentMismatchError,
     IntegrityError,
@@ -28,6 +30,7 @@ from kbundle.pack import PackResult, pack
 from kbundle.unpack import UnpackResult, inspect, load, unpack, verify
 
 __all__ = [
+    "CompatReport",
     "EnvironmentMismatchError",
     "Finding",
     "IntegrityError",
@@ -39,6 +42,7 @@ __all__ = [
     "UntrustedCodeError",
     "UsageError",
     "__version__",
+    "check",
     "errors",
     "inspect",
     "load",
