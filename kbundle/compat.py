@@ -215,17 +215,17 @@ def resolve_policy(
     policy_name = "default"
     overrides: list[tuple[str, Severity, str]] = []
     if table is not None:
-        origin = str(config_path)
+        source = str(config_path)
         unknown = sorted(set(table) - {"policy", "severity"})
         if unknown:
             raise UsageError(
-                f"{origin}: unknown key(s) in [tool.kbundle]: {', '.join(unknown)}",
+                f"{source}: unknown key(s) in [tool.kbundle]: {', '.join(unknown)}",
                 hint="allowed: policy, severity",
             )
         configured = table.get("policy", "default")
         if configured not in POLICIES:
             raise UsageError(
-                f"{origin}: [tool.kbundle] policy must be one of {', '.join(POLICIES)}: "
+                f"{source}: [tool.kbundle] policy must be one of {', '.join(POLICIES)}: "
                 f"{configured!r}",
                 hint='e.g. policy = "strict"',
             )
@@ -233,10 +233,10 @@ def resolve_policy(
         levels = table.get("severity", {})
         if not isinstance(levels, dict):
             raise UsageError(
-                f"{origin}: [tool.kbundle.severity] must be a table of FIELD = LEVEL: {levels!r}",
+                f"{source}: [tool.kbundle.severity] must be a table of FIELD = LEVEL: {levels!r}",
                 hint='e.g. "keras.backend" = "warn"',
             )
-        overrides.extend(_override(str(k), str(v), origin) for k, v in levels.items())
+        overrides.extend(_override(str(k), str(v), source) for k, v in levels.items())
     if name is not None:
         if name not in POLICIES:
             raise UsageError(
@@ -730,48 +730,28 @@ def _tf_keras_consistency(c: _Context) -> Iterator[_Result]:
 def _backend_rule(c: _Context, recorded: str, current: str) -> _Result:
     if recorded == current:
         return _Result("keras.backend", recorded, current, SAME, "same backend")
-    fix = f"set KERAS_BACKEND={recorded}"
     if c.model_format == "savedmodel":
-        return _Result(
-            "keras.backend",
-            recorded,
-            current,
+        outcome, why = (
             CERTAIN,
-            "backend differs",
             "a SavedModel is a TensorFlow graph; only the tensorflow backend runs it",
-            fix,
         )
-    if c.tf_code:
-        return _Result(
-            "keras.backend",
-            recorded,
-            current,
-            CERTAIN,
-            "backend differs",
-            f"custom code of {', '.join(c.tf_code)} imports tensorflow; tf. ops do not run on "
-            f"{current} tensors",
-            fix,
+    elif c.tf_code:
+        outcome = CERTAIN
+        why = (
+            f"custom code of {', '.join(c.tf_code)} imports tensorflow; "
+            f"tf. ops do not run on {current} tensors"
         )
-    if c.bundled_code:
-        return _Result(
-            "keras.backend",
-            recorded,
-            current,
-            RISK,
-            "backend differs",
-            f"custom code of {', '.join(c.bundled_code)} may call {recorded}-only ops",
-            fix,
+    elif c.bundled_code:
+        outcome = RISK
+        why = f"custom code of {', '.join(c.bundled_code)} may call {recorded}-only ops"
+    else:
+        outcome = NOTE
+        why = (
+            "a .keras model of built-in layers loads on any backend; "
+            "results may differ in the last digits"
         )
-    return _Result(
-        "keras.backend",
-        recorded,
-        current,
-        NOTE,
-        "backend differs",
-        "a .keras model of built-in layers loads on any backend; results may differ in the last "
-        "digits",
-        fix,
-    )
+    fix = f"set KERAS_BACKEND={recorded}"
+    return _Result("keras.backend", recorded, current, outcome, "backend differs", why, fix)
 
 
 def _build_label(info: Mapping[str, Any]) -> str:

@@ -41,9 +41,11 @@ __all__ = [
     "REQUIREMENTS_MEMBER",
     "closure",
     "hash_lock",
+    "last_line",
     "model_roots",
     "parse_pins",
     "requirements_payload",
+    "run_tool",
 ]
 
 REQUIREMENTS_MEMBER = "env/requirements.txt"
@@ -203,24 +205,13 @@ def hash_lock(
         str(raw),
         str(requirements),
     ]
-    try:
-        done = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            cwd=requirements.parent,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
-    except subprocess.TimeoutExpired:
+    done = run_tool(command, timeout=timeout, cwd=requirements.parent)
+    if done is None:
         return (
             f"pip-compile did not finish within {timeout:.0f} s (is the package index reachable?)"
         )
-    except OSError as exc:
-        return f"pip-compile could not be started: {exc}"
     if done.returncode != 0 or not raw.is_file():
-        detail = _last_line(done.stderr or done.stdout)
+        detail = last_line(done.stderr or done.stdout)
         return f"pip-compile failed (is the package index reachable?): {detail}"
     wanted = parse_pins(requirements.read_text(encoding="utf-8"))
     blocks = _lock_blocks(raw.read_text(encoding="utf-8"))
@@ -264,7 +255,38 @@ def _lock_blocks(text: str) -> list[tuple[str, str, str]]:
     return blocks
 
 
-def _last_line(text: str) -> str:
+def run_tool(
+    command: Sequence[str],
+    *,
+    timeout: float,
+    env: Mapping[str, str] | None = None,
+    cwd: Path | None = None,
+) -> subprocess.CompletedProcess[str] | None:
+    """Run a tool (pip, pip-compile, an interpreter) with its output captured; None on timeout.
+
+    A tool that cannot be started at all counts as a failure with the reason in ``stderr``.
+    """
+    try:
+        return subprocess.run(
+            list(command),
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=dict(env) if env is not None else None,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            check=False,
+        )
+    except subprocess.TimeoutExpired:
+        return None
+    except OSError as exc:
+        return subprocess.CompletedProcess(
+            list(command), 127, "", f"cannot run {command[0]}: {exc}"
+        )
+
+
+def last_line(text: str) -> str:
+    """The last meaningful line of a tool's output (pip's ignored-location noise skipped)."""
     lines = [
         line.strip() for line in text.splitlines() if line.strip() and "is ignored" not in line
     ]

@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import subprocess
 import sys
 import tempfile
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from pathlib import Path
 from kbundle._version import __version__
 from kbundle.errors import EnvironmentMismatchError, UsageError
 from kbundle.findings import Finding, Severity
+from kbundle.lock import last_line, run_tool
 from kbundle.manifest import Manifest
 
 __all__ = [
@@ -43,6 +43,8 @@ __all__ = [
 INSTALL_TIMEOUT_SECONDS = 3600
 # The final check imports nothing heavy and takes about a second.
 CHECK_TIMEOUT_SECONDS = 300
+# Asking an interpreter its version takes milliseconds; a minute means it hangs.
+INTERPRETER_TIMEOUT_SECONDS = 60
 
 
 def _verified_env_files(bundle: Path, scratch: Path) -> tuple[Manifest, Path]:
@@ -117,18 +119,9 @@ def kbundle_install_spec() -> str:
 
 
 def _interpreter_version(executable: str) -> str | None:
-    try:
-        done = subprocess.run(
-            [executable, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            check=False,
-            stdin=subprocess.DEVNULL,
-        )
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    return done.stdout.strip() if done.returncode == 0 else None
+    code = "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"
+    done = run_tool([executable, "-c", code], timeout=INTERPRETER_TIMEOUT_SECONDS)
+    return done.stdout.strip() if done is not None and done.returncode == 0 else None
 
 
 def find_interpreter(minor: str, python: str | None = None) -> str:
@@ -159,36 +152,19 @@ def find_interpreter(minor: str, python: str | None = None) -> str:
     )
 
 
-def _run(
-    command: list[str], what: str, timeout: float, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    try:
-        done = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            timeout=timeout,
-            check=False,
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
+def _run(command: list[str], what: str, timeout: float) -> None:
+    done = run_tool(command, timeout=timeout)
+    if done is None:
         raise EnvironmentMismatchError(
             f"{what} did not finish within {timeout:.0f} s",
             hint="check the package index and retry",
-        ) from None
-    if done.returncode != 0:
-        lines = [
-            ln.strip()
-            for ln in (done.stderr or done.stdout).splitlines()
-            if ln.strip() and "is ignored" not in ln
-        ]
-        raise EnvironmentMismatchError(
-            f"{what} failed (exit {done.returncode}): {lines[-1][:300] if lines else 'no output'}",
-            hint="the recorded versions may have no wheel for this platform or Python; 'kbundle "
-            "check' shows what differs",
         )
-    return done
+    if done.returncode != 0:
+        raise EnvironmentMismatchError(
+            f"{what} failed (exit {done.returncode}): {last_line(done.stderr or done.stdout)}",
+            hint="the recorded versions may have no wheel for this platform or Python; "
+            "'kbundle check' shows what differs",
+        )
 
 
 def create_environment(
@@ -280,39 +256,16 @@ def _check_inside(venv_python: str, bundle: Path, backend: str | None) -> tuple[
     if backend:
         env["KERAS_BACKEND"] = backend
     command = [venv_python, "-m", "kbundle", "check", str(bundle), "--json"]
-    try:
-        done = subprocess.run(
-            command,
-            capture_output=True,
-            text=True,
-            timeout=CHECK_TIMEOUT_SECONDS,
-            check=False,
-            env=env,
-            stdin=subprocess.DEVNULL,
-        )
-    except subprocess.TimeoutExpired:
+    done = run_tool(command, timeout=CHECK_TIMEOUT_SECONDS, env=env)
+    if done is None:
         raise EnvironmentMismatchError(
             "kbundle check in the new environment did not finish", hint="run it by hand"
-        ) from None
-    try:
-        data = json.loads(done.stdout)
-        findings = tuple(
-            Finding(
-                location=f["location"],
-                problem=f["problem"],
-                severity=Severity[f["severity"].upper()],
-                expected=f.get("expected"),
-                actual=f.get("actual"),
-                why=f.get("why"),
-                fix=f.get("fix"),
-            )
-            for f in data["findings"]
         )
+    try:
+        return tuple(Finding.from_dict(f) for f in json.loads(done.stdout)["findings"])
     except (ValueError, KeyError, TypeError):
-        lines = [ln for ln in (done.stderr or done.stdout).splitlines() if ln.strip()]
         raise EnvironmentMismatchError(
             f"kbundle check could not run in the new environment (exit {done.returncode}): "
-            f"{lines[-1][:300] if lines else 'no output'}",
+            f"{last_line(done.stderr or done.stdout)}",
             hint=f"run '{venv_python} -m kbundle check {bundle}' by hand",
         ) from None
-    return findings
