@@ -10,13 +10,11 @@ from __future__ import annotations
 
 import json
 import re
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_clean_failure, child_env, run_cli
+from conftest import assert_clean_failure, child_env, run_cli, run_python
 
 import kbundle
 
@@ -60,17 +58,12 @@ def test_check_in_the_packing_environment_is_clean(bundle: Path) -> None:
 def test_check_imports_neither_tensorflow_nor_keras(bundle: Path) -> None:
     code = (
         "import sys\nfrom kbundle.cli import main\n"
-        "try:\n    main(['check', sys.argv[1], '--json'])\nexcept SystemExit as exit:\n    code = exit.code\n"
-        "print('imported:', sorted(m for m in ('tensorflow', 'keras', 'tf_keras', 'jax', 'torch') if m in sys.modules), code, file=sys.stderr)\n"
+        "try:\n    main(['check', sys.argv[1], '--json'])\nexcept SystemExit as exit:\n    code = "
+        "exit.code\n"
+        "print('imported:', sorted(m for m in ('tensorflow', 'keras', 'tf_keras', 'jax', 'torch') "
+        "if m in sys.modules), code, file=sys.stderr)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code, str(bundle)],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=120,
-        check=False,
-    )
+    done = run_python("-c", code, str(bundle), env=child_env(), timeout=120)
     assert done.stderr.strip() == "imported: [] 0", done.stderr
     assert json.loads(done.stdout)["verdict"] == "ok"
 
@@ -92,7 +85,8 @@ def test_a_selected_backend_without_its_library_is_refused(bundle: Path) -> None
             "severity": "info",
             "expected": "tensorflow",
             "actual": "jax",
-            "why": "a .keras model of built-in layers loads on any backend; results may differ in the last digits",
+            "why": "a .keras model of built-in layers loads on any backend; results may differ in "
+            "the last digits",
             "fix": "set KERAS_BACKEND=tensorflow",
         },
         {
@@ -119,8 +113,10 @@ def test_keras_2_selected_cannot_load_a_keras_3_bundle(bundle: Path) -> None:
     result = run_cli("check", bundle, env=child_env(TF_USE_LEGACY_KERAS="1"))
     assert_clean_failure(result, 3)
     assert result.stderr.splitlines()[0] == (
-        f"kbundle: error: this environment cannot load {bundle} under the default policy: keras.major: Keras generation "
-        "differs (expected Keras 3 (keras), found Keras 2 (tf-keras)); unset TF_USE_LEGACY_KERAS so that the installed "
+        f"kbundle: error: this environment cannot load {bundle} under the default policy: "
+        "keras.major: Keras generation "
+        "differs (expected Keras 3 (keras), found Keras 2 (tf-keras)); unset TF_USE_LEGACY_KERAS "
+        "so that the installed "
         f"Keras 3 is used, or install keras=={keras_version}"
     )
     assert _row(result.stdout, "keras.major") == [
@@ -139,7 +135,8 @@ def test_unpack_refuses_an_incompatible_environment_unless_ignored(
     refused = run_cli("unpack", bundle, "-d", tmp_path / "out", env=legacy)
     assert_clean_failure(refused, 3)
     assert refused.stderr.startswith(
-        f"kbundle: error: this environment cannot load {bundle} under the default policy: keras.major"
+        f"kbundle: error: this environment cannot load {bundle} under the default policy: "
+        "keras.major"
     )
     assert "--ignore-env loads anyway" in refused.stderr
     assert not (tmp_path / "out").exists()
@@ -148,12 +145,13 @@ def test_unpack_refuses_an_incompatible_environment_unless_ignored(
     assert loaded.returncode == 0, loaded.stderr
     concerns = [line for line in loaded.stderr.splitlines() if line.startswith("kbundle: ")]
     assert concerns == [
-        "kbundle: ignored error: environment keras.major: Keras generation differs (expected Keras 3 (keras), found Keras 2 (tf-keras))"
+        "kbundle: ignored error: environment keras.major: Keras generation differs (expected Keras "
+        "3 (keras), found Keras 2 (tf-keras))"
     ]
     assert "model loads: Sequential 'tiny_sequential'" in loaded.stderr
     assert (
-        "probe: outputs match the recorded ones (max abs diff 0, max rel diff 0; within rtol 0.0001, atol 1e-05)"
-        in loaded.stderr
+        "probe: outputs match the recorded ones (max abs diff 0, max rel diff 0; within rtol "
+        "0.0001, atol 1e-05)" in loaded.stderr
     )
 
 
@@ -202,8 +200,8 @@ def test_configuration_in_pyproject_and_on_the_command_line(bundle: Path, tmp_pa
     configured = run_cli("check", bundle, env=env, cwd=project)
     assert configured.returncode == 0, configured.stderr
     assert (
-        f"keras.floatx [warn]: Keras configuration differs (severity set by {project / 'pyproject.toml'})"
-        in configured.stdout
+        "keras.floatx [warn]: Keras configuration differs (severity set by "
+        f"{project / 'pyproject.toml'})" in configured.stdout
     )
     assert (
         configured.stdout.splitlines()[-1]
@@ -225,13 +223,8 @@ def test_a_tf_keras_h5_bundle_under_keras_3(tmp_path: Path) -> None:
         "model.save(sys.argv[1] + '/legacy.h5')\n"
         "kbundle.pack(sys.argv[1] + '/legacy.h5', sys.argv[1] + '/legacy.kbundle', probe=False)\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(tmp_path)],
-        capture_output=True,
-        text=True,
-        env=child_env(TF_USE_LEGACY_KERAS="1"),
-        timeout=300,
-        check=False,
+    done = run_python(
+        "-c", script, str(tmp_path), env=child_env(TF_USE_LEGACY_KERAS="1"), timeout=300
     )
     assert done.returncode == 0, done.stderr
     bundle = tmp_path / "legacy.kbundle"
@@ -245,17 +238,18 @@ def test_a_tf_keras_h5_bundle_under_keras_3(tmp_path: Path) -> None:
             "severity": "warn",
             "expected": "Keras 2 (tf-keras)",
             "actual": "Keras 3 (keras)",
-            "why": "Keras 3 reads legacy .h5 files of built-in layers, but custom layers and optimizers written for Keras 2 often fail",
-            "fix": f"set TF_USE_LEGACY_KERAS=1 so that the installed tf-keras is used, or install tf-keras=={tf_keras_version} "
-            "(with --no-deps, or it replaces tensorflow-cpu)",
+            "why": "Keras 3 reads legacy .h5 files of built-in layers, but custom layers and "
+            "optimizers written for Keras 2 often fail",
+            "fix": "set TF_USE_LEGACY_KERAS=1 so that the installed tf-keras is used, or install "
+            f"tf-keras=={tf_keras_version} (with --no-deps, or it replaces tensorflow-cpu)",
         }
     ]
     assert run_cli("check", bundle, "--policy", "strict").returncode == 3
     unpacked = run_cli("unpack", bundle, "-d", tmp_path / "out")
     assert unpacked.returncode == 0, unpacked.stderr
     assert (
-        "kbundle: warning: environment keras.major: Keras generation differs (expected Keras 2 (tf-keras), found Keras 3 (keras))"
-        in unpacked.stderr
+        "kbundle: warning: environment keras.major: Keras generation differs (expected Keras 2 "
+        "(tf-keras), found Keras 3 (keras))" in unpacked.stderr
     )
 
 
@@ -285,7 +279,9 @@ def test_check_of_a_file_that_is_not_a_bundle(tmp_path: Path) -> None:
     assert_clean_failure(run_cli("check", path), 2)
 
 
-def test_load_refuses_or_warns_once_in_python(bundle: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_load_refuses_or_warns_once_in_python(
+    bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("TF_USE_LEGACY_KERAS", "1")  # this process now reports tf-keras as its Keras
     with pytest.raises(kbundle.EnvironmentMismatchError) as refused:
         kbundle.load(bundle)
@@ -297,7 +293,9 @@ def test_load_refuses_or_warns_once_in_python(bundle: Path, monkeypatch: pytest.
     )
     with pytest.warns(kbundle.compat.EnvironmentWarning) as warned:
         model = kbundle.load(bundle, env_severity=["keras.major=warn"])
-    assert [str(w.message) for w in warned] == [expected.format(" (severity set by env_severity)", "warn")]
+    assert [str(w.message) for w in warned] == [
+        expected.format(" (severity set by env_severity)", "warn")
+    ]
     assert warned[0].filename == __file__  # attributed to the caller of kbundle.load
     assert model.name == "tiny_sequential"
     with pytest.warns(kbundle.compat.EnvironmentWarning) as ignored:

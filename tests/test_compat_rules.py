@@ -124,7 +124,8 @@ def test_an_older_keras_minor_is_an_error_by_default_and_a_warning_when_lenient(
         severity=Severity.ERROR,
         expected=REAL.keras.version,
         actual=older,
-        why="a file written by a newer Keras may use layers, arguments or config fields an older Keras does not know",
+        why="a file written by a newer Keras may use layers, arguments or config fields an older "
+        "Keras does not know",
         fix=f"install keras=={REAL.keras.version}",
     )
     assert _differences(_keras(older), policy="lenient")["keras.version"].severity == Severity.WARN
@@ -279,7 +280,8 @@ def test_overrides_set_the_severity_of_differing_fields_only() -> None:
         ("keras.backed=warn", "--severity: no compatibility field matches 'keras.backed'"),
         (
             "keras.backend=fatal",
-            "--severity: severity for 'keras.backend' must be one of ok, info, warn, error: 'fatal'",
+            "--severity: severity for 'keras.backend' must be one of ok, info, warn, error: "
+            "'fatal'",
         ),
         ("keras.backend", "a severity override must be FIELD=LEVEL: 'keras.backend'"),
     ],
@@ -292,7 +294,8 @@ def test_bad_overrides_are_usage_errors(item: str, message: str) -> None:
 
 def test_pyproject_configuration_is_found_upward_and_the_command_line_wins(tmp_path: Path) -> None:
     (tmp_path / "pyproject.toml").write_text(
-        '[tool.kbundle]\npolicy = "strict"\n[tool.kbundle.severity]\n"gpus" = "warn"\n"distributions.*" = "info"\n'
+        '[tool.kbundle]\npolicy = "strict"\n'
+        '[tool.kbundle.severity]\n"gpus" = "warn"\n"distributions.*" = "info"\n'
     )
     nested = tmp_path / "service" / "deep"
     nested.mkdir(parents=True)
@@ -348,7 +351,8 @@ def test_raise_for_errors_lists_every_error_once() -> None:
     with pytest.raises(EnvironmentMismatchError) as caught:
         report.raise_for_errors("model.kbundle")
     assert caught.value.message == (
-        "this environment cannot load model.kbundle under the strict policy: keras.major: Keras generation differs "
+        "this environment cannot load model.kbundle under the strict policy: keras.major: Keras "
+        "generation differs "
         "(expected Keras 3 (keras), found Keras 2 (tf-keras)) (and 1 more error)"
     )
     assert [f.location for f in caught.value.findings] == ["keras.major", "platform.machine"]

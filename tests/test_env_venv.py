@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import REPO, assert_clean_failure, child_env, run_cli
+from conftest import REPO, assert_clean_failure, child_env, run_cli, run_python
 
 import kbundle
 from kbundle.lock import parse_pins
@@ -42,20 +42,6 @@ def _venv_python(directory: Path) -> Path:
     return directory / ("Scripts" if os.name == "nt" else "bin") / "python"
 
 
-def _run(
-    command: list[str | os.PathLike[str]], env: dict[str, str] | None = None, timeout: float = 600
-) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [str(c) for c in command],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
-        check=False,
-        stdin=subprocess.DEVNULL,
-    )
-
-
 def _outside_env(**extra: str) -> dict[str, str]:
     """Environment for a child of another venv: that venv's kbundle, not this checkout's."""
     env = child_env(**extra)
@@ -66,11 +52,19 @@ def _outside_env(**extra: str) -> dict[str, str]:
 @pytest.fixture(scope="session")
 def old_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("old-keras") / "venv"
-    made = _run([sys.executable, "-m", "venv", directory])
+    made = run_python("-m", "venv", directory, python=sys.executable)
     assert made.returncode == 0, made.stderr
     python = _venv_python(directory)
-    installed = _run(
-        [python, "-m", "pip", "install", "--quiet", *OLD_PINS, REPO], timeout=INSTALL_TIMEOUT
+    installed = run_python(
+        "-m",
+        "pip",
+        "install",
+        "--quiet",
+        *OLD_PINS,
+        REPO,
+        python=python,
+        env=_outside_env(),
+        timeout=INSTALL_TIMEOUT,
     )
     assert installed.returncode == 0, installed.stderr[-3000:]
     return python
@@ -79,10 +73,11 @@ def old_python(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def _versions(python: Path | str, names: list[str]) -> dict[str, str | None]:
     code = (
         "import json, sys, importlib.metadata as m\n"
-        "def v(n):\n    try:\n        return m.version(n)\n    except m.PackageNotFoundError:\n        return None\n"
+        "def v(n):\n    try:\n        return m.version(n)\n    except m.PackageNotFoundError:\n    "
+        "    return None\n"
         "print(json.dumps({n: v(n) for n in sys.argv[1:]}))"
     )
-    done = _run([python, "-c", code, *names], env=_outside_env())
+    done = run_python("-c", code, *names, python=python, env=_outside_env())
     return json.loads(done.stdout)  # type: ignore[no-any-return]
 
 
@@ -117,7 +112,9 @@ def test_a_bundle_from_a_newer_keras_is_refused_by_the_older_pair(
     bundle = kbundle.pack(sequential_model, tmp_path / "new.kbundle").path
     recorded = kbundle.inspect(bundle).manifest.environment
     assert recorded.keras is not None and recorded.tensorflow is not None
-    checked = _run([old_python, "-m", "kbundle", "check", bundle, "--json"], env=_outside_env())
+    checked = run_python(
+        "-m", "kbundle", "check", bundle, "--json", python=old_python, env=_outside_env()
+    )
     assert checked.returncode == 3, checked.stderr
     found = _not_ok(checked.stdout)
     assert [f for f in found if not f["location"].startswith("libraries.")] == [
@@ -127,7 +124,8 @@ def test_a_bundle_from_a_newer_keras_is_refused_by_the_older_pair(
             "severity": "error",
             "expected": recorded.keras.version,
             "actual": OLD_KERAS,
-            "why": "a file written by a newer Keras may use layers, arguments or config fields an older Keras does not know",
+            "why": "a file written by a newer Keras may use layers, arguments or config fields an "
+            "older Keras does not know",
             "fix": f"install keras=={recorded.keras.version}",
         },
         {
@@ -136,33 +134,50 @@ def test_a_bundle_from_a_newer_keras_is_refused_by_the_older_pair(
             "severity": "warn",
             "expected": recorded.tensorflow.version,
             "actual": OLD_TENSORFLOW,
-            "why": "a model saved by a newer TensorFlow may use ops or graph features an older one lacks",
+            "why": "a model saved by a newer TensorFlow may use ops or graph features an older one "
+            "lacks",
             "fix": f"install tensorflow-cpu=={recorded.tensorflow.version}",
         },
     ]
     old_versions = _versions(old_python, list(recorded.libraries))
     assert _library_findings(found) == _expected_library_rows(recorded.libraries, old_versions)
 
-    refused = _run(
-        [old_python, "-m", "kbundle", "unpack", bundle, "-d", tmp_path / "refused"],
+    refused = run_python(
+        "-m",
+        "kbundle",
+        "unpack",
+        bundle,
+        "-d",
+        tmp_path / "refused",
+        python=old_python,
         env=_outside_env(),
     )
     assert_clean_failure(refused, 3)
     assert refused.stderr.splitlines()[0] == (
-        f"kbundle: error: this environment cannot load {bundle} under the default policy: keras.version: Keras is older than "
-        f"the one that packed the model (expected {recorded.keras.version}, found {OLD_KERAS}); install keras=={recorded.keras.version}; "
+        f"kbundle: error: this environment cannot load {bundle} under the default policy: "
+        "keras.version: Keras is older than "
+        f"the one that packed the model (expected {recorded.keras.version}, found {OLD_KERAS}); "
+        f"install keras=={recorded.keras.version}; "
         "'kbundle check' explains every field; --ignore-env loads anyway"
     )
     # The verdict was right: told to go ahead, Keras 3.10 fails on the file.
-    forced = _run(
-        [old_python, "-m", "kbundle", "unpack", bundle, "-d", tmp_path / "forced", "--ignore-env"],
+    forced = run_python(
+        "-m",
+        "kbundle",
+        "unpack",
+        bundle,
+        "-d",
+        tmp_path / "forced",
+        "--ignore-env",
+        python=old_python,
         env=_outside_env(),
     )
     assert_clean_failure(forced, 5)
     assert "the verified model failed to load in Keras" in forced.stderr
     assert (
-        f"; the environment differs from the one the model was packed in (keras.version: Keras is older than the one that packed the model (expected {recorded.keras.version}, found {OLD_KERAS})"
-        in forced.stderr
+        "; the environment differs from the one the model was packed in (keras.version: Keras is "
+        f"older than the one that packed the model (expected {recorded.keras.version}, found "
+        f"{OLD_KERAS})" in forced.stderr
     )
 
 
@@ -172,10 +187,11 @@ def test_a_bundle_from_the_older_pair_loads_here_and_its_probe_matches(
     bundle = tmp_path / "old.kbundle"
     script = (
         "import sys, keras, kbundle\nkeras.utils.set_random_seed(3)\n"
-        "model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation='tanh'), keras.layers.Dense(2)], name='old_pair')\n"
+        "model = keras.Sequential([keras.Input((6,)), keras.layers.Dense(8, activation='tanh'), "
+        "keras.layers.Dense(2)], name='old_pair')\n"
         "kbundle.pack(model, sys.argv[1])\n"
     )
-    packed = _run([old_python, "-c", script, bundle], env=_outside_env())
+    packed = run_python("-c", script, bundle, python=old_python, env=_outside_env())
     assert packed.returncode == 0, packed.stderr
     recorded = kbundle.inspect(bundle).manifest.environment
     assert (recorded.keras.version, recorded.tensorflow.version) == (OLD_KERAS, OLD_TENSORFLOW)  # type: ignore[union-attr]
@@ -260,7 +276,7 @@ def test_env_create_rebuilds_an_environment_where_check_is_clean_and_the_model_l
     assert created.returncode == 0, created.stderr[-3000:]
     python = _venv_python(venv)
     assert created.stdout == f"{python}\n"
-    minor = "%d.%d" % sys.version_info[:2]
+    minor = f"{sys.version_info[0]}.{sys.version_info[1]}"
     steps = created.stderr.splitlines()
     assert steps[1] == "kbundle: installing the pinned requirements (hash-checked)"
     assert (
@@ -268,7 +284,9 @@ def test_env_create_rebuilds_an_environment_where_check_is_clean_and_the_model_l
         == f"created {venv}: Python {minor}, hash-checked; kbundle check inside it is clean"
     )
 
-    frozen = parse_pins(_run([python, "-m", "pip", "freeze", "--all"], env=_outside_env()).stdout)
+    frozen = parse_pins(
+        run_python("-m", "pip", "freeze", "--all", python=python, env=_outside_env()).stdout
+    )
     pins = parse_pins(
         kbundle.unpack(bundle, venv.parent / "files")
         .path.joinpath("env/requirements.txt")
@@ -277,16 +295,14 @@ def test_env_create_rebuilds_an_environment_where_check_is_clean_and_the_model_l
     assert {name: frozen.get(name) for name in pins} == pins
     assert "tensorflow" not in frozen  # only tensorflow-cpu, as recorded
 
-    checked = _run([python, "-m", "kbundle", "check", bundle, "--json"], env=_outside_env())
+    checked = run_python(
+        "-m", "kbundle", "check", bundle, "--json", python=python, env=_outside_env()
+    )
     assert checked.returncode == 0, checked.stderr
     assert [f for f in _not_ok(checked.stdout) if f["severity"] in ("warn", "error")] == []
-    loaded = _run(
-        [
-            python,
-            "-c",
-            "import sys, kbundle\nmodel = kbundle.load(sys.argv[1])\nprint(model.name, model.count_params())",
-            bundle,
-        ],
-        env=_outside_env(),
+    script = (
+        "import sys, kbundle\nmodel = kbundle.load(sys.argv[1])\n"
+        "print(model.name, model.count_params())"
     )
+    loaded = run_python("-c", script, bundle, python=python, env=_outside_env())
     assert (loaded.returncode, loaded.stdout) == (0, "rebuilt_model 19\n"), loaded.stderr

@@ -112,7 +112,8 @@ def test_env_export_writes_the_pins(bundle: Path, tmp_path: Path) -> None:
     refused = run_cli("env", "export", bundle, "--hashed")
     assert_clean_failure(refused, 2)
     assert refused.stderr == (
-        f"kbundle: error: {bundle} has no hash-locked requirements: not hash-locked: pack with --lock to add hashes; "
+        f"kbundle: error: {bundle} has no hash-locked requirements: not hash-locked: pack with "
+        "--lock to add hashes; "
         "export the pins without --hashed, or re-pack with --lock\n"
     )
 
@@ -134,7 +135,8 @@ def test_env_create_needs_the_recorded_python(tmp_path: Path, sequential_model: 
     missing = run_cli("env", "create", bundle, tmp_path / "venv")
     assert_clean_failure(missing, 2)
     assert missing.stderr == (
-        "kbundle: error: Python 3.4, which the bundle was packed with, is not installed here: no python3.4 on PATH; "
+        "kbundle: error: Python 3.4, which the bundle was packed with, is not installed here: no "
+        "python3.4 on PATH; "
         "install Python 3.4 (python.org, pyenv, 'uv python install 3.4') or pass --python PATH\n"
     )
     assert not (tmp_path / "venv").exists()
@@ -142,9 +144,10 @@ def test_env_create_needs_the_recorded_python(tmp_path: Path, sequential_model: 
 
     wrong = run_cli("env", "create", bundle, tmp_path / "venv", "--python", sys.executable)
     assert_clean_failure(wrong, 2)
-    minor = "%d.%d" % sys.version_info[:2]
+    minor = f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert wrong.stderr.startswith(
-        f"kbundle: error: --python {sys.executable} is Python {minor}, the bundle was packed with Python 3.4;"
+        f"kbundle: error: --python {sys.executable} is Python {minor}, the bundle was packed with "
+        "Python 3.4;"
     )
     occupied = tmp_path / "occupied"
     occupied.mkdir()

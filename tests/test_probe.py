@@ -1,18 +1,18 @@
-"""The probe: a stored input and output, re-run at load, catching models that compute differently."""
+"""The probe: a stored input and output, re-run at load, catching models that compute "
+"differently."""
 
 from __future__ import annotations
 
 import os
 import re
 import subprocess
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
-from conftest import REPO, assert_clean_failure, child_env, run_cli
+from conftest import REPO, assert_clean_failure, child_env, run_cli, run_python
 
 import kbundle
 from kbundle.errors import PackError
@@ -127,21 +127,14 @@ def test_a_custom_layer_whose_call_changed_is_caught(tmp_path: Path) -> None:
     bundle = tmp_path / "scaled.kbundle"
     pack_script = (
         "import sys, keras, kbundle, scale_layers\nkeras.utils.set_random_seed(0)\n"
-        "model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3), scale_layers.Scale()])\n"
+        "model = keras.Sequential([keras.Input((5,)), keras.layers.Dense(3), "
+        "scale_layers.Scale()])\n"
         "kbundle.pack(model, sys.argv[1])\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", pack_script, str(bundle)],
-        capture_output=True,
-        text=True,
-        env=_with_layers(packed_with),
-        timeout=300,
-        check=False,
-    )
+    done = run_python("-c", pack_script, str(bundle), env=_with_layers(packed_with), timeout=300)
     assert done.returncode == 0, done.stderr
     # The CLI with the layer module imported first, as an application that defines it would.
     cli = [
-        sys.executable,
         "-c",
         "import sys, scale_layers\nfrom kbundle.cli import main\nmain(sys.argv[1:])",
         "unpack",
@@ -149,13 +142,13 @@ def test_a_custom_layer_whose_call_changed_is_caught(tmp_path: Path) -> None:
     ]
 
     def unpack(directory: Path, destination: str, *extra: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*cli, "-d", str(tmp_path / destination), *extra],
-            capture_output=True,
-            text=True,
+        return run_python(
+            *cli,
+            "-d",
+            str(tmp_path / destination),
+            *extra,
             env=_with_layers(directory),
             timeout=300,
-            check=False,
         )
 
     same = unpack(packed_with, "same")
@@ -166,9 +159,11 @@ def test_a_custom_layer_whose_call_changed_is_caught(tmp_path: Path) -> None:
     assert_clean_failure(caught, 3)
     first = caught.stderr.splitlines()[0]
     assert re.fullmatch(
-        rf"kbundle: error: the model loaded from {re.escape(str(bundle))} computes different outputs than when it was packed: "
-        r"max abs diff 0\.5, max rel diff [0-9.e+-]+ \(expected within rtol 0\.0001, atol 1e-05\); likely cause: a custom layer, "
-        r"loss or activation whose definition changed since packing \(a class registered under the same name\), or a changed "
+        rf"kbundle: error: the model loaded from {re.escape(str(bundle))} computes different "
+        r"outputs than when it was packed: max abs diff 0\.5, max rel diff [0-9.e+-]+ "
+        r"\(expected within rtol 0\.0001, atol 1e-05\); likely cause: a custom layer, loss or "
+        r"activation whose definition changed since packing \(a class registered under the same "
+        r"name\), or a changed "
         r"Keras/TensorFlow numeric kernel; --no-probe \(probe=False\) skips the probe",
         first,
     ), first
@@ -181,8 +176,8 @@ def test_a_custom_layer_whose_call_changed_is_caught(tmp_path: Path) -> None:
     tolerated = unpack(changed, "tolerated", "--severity", "probe=warn")
     assert tolerated.returncode == 0, tolerated.stderr
     assert (
-        "kbundle: warning: environment probe: the loaded model computes different outputs than the packed model (severity set by --severity)"
-        in tolerated.stderr
+        "kbundle: warning: environment probe: the loaded model computes different outputs than the "
+        "packed model (severity set by --severity)" in tolerated.stderr
     )
 
 
@@ -196,13 +191,13 @@ def test_packing_a_file_probes_it_unless_told_not_to(
         "import sys, kbundle\nresult = kbundle.pack(sys.argv[1], sys.argv[2], probe=False)\n"
         "print(result.manifest.probe, [m for m in ('tensorflow', 'keras') if m in sys.modules])\n"
     )
-    done = subprocess.run(
-        [sys.executable, "-c", script, str(saved_keras_file), str(tmp_path / "plain.kbundle")],
-        capture_output=True,
-        text=True,
+    done = run_python(
+        "-c",
+        script,
+        str(saved_keras_file),
+        str(tmp_path / "plain.kbundle"),
         env=child_env(),
         timeout=120,
-        check=False,
     )
     assert (done.returncode, done.stdout) == (0, "None []\n"), done.stderr
 
@@ -225,6 +220,7 @@ def test_a_model_without_a_known_signature_is_packed_with_a_note(
         kbundle.pack(model, tmp_path / "asked.kbundle", probe=True)
     assert (
         str(caught.value)
-        == "cannot probe the model: the model's input signature (shapes and numeric dtypes) is unknown; pack with --no-probe (probe=False)"
+        == "cannot probe the model: the model's input signature (shapes and numeric dtypes) is "
+        "unknown; pack with --no-probe (probe=False)"
     )
     assert not (tmp_path / "asked.kbundle").exists()
