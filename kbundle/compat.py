@@ -581,46 +581,20 @@ def _compare_version(
     if recorded == current or was is None or now is None:
         outcome = SAME if recorded == current else NOTE
         problem = "same version" if recorded == current else f"{what} versions differ"
-        return _Result(location, recorded, current, outcome, problem, why_newer, fix)
-    if _release(was, 1) != _release(now, 1):
-        return _Result(
-            location,
-            recorded,
-            current,
-            major,
-            f"{what} major version differs",
-            why_older if now < was else why_newer,
-            fix,
-        )
-    if _release(was, 2) == _release(now, 2):
-        return _Result(
-            location,
-            recorded,
-            current,
-            patch,
-            f"{what} patch release differs",
-            "patch releases keep files and APIs compatible",
-            fix,
-        )
-    if now < was:
-        return _Result(
-            location,
-            recorded,
-            current,
-            older,
-            f"{what} is older than the one that packed the model",
-            why_older,
-            fix,
-        )
-    return _Result(
-        location,
-        recorded,
-        current,
-        newer,
-        f"{what} is newer than the one that packed the model",
-        why_newer,
-        fix,
-    )
+        why = why_newer
+    elif _release(was, 1) != _release(now, 1):
+        outcome, problem = major, f"{what} major version differs"
+        why = why_older if now < was else why_newer
+    elif _release(was, 2) == _release(now, 2):
+        outcome, problem = patch, f"{what} patch release differs"
+        why = "patch releases keep files and APIs compatible"
+    elif now < was:
+        outcome, problem = older, f"{what} is older than the one that packed the model"
+        why = why_older
+    else:
+        outcome, problem = newer, f"{what} is newer than the one that packed the model"
+        why = why_newer
+    return _Result(location, recorded, current, outcome, problem, why, fix)
 
 
 def _keras_label(info: Any) -> str | None:
@@ -682,7 +656,8 @@ def _keras_major(c: _Context, rk: Any, ck: Any) -> _Result:
     fix = f"install {rk.distribution}=={rk.version}" + (
         " (with --no-deps, or it replaces tensorflow-cpu)" if rk.distribution == "tf-keras" else ""
     )
-    if rk.distribution == "keras" and "keras" in c.current.distributions:
+    installed_keras = _parse(c.current.distributions.get("keras"))
+    if ck.distribution == "tf-keras" and installed_keras and _release(installed_keras, 1) >= (3,):
         fix = f"unset TF_USE_LEGACY_KERAS so that the installed Keras 3 is used, or {fix}"
     elif rk.distribution == "tf-keras" and "tf-keras" in c.current.distributions:
         fix = f"set TF_USE_LEGACY_KERAS=1 so that the installed tf-keras is used, or {fix}"

@@ -201,7 +201,8 @@ def probe_payload(
     live = model if keras_io.is_keras_model(model) else None
     if live is None:
         if fmt not in ("keras", "h5"):
-            return skip(f"a {fmt} model is not loaded by Keras 3 as a model")
+            kind = {"savedmodel": "a SavedModel", "keras-dir": "an unzipped .keras directory"}
+            return skip(f"Keras does not load {kind.get(fmt, fmt)} as a model to run it")
         try:
             live = keras_io.load_model(source, compile=False)
         except ModelLoadError as exc:
