@@ -162,35 +162,6 @@ def _option_json(command: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout.")(command)
 
 
-def _option_quiet(command: F) -> F:
-    return click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")(command)
-
-
-def _option_force(command: F) -> F:
-    return click.option("--force", is_flag=True, help="Replace an existing output.")(command)
-
-
-def _option_expect(command: F) -> F:
-    return click.option(
-        "--expect",
-        metavar="sha256:HEX",
-        help="Fail unless the bundle digest (printed by pack) is exactly this.",
-    )(command)
-
-
-def _option_trust(command: F) -> F:
-    command = click.option(
-        "--unsafe-lambda",
-        is_flag=True,
-        help="Load Lambda layers and other marshalled code (Keras safe_mode=False).",
-    )(command)
-    return click.option(
-        "--trust-code",
-        is_flag=True,
-        help="Allow the bundled custom-object code to run (review it with show-code first).",
-    )(command)
-
-
 def _option_policy(command: F) -> F:
     command = click.option(
         "--severity",
@@ -219,6 +190,35 @@ def _option_environment_gate(command: F) -> F:
         "--ignore-env",
         is_flag=True,
         help="Load even when the environment check finds errors (they are still shown).",
+    )(command)
+
+
+def _option_quiet(command: F) -> F:
+    return click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")(command)
+
+
+def _option_force(command: F) -> F:
+    return click.option("--force", is_flag=True, help="Replace an existing output.")(command)
+
+
+def _option_expect(command: F) -> F:
+    return click.option(
+        "--expect",
+        metavar="sha256:HEX",
+        help="Fail unless the bundle digest (printed by pack) is exactly this.",
+    )(command)
+
+
+def _option_trust(command: F) -> F:
+    command = click.option(
+        "--unsafe-lambda",
+        is_flag=True,
+        help="Load Lambda layers and other marshalled code (Keras safe_mode=False).",
+    )(command)
+    return click.option(
+        "--trust-code",
+        is_flag=True,
+        help="Allow the bundled custom-object code to run (review it with show-code first).",
     )(command)
 
 
@@ -285,17 +285,7 @@ Examples:
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
-def pack(
-    model: Path,
-    output: Path,
-    level: str,
-    threads: int,
-    probe: bool | None,
-    lock: bool,
-    force: bool,
-    quiet: bool,
-    as_json: bool,
-) -> None:
+def pack(model: Path, output: Path, level: str, threads: int, probe: bool | None, lock: bool, force: bool, quiet: bool, as_json: bool) -> None:
     """Pack MODEL (.keras, .h5 or SavedModel directory) into one verified bundle.
 
     Prints the bundle digest (sha256 of its manifest); pin it in deploy scripts with
@@ -304,15 +294,9 @@ def pack(
     from kbundle.pack import pack as pack_model  # noqa: PLC0415
 
     with _progress("packing", not quiet) as progress:
-        result = pack_model(
-            model, output, force=force, level=level, threads=threads, progress=progress,
-            probe=probe, lock=lock,
-        )
+        result = pack_model(model, output, force=force, level=level, threads=threads, progress=progress, probe=probe, lock=lock)
     if as_json:
-        _json_out({
-            "ok": True, "bundle": str(result.path), "digest": result.digest, "size": result.size,
-            "model_format": result.manifest.model.format, "notes": list(result.notes),
-        })
+        _json_out({"ok": True, "bundle": str(result.path), "digest": result.digest, "size": result.size, "model_format": result.manifest.model.format, "notes": list(result.notes)})
         return
     for note in result.notes:
         _err(f"kbundle: note: {note}")
@@ -397,21 +381,7 @@ Examples:
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
-def unpack(
-    bundle: Path,
-    destination: Path,
-    no_load: bool,
-    expect: str | None,
-    trust_code: bool,
-    unsafe_lambda: bool,
-    ignore_env: bool,
-    no_probe: bool,
-    policy: str | None,
-    severity: tuple[str, ...],
-    force: bool,
-    quiet: bool,
-    as_json: bool,
-) -> None:
+def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, trust_code: bool, unsafe_lambda: bool, ignore_env: bool, no_probe: bool, policy: str | None, severity: tuple[str, ...], force: bool, quiet: bool, as_json: bool) -> None:
     """Verify BUNDLE while extracting it into DEST, then prove the model loads.
 
     DEST appears only when every member verified. Before loading, the recorded environment
@@ -423,13 +393,7 @@ def unpack(
     from kbundle.unpack import LoadOptions  # noqa: PLC0415
     from kbundle.unpack import unpack as unpack_bundle  # noqa: PLC0415
 
-    options = LoadOptions(
-        trust_code=trust_code,
-        safe_mode=not unsafe_lambda,
-        ignore_env=ignore_env,
-        env_policy=resolve_policy(policy, severity),
-        probe=not no_probe,
-    )
+    options = LoadOptions(trust_code=trust_code, safe_mode=not unsafe_lambda, ignore_env=ignore_env, env_policy=resolve_policy(policy, severity), probe=not no_probe)
     with _progress("unpacking", not quiet and not as_json) as progress:
         result = unpack_bundle(bundle, destination, force=force, expect=expect, load_model=not no_load, options=options, progress=progress)
     loaded: dict[str, Any] | None = None
@@ -438,11 +402,7 @@ def unpack(
 
         loaded = keras_io.describe_live_model(result.model)
     if as_json:
-        _json_out({
-            "ok": True, "destination": str(result.path), "digest": result.report.head.digest,
-            "model": str(result.model_path), "loaded": loaded is not None,
-            "environment": [f.to_dict() for f in result.environment],
-        })
+        _json_out({"ok": True, "destination": str(result.path), "digest": result.report.head.digest, "model": str(result.model_path), "loaded": loaded is not None, "environment": [f.to_dict() for f in result.environment]})
         return
     _print_environment_concerns(result.environment)
     if not quiet:

@@ -121,6 +121,34 @@ class Extras:
         return Extras(self.payload + other.payload, fields, self.notes + other.notes)
 
 
+def _probe_extras(
+    model: Any,
+    source: Path,
+    fmt: str,
+    description: Mapping[str, Any],
+    scratch: Path,
+    probe: bool | None,
+) -> Extras:
+    """``probe/``: a deterministic input and the model's output on it (see kbundle.probe)."""
+    from kbundle.probe import probe_payload  # noqa: PLC0415 - Keras-side, imported when probing
+
+    inputs = description.get("inputs")
+    info, files, notes = probe_payload(model, source, fmt, inputs, scratch, wanted=probe)
+    return Extras(tuple(files), {"probe": info} if info else None, notes)
+
+
+def _requirements_extras(
+    environment: Environment, added: Extras, scratch: Path, lock: bool
+) -> Extras:
+    """``env/``: the pinned closure and, with ``lock``, its hashes (see kbundle.lock)."""
+    from kbundle.lock import requirements_payload  # noqa: PLC0415
+
+    custom_objects = list((added.fields or {}).get("custom_objects") or [])
+    requirements, files = requirements_payload(scratch, environment, custom_objects, lock=lock)
+    notes = (requirements.note,) if lock and requirements.note else ()
+    return Extras(tuple(files), {"requirements": requirements}, notes)
+
+
 def pack(
     model: Any,
     output: str | os.PathLike[str],
@@ -135,15 +163,15 @@ def pack(
 ) -> PackResult:
     """Pack ``model`` into the bundle ``output``.
 
-    ``model`` is a path to a ``.keras`` file (or directory form), an ``.h5`` file, a SavedModel
-    directory, or a live ``keras.Model`` (saved as ``.keras`` first). ``level`` is a zstd
-    level or ``"none"``; ``threads`` the zstd worker count (-1: one per CPU). ``progress`` is
-    called with (bytes done, bytes total). Nothing is left at ``output`` unless pack succeeds.
-
     ``probe`` stores a deterministic input and the model's output on it (``None``: whenever
     the input signature is known; packing a file then loads it with Keras, which imports
     TensorFlow; ``False`` keeps pack free of that). ``lock`` adds hashes to the pinned
     requirements through pip-tools, which asks the package index (see ``kbundle.lock``).
+
+    ``model`` is a path to a ``.keras`` file (or directory form), an ``.h5`` file, a SavedModel
+    directory, or a live ``keras.Model`` (saved as ``.keras`` first). ``level`` is a zstd
+    level or ``"none"``; ``threads`` the zstd worker count (-1: one per CPU). ``progress`` is
+    called with (bytes done, bytes total). Nothing is left at ``output`` unless pack succeeds.
     """
     output_path = Path(output)
     check_destination(output_path, force=force, what="bundle")
@@ -211,31 +239,3 @@ def pack(
             size = handle.seek(0, os.SEEK_END)
     manifest = parse_manifest(manifest_bytes)
     return PackResult(output_path, bundle_digest(manifest_bytes), manifest, size, added.notes)
-
-
-def _probe_extras(
-    model: Any,
-    source: Path,
-    fmt: str,
-    description: Mapping[str, Any],
-    scratch: Path,
-    probe: bool | None,
-) -> Extras:
-    """``probe/``: a deterministic input and the model's output on it (see kbundle.probe)."""
-    from kbundle.probe import probe_payload  # noqa: PLC0415 - Keras-side, imported when probing
-
-    inputs = description.get("inputs")
-    info, files, notes = probe_payload(model, source, fmt, inputs, scratch, wanted=probe)
-    return Extras(tuple(files), {"probe": info} if info else None, notes)
-
-
-def _requirements_extras(
-    environment: Environment, added: Extras, scratch: Path, lock: bool
-) -> Extras:
-    """``env/``: the pinned closure and, with ``lock``, its hashes (see kbundle.lock)."""
-    from kbundle.lock import requirements_payload  # noqa: PLC0415
-
-    custom_objects = list((added.fields or {}).get("custom_objects") or [])
-    requirements, files = requirements_payload(scratch, environment, custom_objects, lock=lock)
-    notes = (requirements.note,) if lock and requirements.note else ()
-    return Extras(tuple(files), {"requirements": requirements}, notes)
