@@ -121,6 +121,7 @@ def _with_layers(directory: Path) -> dict[str, str]:
     return child_env(PYTHONPATH=os.pathsep.join([str(REPO), str(directory)]))
 
 
+@pytest.mark.slow  # five child processes, each importing TensorFlow
 def test_a_custom_layer_whose_call_changed_is_caught(tmp_path: Path) -> None:
     packed_with = _layer_dir(tmp_path, "v1", "x * 2.0")
     changed = _layer_dir(tmp_path, "v2", "x * 2.0 + 0.5")
