@@ -49,7 +49,7 @@ INTERPRETER_TIMEOUT_SECONDS = 60
 
 def _verified_env_files(bundle: Path, scratch: Path) -> tuple[Manifest, Path]:
     """Verify ``bundle`` into ``scratch`` and return its manifest and the extracted root."""
-    from kbundle.unpack import unpack
+    from kbundle.unpack import unpack  # noqa: PLC0415 - keeps 'kbundle env' imports light
 
     result = unpack(bundle, scratch / "bundle")
     manifest = result.report.head.manifest
@@ -196,7 +196,7 @@ def create_environment(
         interpreter = find_interpreter(minor, python)
         hashed = bool(requirements.lock and requirements.lock_hashed)
         member = requirements.lock if hashed and requirements.lock else requirements.requirements
-        created = not target.exists()
+        existed = target.exists()  # and is empty: anything else was refused above
         try:
             announce(
                 f"creating a virtual environment with {interpreter} (Python {minor}) in {target}"
@@ -207,23 +207,15 @@ def create_environment(
                 INSTALL_TIMEOUT_SECONDS,
             )
             venv_python = str(_venv_python(target))
-            announce(
-                "installing the pinned requirements "
-                f"({'hash-checked' if hashed else 'not hash-locked: ' + (requirements.note or '')})"
+            how = "hash-checked" if hashed else requirements.note or "not hash-locked"
+            announce(f"installing the pinned requirements ({how})")
+            checks = ["--no-deps", "--require-hashes"] if hashed else ["--no-deps"]
+            install = [venv_python, "-m", "pip", "install", *checks, "-r", str(root / member)]
+            _run(
+                [*install, "--disable-pip-version-check"],
+                "pip install of the recorded requirements",
+                INSTALL_TIMEOUT_SECONDS,
             )
-            install = [
-                venv_python,
-                "-m",
-                "pip",
-                "install",
-                "--no-deps",
-                "--disable-pip-version-check",
-                "-r",
-                str(root / member),
-            ]
-            if hashed:
-                install.insert(5, "--require-hashes")
-            _run(install, "pip install of the recorded requirements", INSTALL_TIMEOUT_SECONDS)
             spec = kbundle_spec or kbundle_install_spec()
             announce(f"installing kbundle from {spec}")
             _run(
@@ -232,8 +224,9 @@ def create_environment(
                 INSTALL_TIMEOUT_SECONDS,
             )
         except BaseException:
-            if created:
-                shutil.rmtree(target, ignore_errors=True)
+            shutil.rmtree(target, ignore_errors=True)  # nothing half-built is left behind
+            if existed:
+                target.mkdir()
             raise
     backend = manifest.environment.keras.backend if manifest.environment.keras else None
     announce("checking the new environment against the bundle")

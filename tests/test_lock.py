@@ -155,3 +155,26 @@ def test_env_create_needs_the_recorded_python(tmp_path: Path, sequential_model: 
     refused = run_cli("env", "create", bundle, occupied)
     assert_clean_failure(refused, 2)
     assert (occupied / "keep.txt").read_text() == "mine"
+
+
+def test_env_create_leaves_nothing_behind_when_pip_cannot_install(
+    bundle: Path, tmp_path: Path
+) -> None:
+    unreachable = child_env(
+        PIP_CONFIG_FILE=os.devnull,
+        PIP_INDEX_URL="http://127.0.0.1:9/simple",
+        PIP_EXTRA_INDEX_URL="",
+        PIP_FIND_LINKS="",
+        PIP_RETRIES="0",
+    )
+    result = run_cli("env", "create", bundle, tmp_path / "venv", env=unreachable)
+    assert_clean_failure(result, 3)
+    error = next(line for line in result.stderr.splitlines() if line.startswith("kbundle: error:"))
+    assert error.startswith(
+        "kbundle: error: pip install of the recorded requirements failed (exit 1): "
+    )
+    assert error.endswith(
+        "; the recorded versions may have no wheel for this platform or Python; "
+        "'kbundle check' shows what differs"
+    )
+    assert not (tmp_path / "venv").exists()
