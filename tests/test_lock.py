@@ -26,6 +26,17 @@ pytestmark = pytest.mark.keras
 TENSORFLOW = "tensorflow-cpu"
 
 
+def _unreachable_index() -> dict[str, str]:
+    """A child environment whose package index refuses connections (no config, no mirrors)."""
+    return child_env(
+        PIP_CONFIG_FILE=os.devnull,
+        PIP_INDEX_URL="http://127.0.0.1:9/simple",
+        PIP_EXTRA_INDEX_URL="",
+        PIP_FIND_LINKS="",
+        PIP_RETRIES="0",
+    )
+
+
 @pytest.fixture
 def bundle(tmp_path: Path, sequential_model: Any) -> Path:
     return kbundle.pack(sequential_model, tmp_path / "model.kbundle", probe=False).path
@@ -72,12 +83,7 @@ def test_local_version_labels_are_kept_and_missing_requirements_named() -> None:
 def test_a_lock_with_an_unreachable_index_still_packs_and_says_why(
     tmp_path: Path, saved_keras_file: Path
 ) -> None:
-    unreachable = child_env(
-        PIP_CONFIG_FILE=os.devnull,
-        PIP_INDEX_URL="http://127.0.0.1:9/simple",
-        PIP_EXTRA_INDEX_URL="",
-        PIP_FIND_LINKS="",
-    )
+    unreachable = _unreachable_index()
     result = run_cli(
         "pack",
         saved_keras_file,
@@ -160,13 +166,7 @@ def test_env_create_needs_the_recorded_python(tmp_path: Path, sequential_model: 
 def test_env_create_leaves_nothing_behind_when_pip_cannot_install(
     bundle: Path, tmp_path: Path
 ) -> None:
-    unreachable = child_env(
-        PIP_CONFIG_FILE=os.devnull,
-        PIP_INDEX_URL="http://127.0.0.1:9/simple",
-        PIP_EXTRA_INDEX_URL="",
-        PIP_FIND_LINKS="",
-        PIP_RETRIES="0",
-    )
+    unreachable = _unreachable_index()
     result = run_cli("env", "create", bundle, tmp_path / "venv", env=unreachable)
     assert_clean_failure(result, 3)
     error = next(line for line in result.stderr.splitlines() if line.startswith("kbundle: error:"))
