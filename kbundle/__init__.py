@@ -4,6 +4,7 @@ Public API::
 
     kbundle.pack(model_or_path, "model.kbundle")    -> PackResult (digest, manifest)
     kbundle.verify("model.kbundle", expect=digest)   -> VerifyReport, or IntegrityError
+    kbundle.check("model.kbundle")                   -> CompatReport (this environment vs recorded)
     kbundle.inspect("model.kbundle")                 -> BundleHead (manifest only)
     kbundle.unpack("model.kbundle", "dir")           -> UnpackResult
     kbundle.load("model.kbundle")                    -> keras.Model (docs/formats.md)
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 from kbundle import errors
 from kbundle._version import __version__
+from kbundle.compat import CompatReport, check
 from kbundle.errors import (
     EnvironmentMismatchError,
     IntegrityError,
@@ -33,6 +35,7 @@ from kbundle.sign import SignResult, sign_bundle
 from kbundle.unpack import UnpackResult, inspect, load, unpack, verify
 
 __all__ = [
+    "CompatReport",
     "Diagnosis",
     "EnvironmentMismatchError",
     "Finding",
@@ -47,6 +50,7 @@ __all__ = [
     "UntrustedCodeError",
     "UsageError",
     "__version__",
+    "check",
     "diagnose",
     "errors",
     "inspect",

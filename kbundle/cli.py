@@ -66,6 +66,14 @@ def _print_findings(findings: tuple[Finding, ...] | list[Finding]) -> None:
         _err(f"  - {finding.describe()}")
 
 
+def _print_environment_concerns(findings: list[Finding] | tuple[Finding, ...]) -> None:
+    """Warnings (and errors let through by --ignore-env), once each, one line each."""
+    for finding in findings:
+        if finding.severity >= Severity.WARN:
+            label = "warning" if finding.severity == Severity.WARN else "ignored error"
+            _err(f"kbundle: {label}: environment {finding.describe()}")
+
+
 def _json_out(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=False))
 
@@ -158,6 +166,37 @@ def _handle_errors(json_flag: str | None = None) -> Callable[[F], F]:
 
 def _option_json(command: F) -> F:
     return click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout.")(command)
+
+
+def _option_policy(command: F) -> F:
+    command = click.option(
+        "--severity",
+        "severity",
+        multiple=True,
+        metavar="FIELD=LEVEL",
+        help="Set the severity (ok, info, warn, error) of a differing field, e.g. "
+        "keras.backend=warn (repeatable; FIELD may use * as in 'distributions.*'). "
+        "Overrides [tool.kbundle.severity].",
+    )(command)
+    return click.option(
+        "--policy",
+        type=click.Choice(["default", "strict", "lenient"]),
+        default=None,
+        help="How strictly environment differences count: strict makes every version difference "
+        "an error, lenient only what will certainly fail. Default: [tool.kbundle] policy, else "
+        "default.",
+    )(command)
+
+
+def _option_environment_gate(command: F) -> F:
+    command = click.option(
+        "--no-probe", is_flag=True, help="Do not re-run the stored probe input to compare outputs."
+    )(command)
+    return click.option(
+        "--ignore-env",
+        is_flag=True,
+        help="Load even when the environment check finds errors (they are still shown).",
+    )(command)
 
 
 def _option_quiet(command: F) -> F:
@@ -277,8 +316,9 @@ def main() -> None:
 Examples:
   kbundle pack model.keras -o model.kbundle
   kbundle pack model.keras -o model.kbundle --level 19 --force
-  kbundle pack big.keras -o big.kbundle --level none --quiet
+  kbundle pack big.keras -o big.kbundle --level none --quiet --no-probe
   kbundle pack model.keras -o model.kbundle --sign release.key
+  kbundle pack model.keras -o model.kbundle --lock
 """
 )
 @click.argument("model", type=click.Path(path_type=Path))
@@ -287,11 +327,23 @@ Examples:
 @click.option("--threads", default=-1, show_default=True, type=int, help="zstd worker threads (-1: one per CPU, 0: no workers).")
 @click.option("--sign", "sign_key", type=click.Path(path_type=Path), metavar="KEY", help="Sign the bundle with this private key (from 'kbundle keygen').")
 @_option_passphrase
+@click.option(
+    "--probe/--no-probe",
+    default=None,
+    help="Store a deterministic input and the model's output, re-checked at load (default: "
+    "whenever the input signature is known; loads a model file with Keras, which imports "
+    "TensorFlow).",
+)
+@click.option(
+    "--lock",
+    is_flag=True,
+    help="Hash-lock the pinned requirements with pip-tools (asks the package index; slow).",
+)
 @_option_force
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
-def pack(model: Path, output: Path, level: str, threads: int, sign_key: Path | None, passphrase_file: Path | None, force: bool, quiet: bool, as_json: bool) -> None:
+def pack(model: Path, output: Path, level: str, threads: int, sign_key: Path | None, passphrase_file: Path | None, probe: bool | None, lock: bool, force: bool, quiet: bool, as_json: bool) -> None:
     """Pack MODEL (.keras, .h5 or SavedModel directory) into one verified bundle.
 
     Prints the bundle digest (sha256 of its manifest); pin it in deploy scripts with
@@ -301,11 +353,13 @@ def pack(model: Path, output: Path, level: str, threads: int, sign_key: Path | N
 
     signing_key = _load_signing_key(sign_key, passphrase_file) if sign_key else None
     with _progress("packing", not quiet) as progress:
-        result = pack_model(model, output, force=force, level=level, threads=threads, progress=progress, signing_key=signing_key)
+        result = pack_model(model, output, force=force, level=level, threads=threads, progress=progress, signing_key=signing_key, probe=probe, lock=lock)
     signers = [signing_key.key_id] if signing_key else []
     if as_json:
-        _json_out({"ok": True, "bundle": str(result.path), "digest": result.digest, "size": result.size, "model_format": result.manifest.model.format, "signers": signers})
+        _json_out({"ok": True, "bundle": str(result.path), "digest": result.digest, "size": result.size, "model_format": result.manifest.model.format, "signers": signers, "notes": list(result.notes)})
         return
+    for note in result.notes:
+        _err(f"kbundle: note: {note}")
     if not quiet:
         _err(f"packed {model} ({result.manifest.model.format}) into {result.path}: {_size(result.size)}, payload {_size(result.manifest.payload_size)}")
         if signing_key:
@@ -384,6 +438,8 @@ Examples:
   kbundle unpack model.kbundle -d served-model --no-load --force
   kbundle unpack model.kbundle -d out --expect sha256:3f2a... --trust-code
   kbundle unpack model.kbundle -d out --key release.pub
+  kbundle unpack model.kbundle -d out --policy strict
+  kbundle unpack model.kbundle -d out --severity keras.backend=warn --ignore-env
 """
 )
 @_BUNDLE
@@ -392,26 +448,27 @@ Examples:
 @_option_expect
 @_option_trust
 @_option_trusted_keys
+@_option_environment_gate
+@_option_policy
 @_option_force
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
-def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, trust_code: bool, unsafe_lambda: bool, trusted_keys: tuple[Path, ...], require_signature: bool, force: bool, quiet: bool, as_json: bool) -> None:
+def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, trust_code: bool, unsafe_lambda: bool, trusted_keys: tuple[Path, ...], require_signature: bool, ignore_env: bool, no_probe: bool, policy: str | None, severity: tuple[str, ...], force: bool, quiet: bool, as_json: bool) -> None:
     """Verify BUNDLE while extracting it into DEST, then prove the model loads.
 
-    DEST appears only when every member verified. The recorded environment is compared with
-    this one and differences are shown.
+    DEST appears only when every member verified. Before loading, the recorded environment
+    is checked (as 'kbundle check' does): errors refuse with exit 3 unless --ignore-env,
+    warnings are shown. After loading, the stored probe input is run again and the outputs
+    compared. With --no-load nothing runs here, so differences are shown but refuse nothing.
     """
-    from kbundle.compat import compare_environments  # noqa: PLC0415
-    from kbundle.environment import capture_environment  # noqa: PLC0415
+    from kbundle.compat import resolve_policy  # noqa: PLC0415
     from kbundle.unpack import LoadOptions  # noqa: PLC0415
     from kbundle.unpack import unpack as unpack_bundle  # noqa: PLC0415
 
-    options = LoadOptions(trust_code=trust_code, safe_mode=not unsafe_lambda)
+    options = LoadOptions(trust_code=trust_code, safe_mode=not unsafe_lambda, ignore_env=ignore_env, env_policy=resolve_policy(policy, severity), probe=not no_probe)
     with _progress("unpacking", not quiet and not as_json) as progress:
         result = unpack_bundle(bundle, destination, force=force, expect=expect, load_model=not no_load, options=options, trusted_keys=_trusted(trusted_keys), require_signature=require_signature, progress=progress)
-    manifest = result.report.head.manifest
-    differences = compare_environments(manifest.environment, capture_environment())
     loaded: dict[str, Any] | None = None
     if result.model is not None:
         from kbundle import keras_io  # noqa: PLC0415
@@ -419,17 +476,175 @@ def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, t
         loaded = keras_io.describe_live_model(result.model)
     if as_json:
         signature = result.report.signature.to_dict() if result.report.signature else None
-        _json_out({"ok": True, "destination": str(result.path), "digest": result.report.head.digest, "model": str(result.model_path), "loaded": loaded is not None, "signature": signature, "environment": [f.to_dict() for f in differences]})
+        _json_out({"ok": True, "destination": str(result.path), "digest": result.report.head.digest, "model": str(result.model_path), "loaded": loaded is not None, "signature": signature, "environment": [f.to_dict() for f in result.environment]})
         return
+    _print_environment_concerns(result.environment)
     if not quiet:
         signed = f" ({result.report.signature.describe()})" if result.report.signature else ""
         _err(f"verified {_count(result.report.files_checked, 'file')} into {result.path}{signed}")
-        for finding in differences:
-            if finding.severity >= Severity.INFO:
-                _err(f"  environment {finding.severity}: {finding.describe()}")
         if loaded is not None:
             _err(f"model loads: {loaded['class_name']} {loaded['name']!r}, {loaded['parameter_count']} parameters")
+        for finding in result.environment:
+            if finding.location == "probe" and finding.severity == Severity.OK:
+                _err(f"probe: {finding.problem} ({finding.actual}; {finding.expected})")
     click.echo(str(result.model_path))
+
+
+# --------------------------------------------------------------------------------------------
+# Environment: check, env export, env create
+
+
+def _exit_code_of(kind: type[errors.KbundleError]) -> int:
+    return next(code for error, code, _ in EXIT_CODES if issubclass(kind, error))
+
+
+@main.command(
+    epilog="""\b
+Examples:
+  kbundle check model.kbundle
+  kbundle check model.kbundle --policy strict
+  kbundle check model.kbundle --severity keras.backend=warn --severity 'distributions.*=info'
+  kbundle check model.kbundle --json | jq '.findings[] | select(.severity != "ok")'
+"""
+)
+@_BUNDLE
+@_option_policy
+@_option_json
+@_handle_errors("as_json")
+def check(bundle: Path, policy: str | None, severity: tuple[str, ...], as_json: bool) -> None:
+    """Can this environment load BUNDLE? Compare the recorded environment field by field.
+
+    Prints a table (field, recorded, current, severity), why each difference matters and
+    what to do, then the verdict. Exit 0 when nothing is an error, 3 otherwise. Reads only the
+    manifest and installed metadata: imports neither TensorFlow nor Keras nor bundled code.
+    Rules and policies: docs/compatibility.md; [tool.kbundle] in pyproject.toml sets defaults.
+    """
+    from kbundle.compat import check as check_bundle  # noqa: PLC0415
+
+    report = check_bundle(bundle, policy=policy, severity=severity)
+    if as_json:
+        code = EXIT_OK if report.ok else _exit_code_of(errors.EnvironmentMismatchError)
+        _json_out({"bundle": str(bundle), **report.to_dict(), "exit_code": code})
+        if code:
+            sys.exit(code)
+        return
+    from kbundle.render import render_compat  # noqa: PLC0415
+
+    click.echo(render_compat(report))
+    report.raise_for_errors(str(bundle), loading=False)
+
+
+@main.group(
+    epilog="""\b
+Examples:
+  kbundle env export model.kbundle -o requirements.txt
+  kbundle env create model.kbundle .venv-model
+"""
+)
+def env() -> None:
+    """The environment a bundle was packed in: export its requirements, rebuild it."""
+
+
+@env.command(
+    "export",
+    epilog="""\b
+Examples:
+  kbundle env export model.kbundle
+  kbundle env export model.kbundle -o requirements.lock --hashed
+  kbundle env export model.kbundle --pins | pip install --no-deps -r /dev/stdin
+""",
+)
+@_BUNDLE
+@click.option(
+    "-o", "--output", type=click.Path(path_type=Path), help="Write to this file instead of stdout."
+)
+@click.option(
+    "--hashed/--pins",
+    "hashed",
+    default=None,
+    help="The hash lock (an error if the bundle has none) or the plain pins. "
+    "Default: the lock when there is one.",
+)
+@_option_force
+@_handle_errors()
+def env_export(bundle: Path, output: Path | None, hashed: bool | None, force: bool) -> None:
+    """Write BUNDLE's pinned requirements (verified first), for pip install --no-deps -r."""
+    from kbundle.rebuild import export_requirements  # noqa: PLC0415
+
+    text, with_hashes = export_requirements(bundle, hashed=hashed)
+    if output is None:
+        click.echo(text, nl=False)
+        return
+    from kbundle.atomic import atomic_file, check_destination  # noqa: PLC0415
+
+    check_destination(output, force=force, what="requirements file")
+    with atomic_file(output, force=force) as handle:
+        handle.write(text.encode("utf-8"))
+    _err(f"wrote {output} ({'hash-locked' if with_hashes else 'pins without hashes'})")
+
+
+@env.command(
+    "create",
+    epilog="""\b
+Examples:
+  kbundle env create model.kbundle .venv-model
+  kbundle env create model.kbundle /opt/envs/model --python /usr/local/bin/python3.11
+  kbundle env create model.kbundle env-dir --kbundle 'kbundle==1.0.0'
+""",
+)
+@_BUNDLE
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option(
+    "--python",
+    "python",
+    metavar="PATH",
+    help="Interpreter of the recorded Python minor. Default: this one if it fits, else pythonX.Y.",
+)
+@click.option(
+    "--kbundle",
+    "kbundle_spec",
+    metavar="SPEC",
+    help="What to pip-install as kbundle. Default: this kbundle's checkout, else kbundle==VERSION.",
+)
+@_option_quiet
+@_option_json
+@_handle_errors("as_json")
+def env_create(
+    bundle: Path,
+    directory: Path,
+    python: str | None,
+    kbundle_spec: str | None,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Build a virtual environment in DIRECTORY that reproduces BUNDLE's environment.
+
+    Uses the recorded Python minor, installs the pinned requirements with --no-deps (and
+    --require-hashes when the bundle is hash-locked), installs kbundle, and finishes by
+    running 'kbundle check' inside the new environment, which must come out clean.
+    """
+    from kbundle.rebuild import create_environment  # noqa: PLC0415
+
+    step = None if quiet or as_json else (lambda text: _err(f"kbundle: {text}"))
+    created = create_environment(
+        bundle, directory, python=python, kbundle_spec=kbundle_spec, step=step
+    )
+    if as_json:
+        _json_out({
+            "ok": True, "directory": str(created.directory), "python": created.python,
+            "hashed": created.hashed, "backend": created.backend,
+            "findings": [f.to_dict() for f in created.findings],
+        })
+        return
+    if not quiet:
+        install = "hash-checked" if created.hashed else "not hash-checked (no hashed lock)"
+        _err(
+            f"created {created.directory}: Python {created.python}, {install}; "
+            "kbundle check inside it is clean"
+        )
+        if created.backend and created.backend != "tensorflow":
+            _err(f"set KERAS_BACKEND={created.backend} when using it")
+    click.echo(str(created.python_executable))
 
 
 

@@ -55,6 +55,19 @@ class Finding:
             text += f" ({', '.join(sides)})"
         return text
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Finding:
+        """The inverse of :meth:`to_dict` (for findings read back from ``--json`` output)."""
+        return cls(
+            location=str(data["location"]),
+            problem=str(data["problem"]),
+            severity=Severity[str(data["severity"]).upper()],
+            expected=data.get("expected"),
+            actual=data.get("actual"),
+            why=data.get("why"),
+            fix=data.get("fix"),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping; ``None`` fields are omitted."""
         data: dict[str, Any] = {

@@ -25,6 +25,7 @@ from kbundle.errors import PackError, UsageError
 from kbundle.keys import SigningKey
 from kbundle.manifest import (
     FORMAT_VERSION,
+    Environment,
     Manifest,
     Member,
     ModelInfo,
@@ -52,6 +53,7 @@ class PackResult:
     digest: str
     manifest: Manifest
     size: int
+    notes: tuple[str, ...] = ()
 
 
 def _utc_now() -> tuple[str, int]:
@@ -111,10 +113,43 @@ def _parse_level(level: int | str | None) -> int | None:
 
 @dataclass(frozen=True, slots=True)
 class Extras:
-    """Additions to a bundle beyond the model: more payload and manifest fields."""
+    """Additions to a bundle beyond the model: more payload, manifest fields, notes for the user."""
 
     payload: tuple[PayloadFile, ...] = ()
     fields: Mapping[str, Any] | None = None
+    notes: tuple[str, ...] = ()
+
+    def merged(self, other: Extras) -> Extras:
+        fields = {**(self.fields or {}), **(other.fields or {})}
+        return Extras(self.payload + other.payload, fields, self.notes + other.notes)
+
+
+def _probe_extras(
+    model: Any,
+    source: Path,
+    fmt: str,
+    description: Mapping[str, Any],
+    scratch: Path,
+    probe: bool | None,
+) -> Extras:
+    """``probe/``: a deterministic input and the model's output on it (see kbundle.probe)."""
+    from kbundle.probe import probe_payload  # noqa: PLC0415 - Keras-side, imported when probing
+
+    inputs = description.get("inputs")
+    info, files, notes = probe_payload(model, source, fmt, inputs, scratch, wanted=probe)
+    return Extras(tuple(files), {"probe": info} if info else None, notes)
+
+
+def _requirements_extras(
+    environment: Environment, added: Extras, scratch: Path, lock: bool
+) -> Extras:
+    """``env/``: the pinned closure and, with ``lock``, its hashes (see kbundle.lock)."""
+    from kbundle.lock import requirements_payload  # noqa: PLC0415
+
+    custom_objects = list((added.fields or {}).get("custom_objects") or [])
+    requirements, files = requirements_payload(scratch, environment, custom_objects, lock=lock)
+    notes = (requirements.note,) if lock and requirements.note else ()
+    return Extras(tuple(files), {"requirements": requirements}, notes)
 
 
 def pack(
@@ -127,8 +162,15 @@ def pack(
     progress: Callable[[int, int], None] | None = None,
     extras: Callable[[Any, Path, str], Extras] | None = None,
     signing_key: SigningKey | None = None,
+    probe: bool | None = None,
+    lock: bool = False,
 ) -> PackResult:
     """Pack ``model`` into the bundle ``output``.
+
+    ``probe`` stores a deterministic input and the model's output on it (``None``: whenever
+    the input signature is known; packing a file then loads it with Keras, which imports
+    TensorFlow; ``False`` keeps pack free of that). ``lock`` adds hashes to the pinned
+    requirements through pip-tools, which asks the package index (see ``kbundle.lock``).
 
     ``model`` is a path to a ``.keras`` file (or directory form), an ``.h5`` file, a SavedModel
     directory, or a live ``keras.Model`` (saved as ``.keras`` first). ``level`` is a zstd
@@ -161,9 +203,12 @@ def pack(
             )
         payload = _model_payload(source, fmt)
         added = extras(model, Path(scratch), fmt) if extras else Extras()
+        added = added.merged(_probe_extras(model, source, fmt, description, Path(scratch), probe))
+        # After the probe: a TensorFlow it imported is recorded in full.
+        environment = capture_environment()
+        added = added.merged(_requirements_extras(environment, added, Path(scratch), lock))
         payload += list(added.payload)
         created, mtime = _utc_now()
-        environment = capture_environment()
         info = ModelInfo(format=fmt, path=payload[0].path, **description)
 
         def make_manifest(digests: Mapping[str, str]) -> bytes:
@@ -204,4 +249,4 @@ def pack(
             size = handle.seek(0, os.SEEK_END)
             # Inside the block: a manifest that breaks a format rule leaves no bundle behind.
             manifest = parse_manifest(manifest_bytes)
-    return PackResult(output_path, bundle_digest(manifest_bytes), manifest, size)
+    return PackResult(output_path, bundle_digest(manifest_bytes), manifest, size, added.notes)

@@ -6,11 +6,21 @@ between releases; scripts should use ``--json``.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from kbundle.archive import BundleHead
+from kbundle.findings import Severity
 from kbundle.manifest import TensorSpec
 from kbundle.signing import signer_ids
 
-__all__ = ["render_manifest"]
+if TYPE_CHECKING:
+    from kbundle.compat import CompatReport
+
+__all__ = ["render_compat", "render_manifest"]
+
+# Table cells longer than this are cut with an ellipsis so that a row fits a terminal line;
+# the full values are in --json.
+_CELL_WIDTH = 34
 
 
 def _specs(specs: list[TensorSpec] | None) -> str:
@@ -73,4 +83,39 @@ def render_manifest(head: BundleHead) -> str:
             lines.append(f"  {'':>12}  {'dir':71}  {member.path}/")
         else:
             lines.append(f"  {member.size:>12}  {member.digest}  {member.path}")
+    return "\n".join(lines)
+
+
+def _cell(value: str | None) -> str:
+    text = "-" if value is None else value
+    return text if len(text) <= _CELL_WIDTH else text[: _CELL_WIDTH - 3] + "..."
+
+
+def render_compat(report: CompatReport) -> str:
+    """The ``kbundle check`` text: a table of every field, then why/fix per difference, verdict."""
+    header = ("FIELD", "RECORDED", "CURRENT", "SEVERITY")
+    rows = [header]
+    rows += [
+        (f.location, _cell(f.expected), _cell(f.actual), str(f.severity)) for f in report.findings
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
+        + "  "
+        + row[3]
+        for row in rows
+    ]
+    differences = [f for f in report.findings if f.severity > Severity.OK]
+    if differences:
+        lines.append("")
+    for finding in differences:
+        lines.append(f"{finding.location} [{finding.severity}]: {finding.problem}")
+        if finding.why:
+            lines.append(f"  why: {finding.why}")
+        if finding.fix:
+            lines.append(f"  fix: {finding.fix}")
+    policy = report.policy
+    source = f" from {policy.config}" if policy.config else ""
+    lines.append("")
+    lines.append(f"verdict: {report.summary()} (policy {policy.name}{source})")
     return "\n".join(lines)

@@ -9,14 +9,22 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from kbundle.archive import BundleHead, VerifyReport, read_head, scan_bundle
 from kbundle.atomic import atomic_directory
-from kbundle.errors import IntegrityError, ModelFileError, SignatureError, UntrustedCodeError, UsageError
+from kbundle.compat import CompatReport, Policy, environment_gate, resolve_policy
+from kbundle.errors import (
+    IntegrityError,
+    ModelFileError,
+    ModelLoadError,
+    SignatureError,
+    UntrustedCodeError,
+    UsageError,
+)
 from kbundle.findings import Finding
 from kbundle.names import MANIFEST_NAME, SIGNATURE_NAME
 from kbundle.preload import require_sound_model
@@ -156,11 +164,19 @@ def _extract_verified(
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LoadOptions:
-    """What loading may do: run bundled code, turn Keras safe mode off, compile."""
+    """What loading may do: run bundled code, turn Keras safe mode off, compile.
+
+    Before loading, the recorded environment is checked under ``env_policy`` (``None``: the
+    ``[tool.kbundle]`` configuration, else ``default``); errors refuse unless ``ignore_env``.
+    After loading, the stored probe is re-run unless ``probe`` is false.
+    """
 
     trust_code: bool = False
     safe_mode: bool = True
     compile: bool = True
+    ignore_env: bool = False
+    env_policy: Policy | None = None
+    probe: bool = True
 
 
 def _require_trust(report: VerifyReport, options: LoadOptions) -> None:
@@ -178,21 +194,37 @@ def _require_trust(report: VerifyReport, options: LoadOptions) -> None:
     )
 
 
-def _load_verified(directory: Path, report: VerifyReport, options: LoadOptions) -> Any:
-    """Load the model from files that were just verified into ``directory``."""
+def _load_verified(
+    directory: Path, report: VerifyReport, options: LoadOptions, name: str = "the bundle"
+) -> tuple[Any, CompatReport]:
+    """Load the model from files that were just verified into ``directory``.
+
+    The environment check runs first (errors refuse unless ``ignore_env``); the probe runs
+    after loading. Returns the model and every environment finding, probe included.
+    """
     from kbundle import keras_io  # noqa: PLC0415 - Keras is imported only to load
 
+    manifest = report.head.manifest
+    compat = environment_gate(manifest, options.env_policy, ignore=options.ignore_env, what=name)
     _require_trust(report, options)
-    model = report.head.manifest.model
-    model_path = directory / model.path
+    model_info = manifest.model
+    model_path = directory / model_info.path
     # The checksums prove the model is what was packed, not that it is harmless.
     require_sound_model(
-        model_path, model.format, error=ModelFileError, label=model.path,
+        model_path, model_info.format, error=ModelFileError, label=model_info.path,
         hint="run 'kbundle doctor' on the bundle",
     )
-    return keras_io.load_model(
-        model_path, fmt=model.format, safe_mode=options.safe_mode, compile=options.compile
-    )
+    try:
+        model = keras_io.load_model(
+            model_path, fmt=model_info.format, safe_mode=options.safe_mode, compile=options.compile
+        )
+    except ModelLoadError as exc:
+        raise compat.explain_load_failure(exc) from exc
+    if options.probe and manifest.probe is not None:
+        from kbundle.probe import run_probe  # noqa: PLC0415 - Keras-side
+
+        compat = run_probe(model, directory, manifest, compat, what=name)
+    return model, compat
 
 
 def unpack(
@@ -219,10 +251,14 @@ def unpack(
     _check_expected(expect)
     policy = SignaturePolicy.create(trusted_keys, require_signature)
     read_head(path)  # a bad bundle fails before any directory is made
+    chosen = options or LoadOptions()
     with atomic_directory(Path(destination), force=force) as staging:
         report = _extract_verified(path, staging, expect, progress, policy)
-        model = _load_verified(staging, report, options or LoadOptions()) if load_model else None
-    return UnpackResult(Path(destination), report, model)
+        if load_model:
+            model, compat = _load_verified(staging, report, chosen, str(path))
+        else:  # nothing runs here, so differences are reported but refuse nothing
+            model, compat = None, environment_gate(report.head.manifest, chosen.env_policy)
+    return UnpackResult(Path(destination), report, model, list(compat.findings))
 
 
 def load(
@@ -234,6 +270,10 @@ def load(
     compile: bool = True,
     trusted_keys: TrustedKeys | None = None,
     require_signature: bool = False,
+    ignore_env: bool = False,
+    env_policy: str | None = None,
+    env_severity: Iterable[str] = (),
+    probe: bool = True,
     progress: Callable[[int, int], None] | None = None,
 ) -> Any:
     """Verify the bundle into a private temporary directory and load the model from there.
@@ -243,12 +283,27 @@ def load(
     (docs/formats.md). The model file is checked before Keras opens it. Bundled code runs
     only with ``trust_code=True`` or when the bundle is signed by a trusted key
     (``trusted_keys``, else the trusted-keys directory; see :func:`verify`); Keras
-    ``safe_mode`` stays on unless ``safe_mode=False``.
+    ``safe_mode`` stays on unless ``safe_mode=False``. The environment is checked first under
+    ``env_policy`` (``default``, ``strict``, ``lenient``; ``env_severity`` holds
+    ``FIELD=LEVEL`` overrides; see docs/compatibility.md): errors raise
+    :class:`EnvironmentMismatchError` unless ``ignore_env``; warnings are issued once, as one
+    :class:`kbundle.compat.EnvironmentWarning`. The stored probe is re-run after loading
+    unless ``probe=False``; a mismatch raises.
     """
     path = _as_path(bundle)
     _check_expected(expect)
     policy = SignaturePolicy.create(trusted_keys, require_signature)
-    options = LoadOptions(trust_code=trust_code, safe_mode=safe_mode, compile=compile)
+    env = resolve_policy(env_policy, env_severity, origin="env_severity")
+    options = LoadOptions(
+        trust_code=trust_code,
+        safe_mode=safe_mode,
+        compile=compile,
+        ignore_env=ignore_env,
+        env_policy=env,
+        probe=probe,
+    )
     with tempfile.TemporaryDirectory(prefix="kbundle-load-") as private:
         report = _extract_verified(path, Path(private), expect, progress, policy)
-        return _load_verified(Path(private), report, options)
+        model, compat = _load_verified(Path(private), report, options, str(path))
+    compat.warn_once(str(path))
+    return model

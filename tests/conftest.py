@@ -35,8 +35,19 @@ def child_env(**extra: str) -> dict[str, str]:
 
 def run_cli(*args: str | os.PathLike[str], cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
     """Run ``python -m kbundle ARGS`` in a subprocess and return the completed process."""
+    return run_python("-m", "kbundle", *args, cwd=cwd, env=env, timeout=timeout)
+
+
+def run_python(
+    *args: str | os.PathLike[str],
+    python: str | os.PathLike[str] = sys.executable,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
+    """Run ``python ARGS`` (this interpreter unless ``python``) in a subprocess, output captured."""
     return subprocess.run(
-        [sys.executable, "-m", "kbundle", *map(str, args)],
+        [str(python), *map(str, args)],
         capture_output=True,
         text=True,
         cwd=cwd,

@@ -40,7 +40,9 @@ def test_live_model_round_trip_is_bit_identical(request: pytest.FixtureRequest, 
     before = _predict(model, inputs)
     result = kbundle.pack(model, tmp_path / "m.kbundle")
     assert result.digest.startswith("sha256:") and len(result.digest) == 71
-    assert kbundle.verify(result.path, expect=result.digest).files_checked == 1
+    files = [m.path for m in result.manifest.members if m.type == "file"]
+    assert files == ["model/model.keras", "probe/inputs.npz", "probe/outputs.npz", "env/requirements.txt"]
+    assert kbundle.verify(result.path, expect=result.digest).files_checked == len(files)
     loaded = kbundle.load(result.path, expect=result.digest)
     _assert_bit_identical(before, _predict(loaded, inputs))
     info = result.manifest.model
@@ -99,7 +101,7 @@ def test_cli_round_trip_in_fresh_processes(saved_keras_file: Path, sequential_mo
     verified = run_cli("verify", bundle, "--expect", digest)
     assert verified.returncode == 0, verified.stderr
     assert verified.stdout == f"{digest}  {bundle}\n"
-    assert re.fullmatch(r"OK: 1 file, \d+\.\d KB verified \(integrity-checked, not signed\)\n", verified.stderr)
+    assert re.fullmatch(r"OK: 4 files, \d+\.\d KB verified \(integrity-checked, not signed\)\n", verified.stderr)
     unpacked = run_cli("unpack", bundle, "-d", tmp_path / "out", "--expect", digest)
     assert unpacked.returncode == 0, unpacked.stderr
     assert "model loads: Sequential 'tiny_sequential', 193 parameters" in unpacked.stderr

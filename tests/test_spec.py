@@ -346,9 +346,14 @@ def test_standard_tools_read_a_bundle(tmp_path: Path, saved_keras_file: Path) ->
     out.mkdir()
     subprocess.run(["tar", "--zstd", "-xf", str(bundle), "-C", str(out)], check=True)
     assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*")) == [
+        "env",
+        "env/requirements.txt",
         "kbundle.json",
         "model",
         "model/model.keras",
+        "probe",
+        "probe/inputs.npz",
+        "probe/outputs.npz",
     ]
     assert (out / "kbundle.json").read_bytes() == kbundle.inspect(bundle).manifest_bytes
     assert (out / "model/model.keras").read_bytes() == saved_keras_file.read_bytes()
