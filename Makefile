@@ -6,7 +6,7 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.kbundle-installed
 
-.PHONY: dev test test-fast lint typecheck demo bench clean
+.PHONY: dev test test-fast lint typecheck demo bench docs clean
 
 dev: $(STAMP)
 
@@ -32,6 +32,9 @@ lint: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/python examples/demo.py
+
+docs: $(STAMP)
+	$(BIN)/python tools/cli_reference.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_pipeline.py
