@@ -35,6 +35,7 @@ demo: $(STAMP)
 
 docs: $(STAMP)
 	$(BIN)/python tools/cli_reference.py
+	$(BIN)/python tools/api_reference.py
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_pipeline.py

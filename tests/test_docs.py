@@ -34,3 +34,8 @@ def test_every_exit_code_in_the_table_is_documented_in_the_readme() -> None:
     readme = (REPO / "README.md").read_text(encoding="utf-8")
     for _, code, _ in EXIT_CODES:
         assert f"| {code} |" in readme, code
+
+
+def test_python_api_reference_matches_the_code() -> None:
+    result = subprocess.run([sys.executable, str(REPO / "tools" / "api_reference.py"), "--check"], capture_output=True, text=True, env=child_env(), timeout=120)
+    assert result.returncode == 0, result.stderr
