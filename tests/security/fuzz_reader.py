@@ -48,16 +48,19 @@ from pathlib import Path
 from typing import Protocol
 
 if __name__ == "__main__":  # run as a script: the suite's helpers and this checkout first
-    sys.path[:0] = [str(Path(__file__).resolve().parents[1]), str(Path(__file__).resolve().parents[2])]
+    sys.path[:0] = [
+        str(Path(__file__).resolve().parents[1]),
+        str(Path(__file__).resolve().parents[2]),
+    ]
 
-import zstandard  # noqa: E402
+import zstandard
+from hostile import manifest_record
 
-import kbundle  # noqa: E402
-from hostile import manifest_record  # noqa: E402
-from kbundle.archive import PayloadFile, header_region, header_region_size, read_head, write_bundle  # noqa: E402
-from kbundle.errors import KbundleError  # noqa: E402
-from kbundle.manifest import CustomObject, Member, PickleInfo, SourceFile, serialize_manifest  # noqa: E402
-from kbundle.zstdframes import TRAILER_SIZE, trailer_frame  # noqa: E402
+import kbundle
+from kbundle.archive import PayloadFile, header_region, header_region_size, read_head, write_bundle
+from kbundle.errors import KbundleError
+from kbundle.manifest import CustomObject, Member, PickleInfo, SourceFile, serialize_manifest
+from kbundle.zstdframes import TRAILER_SIZE, trailer_frame
 
 __all__ = ["Chooser", "FuzzBug", "Seed", "build_input", "check_input", "make_seeds", "run_random"]
 
@@ -102,7 +105,14 @@ class Seed:
     files: dict[str, bytes | None]
 
 
-def _write_seed(directory: Path, name: str, files: dict[str, bytes | None], level: int | None, sign: Callable[[bytes], bytes] | None = None, custom: bool = False) -> Path:
+def _write_seed(
+    directory: Path,
+    name: str,
+    files: dict[str, bytes | None],
+    level: int | None,
+    sign: Callable[[bytes], bytes] | None = None,
+    custom: bool = False,
+) -> Path:
     sources = directory / f"{name}.src"
     sources.mkdir()
     payload = []
@@ -115,14 +125,38 @@ def _write_seed(directory: Path, name: str, files: dict[str, bytes | None], leve
         payload.append(PayloadFile(member, source, len(data)))
 
     def make_manifest(digests: dict[str, str]) -> bytes:
-        members = [Member(path=p.path, type="dir") if p.source is None else Member(path=p.path, size=p.size, digest=digests[p.path]) for p in payload]
+        members = [
+            Member(path=p.path, type="dir")
+            if p.source is None
+            else Member(path=p.path, size=p.size, digest=digests[p.path])
+            for p in payload
+        ]
         manifest = manifest_record(members)
         if custom:
             manifest = replace(
                 manifest,
                 custom_objects=[
-                    CustomObject(name="Scale", kind="layer", module="layers", qualname="Scale", transport="source", sources=[SourceFile(module="layers", path="code/layers.py")]),
-                    CustomObject(name="loss", kind="function", module="__main__", qualname="loss", transport="pickle", pickle=PickleInfo(path="objects/loss.pkl", python="3.11.7", protocol=5, cloudpickle="3.1.1")),
+                    CustomObject(
+                        name="Scale",
+                        kind="layer",
+                        module="layers",
+                        qualname="Scale",
+                        transport="source",
+                        sources=[SourceFile(module="layers", path="code/layers.py")],
+                    ),
+                    CustomObject(
+                        name="loss",
+                        kind="function",
+                        module="__main__",
+                        qualname="loss",
+                        transport="pickle",
+                        pickle=PickleInfo(
+                            path="objects/loss.pkl",
+                            python="3.11.7",
+                            protocol=5,
+                            cloudpickle="3.1.1",
+                        ),
+                    ),
                 ],
             )
         return serialize_manifest(manifest)
@@ -130,11 +164,20 @@ def _write_seed(directory: Path, name: str, files: dict[str, bytes | None], leve
     path = directory / f"{name}.kbundle"
     signature_size = 0
     if sign is not None:
-        from kbundle.signing import signature_member_size  # noqa: PLC0415
+        from kbundle.signing import signature_member_size
 
         signature_size = signature_member_size(1)
     with path.open("w+b") as out:
-        write_bundle(out, payload, make_manifest, level=level, threads=0, mtime=0, sign=sign, signature_size=signature_size)  # type: ignore[arg-type]
+        write_bundle(
+            out,
+            payload,
+            make_manifest,
+            level=level,
+            threads=0,
+            mtime=0,
+            sign=sign,
+            signature_size=signature_size,
+        )  # type: ignore[arg-type]
     return path
 
 
@@ -163,7 +206,11 @@ def _layers(name: str, path: Path, files: dict[str, bytes | None]) -> Seed:
         start = header_region_size(handle)
     assert start is not None
     frames = data[start : len(data) - TRAILER_SIZE]
-    tar = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(frames), read_across_frames=True).read()
+    tar = (
+        zstandard.ZstdDecompressor()
+        .stream_reader(io.BytesIO(frames), read_across_frames=True)
+        .read()
+    )
     return Seed(name, data, head.manifest_bytes, head.signature, tar, files)
 
 
@@ -173,8 +220,29 @@ def make_seeds(directory: Path) -> list[Seed]:
     model = {"model/model.keras": b"PK\x03\x04" + rng.randbytes(900)}
     seeds = [
         ("stored", {**model, "env/requirements.txt": b"keras==3.15.0\n"}, None, None, False),
-        ("compressed", {"model/assets": None, **model, "model/assets/" + "long-name-" * 12 + ".txt": bytes(2000), "probe/empty": b""}, 3, None, False),
-        ("custom", {**model, "code/layers.py": b"class Scale: pass\n", "objects/loss.pkl": rng.randbytes(64)}, 3, None, True),
+        (
+            "compressed",
+            {
+                "model/assets": None,
+                **model,
+                "model/assets/" + "long-name-" * 12 + ".txt": bytes(2000),
+                "probe/empty": b"",
+            },
+            3,
+            None,
+            False,
+        ),
+        (
+            "custom",
+            {
+                **model,
+                "code/layers.py": b"class Scale: pass\n",
+                "objects/loss.pkl": rng.randbytes(64),
+            },
+            3,
+            None,
+            True,
+        ),
     ]
     signer = _signer(directory)
     if signer is not None:
@@ -191,8 +259,57 @@ def make_seeds(directory: Path) -> list[Seed]:
 # Mutations
 
 
-_INTERESTING = [0, 1, 0x7F, 0x80, 0xFF, 0x100, 0x7FFF, 0xFFFF, 0x7FFFFFFF, 0xFFFFFFFF, 1 << 32, (1 << 63) - 1, (1 << 64) - 1, 511, 512, 513, 1 << 20, 1 << 30]
-_TOKENS = [b"..", b"/", b"\\", b"\0", b"\n", b":", b"sha256:", b"md5:", b'"dir"', b'"file"', b"null", b"[", b"]", b"{", b"}", b'"', b"model/", b"code/", b"path=", b"size=", b"GNU.sparse.size=", b"kbundle.json", b"kbundle.sig", b"ustar\x00", b"1e999", b"-1", b"\xc3\xa9", b"e\xcc\x81", b"\xed\xa0\x80"]
+_INTERESTING = [
+    0,
+    1,
+    0x7F,
+    0x80,
+    0xFF,
+    0x100,
+    0x7FFF,
+    0xFFFF,
+    0x7FFFFFFF,
+    0xFFFFFFFF,
+    1 << 32,
+    (1 << 63) - 1,
+    (1 << 64) - 1,
+    511,
+    512,
+    513,
+    1 << 20,
+    1 << 30,
+]
+_TOKENS = [
+    b"..",
+    b"/",
+    b"\\",
+    b"\0",
+    b"\n",
+    b":",
+    b"sha256:",
+    b"md5:",
+    b'"dir"',
+    b'"file"',
+    b"null",
+    b"[",
+    b"]",
+    b"{",
+    b"}",
+    b'"',
+    b"model/",
+    b"code/",
+    b"path=",
+    b"size=",
+    b"GNU.sparse.size=",
+    b"kbundle.json",
+    b"kbundle.sig",
+    b"ustar\x00",
+    b"1e999",
+    b"-1",
+    b"\xc3\xa9",
+    b"e\xcc\x81",
+    b"\xed\xa0\x80",
+]
 
 
 def _mutate(data: bytes, choose: Chooser, other: bytes) -> bytes:
@@ -231,7 +348,9 @@ def _mutate(data: bytes, choose: Chooser, other: bytes) -> bytes:
 
 def _framed(manifest: bytes, signature: bytes | None, tar: bytes, level: int) -> bytes:
     frames = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(tar)
-    return header_region(manifest, signature) + frames + trailer_frame(hashlib.sha256(frames).digest())
+    return (
+        header_region(manifest, signature) + frames + trailer_frame(hashlib.sha256(frames).digest())
+    )
 
 
 def build_input(seeds: list[Seed], choose: Chooser) -> bytes:
@@ -253,7 +372,11 @@ def build_input(seeds: list[Seed], choose: Chooser) -> bytes:
             start = header_region_size(handle)
         assert start is not None
         frames = seed.data[start : len(seed.data) - TRAILER_SIZE]
-        return header_region(manifest, seed.signature) + frames + trailer_frame(hashlib.sha256(frames).digest())
+        return (
+            header_region(manifest, seed.signature)
+            + frames
+            + trailer_frame(hashlib.sha256(frames).digest())
+        )
     if layer == 2 and seed.signature is not None:  # the signature member
         signature = seed.signature
         for _ in range(rounds):
@@ -289,9 +412,14 @@ def _check_verified_content(destination: Path, seeds: list[Seed]) -> None:
     declared = {m["path"]: m for m in listed if m.get("type", "file") == "file"}  # the default type
     written = {path: data for path, data in _payload(files).items() if data is not None}
     if set(declared) != set(written):
-        raise FuzzBug(f"unpacked files {sorted(written)} differ from those listed {sorted(declared)}")
+        raise FuzzBug(
+            f"unpacked files {sorted(written)} differ from those listed {sorted(declared)}"
+        )
     for path, data in written.items():
-        if "sha256:" + hashlib.sha256(data).hexdigest() != declared[path]["digest"] or len(data) != declared[path]["size"]:
+        if (
+            "sha256:" + hashlib.sha256(data).hexdigest() != declared[path]["digest"]
+            or len(data) != declared[path]["size"]
+        ):
             raise FuzzBug(f"{path} was unpacked with content its manifest entry does not describe")
 
 
@@ -315,8 +443,13 @@ def check_input(data: bytes, workdir: Path, seeds: list[Seed]) -> str:
         expected = ["input.kbundle"] + (["out"] if unpacked is None else [])
         if left != expected:
             raise FuzzBug(f"the working directory holds {left}, expected {expected}")
-        if workdir.parent.is_dir() and sorted(p.name for p in workdir.parent.iterdir()) != [workdir.name]:
-            raise FuzzBug(f"something was written beside the working directory: {sorted(p.name for p in workdir.parent.iterdir())}")
+        if workdir.parent.is_dir() and sorted(p.name for p in workdir.parent.iterdir()) != [
+            workdir.name
+        ]:
+            raise FuzzBug(
+                "something was written beside the working directory: "
+                f"{sorted(p.name for p in workdir.parent.iterdir())}"
+            )
         return "verified" if verified is None else type(verified).__name__
     finally:
         if destination.exists():
@@ -332,7 +465,14 @@ class FuzzRun:
     outcomes: dict[str, int]
 
 
-def run_random(seeds: list[Seed], sandbox: Path, *, seed: int, seconds: float, on_bug: Callable[[int, bytes, BaseException], None]) -> FuzzRun:
+def run_random(
+    seeds: list[Seed],
+    sandbox: Path,
+    *,
+    seed: int,
+    seconds: float,
+    on_bug: Callable[[int, bytes, BaseException], None],
+) -> FuzzRun:
     """Seeded random mutations for ``seconds``. Input ``i`` is built from ``Random(seed + i)``,
     so any input is rebuilt from its number alone."""
     workdir = sandbox / "work"
@@ -344,7 +484,7 @@ def run_random(seeds: list[Seed], sandbox: Path, *, seed: int, seconds: float, o
         data = build_input(seeds, RandomChooser(random.Random(seed + count)))
         try:
             outcome = check_input(data, workdir, seeds)
-        except BaseException as exc:  # noqa: BLE001 - every escape is the finding
+        except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt):
                 raise
             on_bug(seed + count, data, exc)

@@ -14,8 +14,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import kbundle
 from bundle_factory import Entry, forge, manifest_for
+
+import kbundle
 from kbundle.archive import PayloadFile, write_bundle
 from kbundle.environment import capture_environment
 from kbundle.errors import KbundleError
@@ -30,7 +31,9 @@ def _environment() -> Any:
     return capture_environment()
 
 
-def manifest_record(members: list[Member], *, fmt: str = "keras", model_path: str = MODEL_PATH) -> Manifest:
+def manifest_record(
+    members: list[Member], *, fmt: str = "keras", model_path: str = MODEL_PATH
+) -> Manifest:
     """A well-formed manifest listing ``members``, with this machine's environment."""
     return Manifest(
         format_version=FORMAT_VERSION,

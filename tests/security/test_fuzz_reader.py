@@ -13,9 +13,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import child_env
-from fuzz_reader import build_input, check_input, make_seeds, run_random, RandomChooser
+from fuzz_reader import RandomChooser, build_input, check_input, make_seeds, run_random
 
 FUZZ_SECONDS = float(os.environ.get("KBUNDLE_FUZZ_SECONDS", "20"))
 FUZZ_SEED = int(os.environ.get("KBUNDLE_FUZZ_SEED", "0"))
@@ -46,7 +45,10 @@ def test_reader_survives_bounded_fuzzing(tmp_path: Path, trusted_dir: Path) -> N
     def save(number: int, data: bytes, exc: BaseException) -> None:
         crash = tmp_path / f"crash-{number}.kbundle"
         crash.write_bytes(data)
-        sys.stderr.write(f"fuzz input {number} broke the contract ({type(exc).__name__}: {exc}); saved as {crash}\n")
+        sys.stderr.write(
+            f"fuzz input {number} broke the contract ({type(exc).__name__}: {exc}); "
+            f"saved as {crash}\n"
+        )
 
     run = run_random(seeds, sandbox, seed=FUZZ_SEED, seconds=FUZZ_SECONDS, on_bug=save)
 
@@ -70,7 +72,11 @@ def test_atheris_target_runs(tmp_path: Path, trusted_dir: Path) -> None:
     script = Path(__file__).with_name("fuzz_reader.py")
     result = subprocess.run(
         [sys.executable, str(script), "-atheris_runs=300", f"-artifact_prefix={tmp_path}/"],
-        capture_output=True, text=True, env=child_env(KBUNDLE_TRUSTED_KEYS=str(trusted_dir)), timeout=600, cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        env=child_env(KBUNDLE_TRUSTED_KEYS=str(trusted_dir)),
+        timeout=600,
+        cwd=tmp_path,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "Done 300 in " in result.stderr

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import pytest
 import zstandard
-
-import kbundle
 from bundle_factory import Entry, assemble, digest, forge, manifest_for, tar_entry
 from conftest import assert_clean_failure, run_cli
 from hostile import MODEL_PATH, base_manifest, flip, pax_entry, stored_bundle, tree
+
+import kbundle
 from kbundle import archive
 from kbundle.errors import IntegrityError, LimitExceededError
 from kbundle.limits import MAX_MANIFEST_BYTES
@@ -48,7 +48,11 @@ def _unpack_refused(bundle: Path, destination: Path) -> IntegrityError:
 
 def test_row01_byte_flip_truncation_garbage(tmp_path: Path) -> None:
     rng = random.Random(1)
-    files = {MODEL_PATH: rng.randbytes(5000), "model/assets/vocab.txt": rng.randbytes(700), "env/requirements.txt": rng.randbytes(90)}
+    files = {
+        MODEL_PATH: rng.randbytes(5000),
+        "model/assets/vocab.txt": rng.randbytes(700),
+        "env/requirements.txt": rng.randbytes(90),
+    }
     original = stored_bundle(tmp_path / "good.kbundle", files).read_bytes()
     damaged = tmp_path / "damaged.kbundle"
 
@@ -71,7 +75,9 @@ def test_row01_byte_flip_truncation_garbage(tmp_path: Path) -> None:
 
     # Truncated anywhere after the zstd magic (random points, and just before the trailer and
     # its last byte): unpack refuses and leaves nothing.
-    for cut in sorted({*rng.sample(range(5, len(original)), 3), len(original) - 48, len(original) - 1}):
+    for cut in sorted(
+        {*rng.sample(range(5, len(original)), 3), len(original) - 48, len(original) - 1}
+    ):
         damaged.write_bytes(original[:cut])
         result = run_cli("unpack", damaged, "-d", tmp_path / "out", "--no-load")
         assert_clean_failure(result, 1)
@@ -93,7 +99,11 @@ def test_row01_byte_flip_truncation_garbage(tmp_path: Path) -> None:
 def test_row03_extra_and_missing_member_reported_together(tmp_path: Path) -> None:
     weights = Entry("model/weights.bin", b"weights")
     manifest = manifest_for([MODEL, weights], base_manifest())
-    bundle = forge(tmp_path / "b.kbundle", manifest, [MODEL, Entry("code/extra.py", b"import os\nos.system('evil')\n")])
+    bundle = forge(
+        tmp_path / "b.kbundle",
+        manifest,
+        [MODEL, Entry("code/extra.py", b"import os\nos.system('evil')\n")],
+    )
 
     result = run_cli("unpack", bundle, "-d", tmp_path / "out", "--no-load", "--json")
 
@@ -113,13 +123,27 @@ def test_row03_extra_and_missing_member_reported_together(tmp_path: Path) -> Non
 @pytest.mark.parametrize(
     ("honest", "twin", "problem"),
     [
-        (MODEL_PATH, MODEL_PATH, "duplicate member (same name as 'model/model.keras' after case folding)"),
-        (MODEL_PATH, "model/MODEL.keras", "duplicate member (same name as 'model/model.keras' after case folding)"),
-        ("model/caf\u00e9.keras", "model/cafe\u0301.keras", "unsafe member name refused: name is not NFC-normalised"),
+        (
+            MODEL_PATH,
+            MODEL_PATH,
+            "duplicate member (same name as 'model/model.keras' after case folding)",
+        ),
+        (
+            MODEL_PATH,
+            "model/MODEL.keras",
+            "duplicate member (same name as 'model/model.keras' after case folding)",
+        ),
+        (
+            "model/caf\u00e9.keras",
+            "model/cafe\u0301.keras",
+            "unsafe member name refused: name is not NFC-normalised",
+        ),
     ],
     ids=["exact", "case-folded", "nfd-twin"],
 )
-def test_row04_duplicate_member_never_lets_the_last_one_win(tmp_path: Path, honest: str, twin: str, problem: str) -> None:
+def test_row04_duplicate_member_never_lets_the_last_one_win(
+    tmp_path: Path, honest: str, twin: str, problem: str
+) -> None:
     first = Entry(honest, b"the model that was packed")
     manifest = manifest_for([first], base_manifest(model_path=honest))
     bundle = forge(tmp_path / "dup.kbundle", manifest, [first, Entry(twin, b"the evil twin")])
@@ -134,7 +158,9 @@ def test_row04_duplicate_member_never_lets_the_last_one_win(tmp_path: Path, hone
 
 
 def _tar_stream(bundle: Path) -> bytes:
-    reader = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(bundle.read_bytes()), read_across_frames=True)
+    reader = zstandard.ZstdDecompressor().stream_reader(
+        io.BytesIO(bundle.read_bytes()), read_across_frames=True
+    )
     return reader.read()
 
 
@@ -143,15 +169,27 @@ def _tar_stream(bundle: Path) -> bytes:
 
 
 TRAVERSAL = {
-    "dotdot": (b"model/../../evil", "component '..' is not allowed (names must be normalised and relative)"),
-    "leading-dotdot": (b"../evil", "component '..' is not allowed (names must be normalised and relative)"),
+    "dotdot": (
+        b"model/../../evil",
+        "component '..' is not allowed (names must be normalised and relative)",
+    ),
+    "leading-dotdot": (
+        b"../evil",
+        "component '..' is not allowed (names must be normalised and relative)",
+    ),
     "absolute": (b"/tmp/evil", "absolute name"),
     "drive": (b"C:/evil", "colon in name (drive letter or alternate stream)"),
     "backslash": (b"model\\..\\..\\evil", "backslash in name"),
     "nul": (b"model/evil\0.keras", "control character (NUL, newline, ...) in name"),
     "empty": (b"", "empty name"),
-    "not-normalised": (b"model/./evil", "component '.' is not allowed (names must be normalised and relative)"),
-    "double-slash": (b"model//evil", "component '' is not allowed (names must be normalised and relative)"),
+    "not-normalised": (
+        b"model/./evil",
+        "component '.' is not allowed (names must be normalised and relative)",
+    ),
+    "double-slash": (
+        b"model//evil",
+        "component '' is not allowed (names must be normalised and relative)",
+    ),
     "nfd": ("model/cafe\u0301".encode(), "name is not NFC-normalised"),
 }
 
@@ -170,8 +208,14 @@ def test_row05_traversal_names_refused_never_stripped(tmp_path: Path, case: str)
     error = _unpack_refused(bundle, sandbox / "dest" / "out")
 
     location = name.decode() or "(empty name)"
-    assert [(f.location, f.problem) for f in error.findings] == [(location, f"unsafe member name refused: {problem}")]
-    assert tree(tmp_path) == {"sandbox": "dir", "sandbox/b.kbundle": f"file {bundle.stat().st_size} bytes", "sandbox/dest": "dir"}
+    assert [(f.location, f.problem) for f in error.findings] == [
+        (location, f"unsafe member name refused: {problem}")
+    ]
+    assert tree(tmp_path) == {
+        "sandbox": "dir",
+        "sandbox/b.kbundle": f"file {bundle.stat().st_size} bytes",
+        "sandbox/dest": "dir",
+    }
 
 
 # --------------------------------------------------------------------------------------------
@@ -180,9 +224,17 @@ def test_row05_traversal_names_refused_never_stripped(tmp_path: Path, case: str)
 
 @pytest.mark.parametrize(
     ("kind", "label"),
-    [(tarfile.SYMTYPE, "symbolic link"), (tarfile.LNKTYPE, "hard link"), (tarfile.BLKTYPE, "block device"), (tarfile.FIFOTYPE, "FIFO"), (tarfile.CONTTYPE, "contiguous file")],
+    [
+        (tarfile.SYMTYPE, "symbolic link"),
+        (tarfile.LNKTYPE, "hard link"),
+        (tarfile.BLKTYPE, "block device"),
+        (tarfile.FIFOTYPE, "FIFO"),
+        (tarfile.CONTTYPE, "contiguous file"),
+    ],
 )
-def test_row06_link_then_write_through_it_is_refused(tmp_path: Path, kind: bytes, label: str) -> None:
+def test_row06_link_then_write_through_it_is_refused(
+    tmp_path: Path, kind: bytes, label: str
+) -> None:
     """The classic escape: ``model/link`` points outside, then ``model/link/evil`` is written
     through it. The link is refused and the file lands nowhere outside the destination."""
     outside = tmp_path / "outside"
@@ -195,7 +247,10 @@ def test_row06_link_then_write_through_it_is_refused(tmp_path: Path, kind: bytes
 
     error = _unpack_refused(bundle, tmp_path / "out")
 
-    assert ("model/link", f"{label} members are not allowed; only regular files and directories") in [(f.location, f.problem) for f in error.findings]
+    assert (
+        "model/link",
+        f"{label} members are not allowed; only regular files and directories",
+    ) in [(f.location, f.problem) for f in error.findings]
     assert tree(outside) == {}
 
 
@@ -235,7 +290,9 @@ def _rle_bomb_frame(header: bytes, zeros: int) -> bytes:
 
 
 @pytest.mark.timeout(120)  # a hang guard: reading the whole gibibyte would still finish
-def test_row07_zstd_bomb_stops_at_the_declared_total(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_row07_zstd_bomb_stops_at_the_declared_total(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The limits that leave slack for a signature and headers, patched small so that the cap
     # is the manifest's own total.
     monkeypatch.setattr(archive, "MAX_SIGNATURE_BYTES", 1024)
@@ -266,17 +323,24 @@ def test_row08_manifest_declared_100mb_refused_before_it_is_read(tmp_path: Path)
     the test needs no 100 MB file. Its payload also hides a traversal name: the manifest is
     checked first, and unpack creates nothing."""
     declared = 100_000_000
-    head = raw_frame(member_header("kbundle.json", declared, is_dir=False, mtime=0) + b'{"format_version": "1.0"' + b" " * 4000)
+    head = raw_frame(
+        member_header("kbundle.json", declared, is_dir=False, mtime=0)
+        + b'{"format_version": "1.0"'
+        + b" " * 4000
+    )
     payload = zstandard.ZstdCompressor().compress(pax_entry(b"../../evil", b"x") + END_OF_ARCHIVE)
     bundle = tmp_path / "big.kbundle"
     bundle.write_bytes(head + payload)
-    message = f"manifest is {declared} bytes, more than the limit of {MAX_MANIFEST_BYTES}; this is not a bundle kbundle wrote; refuse it"
+    message = (
+        f"manifest is {declared} bytes, more than the limit of {MAX_MANIFEST_BYTES}; "
+        "this is not a bundle kbundle wrote; refuse it"
+    )
 
     for command in ("inspect", "verify"):
         result = run_cli(command, bundle)
         assert_clean_failure(result, 1)
         assert result.stderr == f"kbundle: error: {message}\n"
-    with pytest.raises(LimitExceededError, match="^manifest is 100000000 bytes"):
+    with pytest.raises(LimitExceededError, match=r"^manifest is 100000000 bytes"):
         kbundle.unpack(bundle, tmp_path / "out")
     assert sorted(tree(tmp_path)) == ["big.kbundle"]
 
@@ -286,7 +350,10 @@ def test_row08_manifest_nested_10000_deep_refused_by_the_cli(tmp_path: Path) -> 
     bundle = forge(tmp_path / "deep.kbundle", nested, [MODEL])
     result = run_cli("inspect", bundle)
     assert_clean_failure(result, 1)
-    assert result.stderr == "kbundle: error: manifest JSON is nested deeper than 64 levels; this is not a bundle kbundle wrote; refuse it\n"
+    assert (
+        result.stderr == "kbundle: error: manifest JSON is nested deeper than 64 levels; "
+        "this is not a bundle kbundle wrote; refuse it\n"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -295,7 +362,16 @@ def test_row08_manifest_nested_10000_deep_refused_by_the_cli(tmp_path: Path) -> 
 
 @pytest.mark.parametrize(
     "claimed",
-    ["md5:" + "0" * 32, "sha1:" + "0" * 40, "sha512:" + "0" * 128, "SHA256:" + "0" * 64, "sha256:" + "A" * 64, "sha256:" + "0" * 63, "crc32:00000000", None],
+    [
+        "md5:" + "0" * 32,
+        "sha1:" + "0" * 40,
+        "sha512:" + "0" * 128,
+        "SHA256:" + "0" * 64,
+        "sha256:" + "A" * 64,
+        "sha256:" + "0" * 63,
+        "crc32:00000000",
+        None,
+    ],
     ids=["md5", "sha1", "sha512", "upper-prefix", "upper-hex", "short", "crc32", "missing"],
 )
 def test_row14_weak_or_unknown_hash_algorithm_refused(tmp_path: Path, claimed: str | None) -> None:
@@ -307,7 +383,8 @@ def test_row14_weak_or_unknown_hash_algorithm_refused(tmp_path: Path, claimed: s
 
     assert_clean_failure(result, 1)
     assert result.stderr == (
-        f"kbundle: error: the manifest breaks 1 format rule(s): members[0].digest: must be 'sha256:' and "
-        f"64 lowercase hex digits: {claimed!r}; the bundle was not written by a conforming kbundle or was tampered with\n"
+        "kbundle: error: the manifest breaks 1 format rule(s): members[0].digest: "
+        f"must be 'sha256:' and 64 lowercase hex digits: {claimed!r}; "
+        "the bundle was not written by a conforming kbundle or was tampered with\n"
     )
     _unpack_refused(bundle, tmp_path / "out")
