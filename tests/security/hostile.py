@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import pytest
 from bundle_factory import Entry, forge, manifest_for
 
 import kbundle
@@ -85,6 +86,15 @@ def stored_bundle(path: Path, files: Mapping[str, bytes], *, model_path: str = M
 
     with path.open("w+b") as out:
         write_bundle(out, payload, make_manifest, level=None, threads=0, mtime=0)
+    return path
+
+
+def empty_trusted_keys(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Point ``KBUNDLE_TRUSTED_KEYS`` at a new empty directory for the test, so that the
+    machine's own trusted keys never change an outcome."""
+    path = tmp_path / "trusted"
+    path.mkdir(mode=0o755)
+    monkeypatch.setenv("KBUNDLE_TRUSTED_KEYS", str(path))
     return path
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 from conftest import child_env
 from fuzz_reader import RandomChooser, build_input, check_input, make_seeds, run_random
+from hostile import empty_trusted_keys
 
 FUZZ_SECONDS = float(os.environ.get("KBUNDLE_FUZZ_SECONDS", "20"))
 FUZZ_SEED = int(os.environ.get("KBUNDLE_FUZZ_SEED", "0"))
@@ -22,11 +23,7 @@ FUZZ_SEED = int(os.environ.get("KBUNDLE_FUZZ_SEED", "0"))
 
 @pytest.fixture
 def trusted_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty trusted-keys directory, so the machine's own keys never change an outcome."""
-    path = tmp_path / "trusted"
-    path.mkdir(mode=0o755)
-    monkeypatch.setenv("KBUNDLE_TRUSTED_KEYS", str(path))
-    return path
+    return empty_trusted_keys(tmp_path, monkeypatch)
 
 
 @pytest.mark.slow

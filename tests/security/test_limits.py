@@ -18,7 +18,15 @@ from pathlib import Path
 import pytest
 import zstandard
 from bundle_factory import Entry, assemble, forge, manifest_for, tar_entry
-from hostile import MODEL_PATH, base_manifest, flip, model_bundle, stored_bundle, verify_error
+from hostile import (
+    MODEL_PATH,
+    base_manifest,
+    empty_trusted_keys,
+    flip,
+    model_bundle,
+    stored_bundle,
+    verify_error,
+)
 
 import kbundle
 from kbundle import archive, keys, limits, manifest, names, signing, tarstream
@@ -33,6 +41,11 @@ from kbundle.sign import sign_bundle
 from kbundle.tarstream import END_OF_ARCHIVE
 
 MODEL = Entry(MODEL_PATH, b"model bytes")
+
+
+@pytest.fixture
+def trusted_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    return empty_trusted_keys(tmp_path, monkeypatch)
 
 
 def _manifest_size(bundle: Path) -> int:
@@ -157,46 +170,35 @@ def test_max_window_size_in_the_decompressor(
     ]
 
 
-def test_max_signature_bytes_in_the_archive_reader(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.parametrize(
+    "reader", ["archive", "signing"], ids=["archive-reader", "signature-parser"]
+)
+def test_max_signature_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trusted_dir: Path, reader: str
 ) -> None:
+    """The archive reader checks the member's declared size; the signature parser, which
+    also reads signatures from elsewhere, checks the bytes it is given."""
     signature = json.dumps({"version": 1, "signatures": []}).encode()
-    bundle = forge(
-        tmp_path / "sig.kbundle",
-        manifest_for([MODEL], base_manifest()),
-        [MODEL],
-        signature=signature,
+    manifest = manifest_for([MODEL], base_manifest())
+    bundle = forge(tmp_path / "sig.kbundle", manifest, [MODEL], signature=signature)
+    monkeypatch.setattr(
+        archive if reader == "archive" else signing, "MAX_SIGNATURE_BYTES", len(signature) - 1
     )
-    monkeypatch.setattr(archive, "MAX_SIGNATURE_BYTES", len(signature) - 1)
-    with pytest.raises(LimitExceededError) as caught:
-        kbundle.inspect(bundle)
-    assert (
-        caught.value.message
-        == f"kbundle.sig is {len(signature)} bytes, more than the limit of {len(signature) - 1}"
-    )
-
-
-def test_max_signature_bytes_in_the_signature_parser(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    signature = json.dumps({"version": 1, "signatures": []}).encode()
-    bundle = forge(
-        tmp_path / "sig.kbundle",
-        manifest_for([MODEL], base_manifest()),
-        [MODEL],
-        signature=signature,
-    )
-    monkeypatch.setattr(signing, "MAX_SIGNATURE_BYTES", len(signature) - 1)
+    message = f"kbundle.sig is {len(signature)} bytes, more than the limit of {len(signature) - 1}"
     error = verify_error(bundle)
-    assert isinstance(error, SignatureError)
+    assert isinstance(error, IntegrityError)
     assert error.findings[0].location == "kbundle.sig"
-    assert (
-        f"kbundle.sig is {len(signature)} bytes, more than the limit of {len(signature) - 1}"
-        in error.findings[0].problem
-    )
+    if reader == "archive":
+        assert error.findings[0].problem == message
+        with pytest.raises(LimitExceededError) as caught:
+            kbundle.inspect(bundle)
+        assert caught.value.message == message
+    else:
+        assert isinstance(error, SignatureError)
+        assert message in error.findings[0].problem
 
 
-def test_max_signatures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_max_signatures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trusted_dir: Path) -> None:
     pytest.importorskip("cryptography")
     bundle = model_bundle(tmp_path / "b.kbundle", {MODEL_PATH: b"m"})
     for name in ("one", "two"):
@@ -207,7 +209,9 @@ def test_max_signatures(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None
     assert error.findings[0].problem.endswith("signatures: must be a list of 1 to 1 signatures: 2")
 
 
-def test_max_key_file_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_max_key_file_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, trusted_dir: Path
+) -> None:
     pytest.importorskip("cryptography")
     public = keys.generate_key(tmp_path / "release").public_path
     bundle = model_bundle(tmp_path / "b.kbundle", {MODEL_PATH: b"m"})

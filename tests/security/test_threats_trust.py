@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from bundle_factory import Entry, digest, forge, manifest_for
 from conftest import assert_clean_failure, child_env, run_cli
-from hostile import MODEL_PATH, base_manifest, model_bundle
+from hostile import MODEL_PATH, base_manifest, empty_trusted_keys, model_bundle
 
 import kbundle
 from kbundle import keys
@@ -43,11 +43,7 @@ NEEDS_CUSTOM_OBJECTS = pytest.mark.xfail(
 
 @pytest.fixture
 def trusted_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """An empty trusted-keys directory: the developer's own keys never leak in."""
-    path = tmp_path / "trusted"
-    path.mkdir(mode=0o755)
-    monkeypatch.setenv("KBUNDLE_TRUSTED_KEYS", str(path))
-    return path
+    return empty_trusted_keys(tmp_path, monkeypatch)
 
 
 @pytest.fixture
