@@ -31,6 +31,7 @@ class Entry:
     type: bytes = tarfile.REGTYPE
     linkname: str = ""
     size: int | None = None  # declared size when it should differ from len(data)
+    mode: int | None = None  # tar mode bits when they should differ from what kbundle writes
 
 
 def digest(data: bytes) -> str:
@@ -42,7 +43,7 @@ def tar_entry(entry: Entry) -> bytes:
     info.type = entry.type
     info.size = len(entry.data) if entry.size is None else entry.size
     info.linkname = entry.linkname
-    info.mode = 0o755 if entry.type == tarfile.DIRTYPE else 0o644
+    info.mode = entry.mode if entry.mode is not None else 0o755 if entry.type == tarfile.DIRTYPE else 0o644
     header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
     return header + entry.data + padding(len(entry.data))
 
@@ -58,16 +59,27 @@ def manifest_for(entries: Sequence[Entry], base: dict[str, Any]) -> dict[str, An
     return {**base, "members": members}
 
 
-def assemble(manifest: dict[str, Any] | bytes, payload_frames: bytes) -> bytes:
-    """A whole bundle file: header region with ``manifest``, the frames, and their trailer."""
+def assemble(manifest: dict[str, Any] | bytes, payload_frames: bytes, signature: bytes | None = None) -> bytes:
+    """A whole bundle file: header region with ``manifest`` (and ``signature``), the frames,
+    and their trailer."""
     manifest_bytes = manifest if isinstance(manifest, bytes) else json.dumps(manifest, indent=2).encode()
-    return header_region(manifest_bytes) + payload_frames + trailer_frame(hashlib.sha256(payload_frames).digest())
+    return header_region(manifest_bytes, signature) + payload_frames + trailer_frame(hashlib.sha256(payload_frames).digest())
 
 
-def forge(path: Path, manifest: dict[str, Any] | bytes, entries: Sequence[Entry], *, level: int = 3, tail: bytes = END_OF_ARCHIVE) -> Path:
-    """Write a bundle: header region with ``manifest``, then ``entries``, then ``tail``."""
+def forge(
+    path: Path,
+    manifest: dict[str, Any] | bytes,
+    entries: Sequence[Entry],
+    *,
+    level: int = 3,
+    tail: bytes = END_OF_ARCHIVE,
+    signature: bytes | None = None,
+) -> Path:
+    """Write a bundle: header region with ``manifest`` (and ``signature``), then ``entries``,
+    then ``tail``."""
     payload = b"".join(tar_entry(e) for e in entries) + tail
-    path.write_bytes(assemble(manifest, zstandard.ZstdCompressor(level=level, write_checksum=True).compress(payload)))
+    frames = zstandard.ZstdCompressor(level=level, write_checksum=True).compress(payload)
+    path.write_bytes(assemble(manifest, frames, signature))
     return path
 
 
