@@ -1,10 +1,9 @@
 """THREATS.md rows 9, 10, 11 and 15: hostile model files inside intact bundles, Lambda code,
 and files swapped between verification and load. Real Keras, tiny models built here.
 
-Rows 9 and 10 need the pre-load checks of the ``formats`` branch (kbundle/preload.py): the
-bundles are forged here with honest digests (pack itself refuses such files there), and the
-tests state what the threat model requires of ``kbundle.load``. They are strict xfails until
-that branch is merged; a pass then fails the run, as a reminder to remove the marker.
+For rows 9 and 10 the bundles are forged here with honest digests (pack itself refuses such
+files), so only the pre-load checks of the load path (kbundle/preload.py) stand between the
+hostile file and Keras.
 """
 
 from __future__ import annotations
@@ -27,11 +26,6 @@ from kbundle.errors import IntegrityError, KbundleError, ModelLoadError
 
 pytestmark = pytest.mark.keras
 
-NEEDS_PRELOAD = pytest.mark.xfail(
-    reason="needs the pre-load model-file checks (kbundle/preload.py) from branch formats",
-    strict=True,
-    raises=(AssertionError, pytest.fail.Exception),
-)
 H5_PATH = "model/model.h5"
 
 
@@ -82,7 +76,6 @@ def _declare_size(path: Path, member: str, size: int) -> None:
     path.write_bytes(bytes(data))
 
 
-@NEEDS_PRELOAD
 def test_row09_keras_zip_with_bad_crc(saved_keras_file: Path, tmp_path: Path) -> None:
     raw = saved_keras_file.read_bytes()
     with zipfile.ZipFile(saved_keras_file) as archive:
@@ -94,7 +87,6 @@ def test_row09_keras_zip_with_bad_crc(saved_keras_file: Path, tmp_path: Path) ->
     _refused_before_keras(bundle, MODEL_PATH)
 
 
-@NEEDS_PRELOAD
 def test_row09_keras_zip_bomb(saved_keras_file: Path, tmp_path: Path) -> None:
     bomb = _rezip(saved_keras_file, tmp_path / "bomb.keras", {}, zipfile.ZIP_DEFLATED)
     _declare_size(bomb, "model.weights.h5", 1 << 30)
@@ -103,7 +95,6 @@ def test_row09_keras_zip_bomb(saved_keras_file: Path, tmp_path: Path) -> None:
     )
 
 
-@NEEDS_PRELOAD
 @pytest.mark.parametrize("name", ["../../evil.py", "/abs/evil.py", "assets\\..\\..\\evil.py"])
 def test_row09_keras_zip_with_traversal_names(
     saved_keras_file: Path, tmp_path: Path, name: str
@@ -115,7 +106,6 @@ def test_row09_keras_zip_with_traversal_names(
     assert not (tmp_path.parent / "evil.py").exists()
 
 
-@NEEDS_PRELOAD
 def test_row09_keras_zip_with_too_many_members(saved_keras_file: Path, tmp_path: Path) -> None:
     crowded = _rezip(
         saved_keras_file, tmp_path / "many.keras", {f"assets/{i}": b"" for i in range(20_000)}
@@ -169,7 +159,6 @@ def _shape_bomb(handle: Any, outside: Path) -> None:
     handle.create_dataset("model_weights/bomb/kernel", shape=(2**50,), dtype="f4", chunks=(1024,))
 
 
-@NEEDS_PRELOAD
 @pytest.mark.parametrize(
     "hostile",
     [_external_link, _virtual_dataset, _shape_bomb],
