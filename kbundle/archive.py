@@ -26,7 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import zstandard
 
@@ -192,7 +192,8 @@ class _ZstdPayloadStream:
         compressor = zstandard.ZstdCompressor(
             level=level, threads=threads, write_checksum=True, write_content_size=False
         )
-        self._writer = compressor.stream_writer(out, closefd=False, write_size=CHUNK_SIZE)
+        # The bindings' stubs type neither our sink nor close(); the writer is used as Any.
+        self._writer: Any = compressor.stream_writer(out, closefd=False, write_size=CHUNK_SIZE)
 
     def write(self, data: bytes) -> None:
         self._writer.write(data)
@@ -348,7 +349,7 @@ def _open_stream(
         tracker = FrameTracker(on_payload)
         decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
         reader = decompressor.stream_reader(
-            TrackedReader(handle, tracker),
+            cast(BinaryIO, TrackedReader(handle, tracker)),
             read_size=CHUNK_SIZE,
             read_across_frames=True,
             closefd=False,
@@ -530,8 +531,12 @@ class _MemberScanner:
         self._extract_to = extract_to
         self._progress = progress
 
-    def _find(self, location: str, problem: str, **sides: str) -> None:
-        self._report.findings.append(Finding(location=location, problem=problem, **sides))
+    def _find(
+        self, location: str, problem: str, *, expected: str | None = None, actual: str | None = None
+    ) -> None:
+        self._report.findings.append(
+            Finding(location=location, problem=problem, expected=expected, actual=actual)
+        )
 
     def member(self, tar: TarReader, entry: TarEntry, hasher: PipelinedHasher) -> None:
         name = entry.name

@@ -257,7 +257,7 @@ class Manifest:
 
     @classmethod
     def from_dict(cls, data: Any) -> Manifest:
-        manifest = _from_json(cls, data, "")
+        manifest: Manifest = _from_json(cls, data, "")
         manifest.validate()
         return manifest
 
@@ -488,7 +488,7 @@ def _from_json(tp: Any, value: Any, location: str) -> Any:  # noqa: PLR0911 - on
             raise _type_error(location, "an object", value)
         _, item_type = typing.get_args(tp)
         return {key: _from_json(item_type, item, f"{location}.{key}") for key, item in value.items()}
-    if dataclasses.is_dataclass(tp):
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _dataclass_from_json(tp, value, location)
     if tp is Any:
         return value

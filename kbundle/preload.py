@@ -34,7 +34,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from kbundle.errors import KbundleError, first_sentence
 from kbundle.findings import Finding, Severity
@@ -165,7 +165,7 @@ def _zip_open(archive: zipfile.ZipFile, member: str) -> tuple[IO[bytes], int] | 
         raw = Path(archive.filename).open("rb")
         start = _data_offset(raw, info)
         if start is not None:
-            return _Window(raw, start, info.file_size), info.file_size
+            return cast(IO[bytes], _Window(raw, start, info.file_size)), info.file_size
         raw.close()
     return archive.open(info), info.file_size
 
@@ -214,7 +214,7 @@ def _data_offset(handle: IO[bytes], info: zipfile.ZipInfo) -> int | None:
     if len(header) < 30 or header[:4] != ZIP_SIGNATURE:
         return None
     name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return info.header_offset + 30 + name_len + extra_len
+    return int(info.header_offset) + 30 + int(name_len) + int(extra_len)
 
 
 def _zip_structure_finding(path: Path, name: str, size: int, exc: Exception) -> Finding:

@@ -334,7 +334,7 @@ class FrameTracker:
         header = int.from_bytes(self._buffer, "little")
         self._payload(self._buffer)
         self._buffer.clear()
-        self._last_block, block_type, size = header & 1, (header >> 1) & 3, header >> 3
+        self._last_block, block_type, size = bool(header & 1), (header >> 1) & 3, header >> 3
         if block_type == _BLOCK_RESERVED or size > _MAX_BLOCK:
             raise IntegrityError(
                 f"compressed stream is corrupt: invalid block header at byte {self.consumed - 3}",
