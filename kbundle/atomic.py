@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import shutil
+import socket
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -127,11 +129,38 @@ def _publish(temp: Path | None, path: Path, *, force: bool, what: str) -> None:
     temp.unlink()
 
 
+def _staging_prefix(path: Path) -> str:
+    # Host and pid in the name let a later run recognise staging directories whose process is
+    # gone (killed mid-unpack) and remove them, without touching a live one, even another
+    # machine's on a shared file system.
+    host = "".join(ch if ch.isalnum() or ch in "-_" else "_" for ch in socket.gethostname())[:64]
+    return f".{path.name}.{host}."
+
+
+def _remove_stale_staging(path: Path) -> None:
+    prefix = _staging_prefix(path)
+    for candidate in path.parent.glob(f"{glob.escape(prefix)}*.partial"):
+        pid_text = candidate.name[len(prefix) :].split(".", 1)[0]
+        if not pid_text.isdigit() or candidate.is_symlink() or not candidate.is_dir():
+            continue
+        try:
+            os.kill(int(pid_text), 0)
+        except ProcessLookupError:
+            shutil.rmtree(candidate, ignore_errors=True)
+        except PermissionError:
+            pass  # alive, someone else's
+
+
 @contextlib.contextmanager
 def atomic_directory(path: Path, *, force: bool) -> Iterator[Path]:
-    """Yield a fresh private directory; on success it is renamed to ``path``."""
+    """Yield a fresh private directory; on success it is renamed to ``path``.
+
+    Staging directories left by a killed earlier run for the same ``path`` are removed first.
+    """
     check_destination(path, force=force, what="destination")
-    temp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial"))
+    _remove_stale_staging(path)
+    prefix = f"{_staging_prefix(path)}{os.getpid()}."
+    temp = Path(tempfile.mkdtemp(dir=path.parent, prefix=prefix, suffix=".partial"))
     try:
         yield temp
         temp.chmod(0o755 & ~_umask())

@@ -227,10 +227,12 @@ def test_unpack_killed_mid_extraction_leaves_no_destination(
     assert leftovers and all(
         name.startswith(".out.") and name.endswith(".partial") for name in leftovers
     ), leftovers
-    # The leftover is hidden and never mistaken for the destination: the next unpack succeeds.
+    # The leftover is hidden and never mistaken for the destination: the next unpack succeeds
+    # and removes it (its process is gone).
     result = kbundle.unpack(big_bundle, destination)
     assert result.report.files_checked == 1
     assert (destination / MODEL_PATH).stat().st_size == 160 * 1024 * 1024
+    assert _staging_only(tmp_path, destination) == []
 
 
 @pytest.mark.slow
