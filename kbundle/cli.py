@@ -8,6 +8,7 @@ the traceback for bug reports). Stable: commands, options and exit codes are pub
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
@@ -223,9 +224,11 @@ Examples:
   kbundle pack model.keras -o model.kbundle
   kbundle pack model.keras -o model.kbundle --level 19 --force
   kbundle pack big.keras -o big.kbundle --level none --quiet
+  kbundle pack model.keras -o model.kbundle --custom-objects mypkg.layers
 """
 )
 @click.argument("model", type=click.Path(path_type=Path))
+@click.option("--custom-objects", "custom_modules", multiple=True, metavar="MODULE", help="Import MODULE (from the current directory or PYTHONPATH) to find the model's custom objects; repeatable.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The bundle to write (NAME.kbundle).")
 @click.option("--level", default="3", show_default=True, metavar="1..22|none", help="zstd compression level, or 'none' to store.")
 @click.option("--threads", default=-1, show_default=True, type=int, help="zstd worker threads (-1: one per CPU, 0: no workers).")
@@ -233,14 +236,19 @@ Examples:
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
-def pack(model: Path, output: Path, level: str, threads: int, force: bool, quiet: bool, as_json: bool) -> None:
+def pack(model: Path, custom_modules: tuple[str, ...], output: Path, level: str, threads: int, force: bool, quiet: bool, as_json: bool) -> None:
     """Pack MODEL (.keras, .h5 or SavedModel directory) into one verified bundle.
 
     Prints the bundle digest (sha256 of its manifest); pin it in deploy scripts with
-    'kbundle verify --expect'. Nothing is written unless pack succeeds.
+    'kbundle verify --expect'. Nothing is written unless pack succeeds. Custom objects the
+    model needs travel with it; --custom-objects names the modules that define them.
     """
     from kbundle.pack import pack as pack_model  # noqa: PLC0415
 
+    if custom_modules:
+        from kbundle.custom_objects import import_modules  # noqa: PLC0415
+
+        import_modules(custom_modules)
     with _progress("packing", not quiet) as progress:
         result = pack_model(model, output, force=force, level=level, threads=threads, progress=progress)
     if as_json:
@@ -335,7 +343,7 @@ def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, t
     from kbundle.unpack import unpack as unpack_bundle  # noqa: PLC0415
 
     options = LoadOptions(trust_code=trust_code, safe_mode=not unsafe_lambda)
-    with _progress("unpacking", not quiet and not as_json) as progress:
+    with _progress("unpacking", not quiet and not as_json) as progress, _code_conflicts() as conflicts:
         result = unpack_bundle(bundle, destination, force=force, expect=expect, load_model=not no_load, options=options, progress=progress)
     manifest = result.report.head.manifest
     differences = compare_environments(manifest.environment, capture_environment())
@@ -345,8 +353,10 @@ def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, t
 
         loaded = keras_io.describe_live_model(result.model)
     if as_json:
-        _json_out({"ok": True, "destination": str(result.path), "digest": result.report.head.digest, "model": str(result.model_path), "loaded": loaded is not None, "environment": [f.to_dict() for f in differences]})
+        _json_out({"ok": True, "destination": str(result.path), "digest": result.report.head.digest, "model": str(result.model_path), "loaded": loaded is not None, "environment": [f.to_dict() for f in differences], "code_conflicts": conflicts})
         return
+    for conflict in conflicts:
+        _err(f"kbundle: warning: {conflict}")
     if not quiet:
         _err(f"verified {result.report.files_checked} files into {result.path}")
         for finding in differences:
@@ -355,6 +365,59 @@ def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, t
         if loaded is not None:
             _err(f"model loads: {loaded['class_name']} {loaded['name']!r}, {loaded['parameter_count']} parameters")
     click.echo(str(result.model_path))
+
+
+@contextmanager
+def _code_conflicts() -> Iterator[list[str]]:
+    """Collect the CodeConflictWarnings a load raises, to print them as warnings."""
+    import warnings  # noqa: PLC0415
+
+    from kbundle.bundled_code import CodeConflictWarning  # noqa: PLC0415
+
+    collected: list[str] = []
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", CodeConflictWarning)
+        yield collected
+    for item in caught:
+        if issubclass(item.category, CodeConflictWarning):
+            collected.append(str(item.message))
+        else:  # everything else as Python would have shown it
+            warnings.showwarning(item.message, item.category, item.filename, item.lineno)
+
+
+# --------------------------------------------------------------------------------------------
+# Reviewing bundled code
+
+
+@main.command(
+    "show-code",
+    epilog="""\b
+Examples:
+  kbundle show-code model.kbundle
+  kbundle show-code model.kbundle MyCustomLayer
+  kbundle show-code model.kbundle 'acme>Scale' --json | jq -r '.objects[0].files[0].text'
+""",
+)
+@_BUNDLE
+@click.argument("name", required=False)
+@_option_json
+@_handle_errors("as_json")
+def show_code(bundle: Path, name: str | None, as_json: bool) -> None:
+    """Print the code BUNDLE carries for its custom objects (or for NAME only), for review.
+
+    Verifies the bundle first. Never imports, runs or unpickles anything, and never loads
+    Keras or TensorFlow. A pickled object is shown by the definition text captured when it
+    was packed; the pickle itself is what would run.
+    """
+    from kbundle.unpack import show_code as bundled_code  # noqa: PLC0415
+
+    listings = bundled_code(bundle, name)
+    if as_json:
+        _json_out({"ok": True, "objects": [{**dataclasses.asdict(listing.obj), "files": [{"path": f.path, "module": f.module, "digest": f.digest, "text": f.text} for f in listing.files]} for listing in listings]})
+        return
+    from kbundle.render import render_code  # noqa: PLC0415
+
+    click.echo(render_code(listings), nl=False)
 
 
 if __name__ == "__main__":  # pragma: no cover

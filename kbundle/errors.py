@@ -29,6 +29,7 @@ __all__ = [
     "UnsupportedFormatVersionError",
     "UntrustedCodeError",
     "UsageError",
+    "exception_summary",
 ]
 
 
@@ -55,6 +56,12 @@ class KbundleError(Exception):
         if self.hint:
             return f"{self.message}; {self.hint}"
         return self.message
+
+
+def exception_summary(exc: BaseException) -> str:
+    """``TypeName: first line of the message``: how a foreign exception appears in ours."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
 
 
 class UsageError(KbundleError, ValueError):

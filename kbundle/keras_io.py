@@ -7,13 +7,22 @@ translated into kbundle errors with the original message kept. Stable: internal.
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
 from kbundle.errors import ModelLoadError, PackError
 from kbundle.manifest import TensorSpec
 
-__all__ = ["describe_live_model", "is_keras_model", "load_model", "save_model"]
+__all__ = [
+    "describe_live_model",
+    "is_keras_model",
+    "load_model",
+    "registered_object",
+    "registry_restored",
+    "save_model",
+]
 
 
 def _keras() -> Any:
@@ -94,12 +103,36 @@ def load_model(
 ) -> Any:
     """Load a verified ``.keras`` / ``.h5`` model file with Keras."""
     keras = _keras()
+    # A scope outranks Keras's global registry, so the objects given (a bundle's own) win
+    # over same-named ones the loading process registered.
+    scope = keras.saving.custom_object_scope(custom_objects) if custom_objects else nullcontext()
     try:
-        return keras.saving.load_model(
-            path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
-        )
+        with scope:
+            return keras.saving.load_model(
+                path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
+            )
     except Exception as exc:
         raise ModelLoadError(_load_message(exc), hint=_load_hint(exc)) from exc
+
+
+def registered_object(name: str) -> Any:
+    """What Keras's global registry holds under ``name`` (``acme>MyLayer``), or ``None``."""
+    return _keras().saving.get_registered_object(name)
+
+
+@contextmanager
+def registry_restored() -> Iterator[None]:
+    """Run a block that may register objects with Keras (importing bundled code does), then
+    give every name registered before the block its previous object back. Names that were
+    free stay registered, so a loaded model saves again under the names it was loaded by."""
+    registry = _keras().saving.get_custom_objects()  # Keras's live global dict
+    before = dict(registry)
+    try:
+        yield
+    finally:
+        for name, obj in before.items():
+            if registry.get(name) is not obj:
+                registry[name] = obj
 
 
 def _first_line(exc: BaseException) -> str:

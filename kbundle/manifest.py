@@ -196,10 +196,15 @@ class PickleInfo:
 class CustomObject:
     """A class or function the model needs that Keras does not provide.
 
-    ``transport`` says how it travels: ``distribution`` (a pinned requirement, code not
-    copied), ``source`` (bundled source files), ``pickle`` (cloudpickled by value, with the
-    class source for review in ``review_source`` when available), or ``builtin`` (provided by
-    Keras or its ecosystem; recorded for completeness).
+    ``name`` is the name Keras looks it up by (the registered name, ``acme>MyLayer``).
+    ``transport`` says how it travels: ``distribution`` (``requirement`` pins the installed
+    distribution, code not copied), ``source`` (``sources`` are the bundled files needed to
+    import ``module``), ``pickle`` (cloudpickled by value; ``sources`` are local modules the
+    pickle imports, ``review_source`` the member holding the definition's text for review
+    when it could be read), or ``builtin`` (Keras's own; recorded for completeness).
+    ``source_digest`` is the ``sha256:`` of the definition's text (decorators to last line),
+    compared with a same-named definition found where the bundle is loaded. ``imports`` and
+    ``distributions`` name the installed distributions the code imports.
     """
 
     name: str
@@ -321,7 +326,9 @@ class Manifest:
                     f"custom_objects[{index}].transport: must be one of {TRANSPORTS}: "
                     f"{obj.transport!r}"
                 )
+            problems.extend(_custom_object_problems(obj, f"custom_objects[{index}]"))
             referenced = [s.path for s in obj.sources] + ([obj.pickle.path] if obj.pickle else [])
+            referenced += [obj.review_source] if obj.review_source else []
             problems.extend(
                 f"custom_objects[{index}]: references unlisted member {path!r}"
                 for path in referenced
@@ -333,6 +340,33 @@ class Manifest:
                 + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
                 hint="the bundle was not written by a conforming kbundle or was tampered with",
             )
+
+
+def _custom_object_problems(obj: CustomObject, where: str) -> list[str]:
+    """Rules that keep bundled code where a reader looks for it: source files at the path
+    their module name gives (``code/pkg/mod.py`` or ``code/pkg/__init__.py``), pickles and
+    review text under ``objects/``, and the field each transport needs."""
+    problems = []
+    for i, source in enumerate(obj.sources):
+        parts = source.module.split(".")
+        stem = "code/" + "/".join(parts)
+        if not all(part.isidentifier() for part in parts):
+            problems.append(f"{where}.sources[{i}].module: not a dotted module name: {source.module!r}")
+        elif source.path not in (f"{stem}.py", f"{stem}/__init__.py"):
+            problems.append(
+                f"{where}.sources[{i}].path: module {source.module} must live at {stem}.py or "
+                f"{stem}/__init__.py: {source.path!r}"
+            )
+    for field_name, path in (("pickle.path", obj.pickle.path if obj.pickle else None), ("review_source", obj.review_source)):
+        if path is not None and not path.startswith("objects/"):
+            problems.append(f"{where}.{field_name}: must be under objects/: {path!r}")
+    if obj.transport == "source" and not obj.sources:
+        problems.append(f"{where}.sources: a source object needs its source files")
+    if obj.transport == "pickle" and obj.pickle is None:
+        problems.append(f"{where}.pickle: a pickled object needs its pickle")
+    if obj.transport == "distribution" and not obj.requirement:
+        problems.append(f"{where}.requirement: a distribution object needs its requirement")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------

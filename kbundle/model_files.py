@@ -14,7 +14,7 @@ from typing import Any
 from kbundle.errors import UsageError
 from kbundle.manifest import TensorSpec
 
-__all__ = ["MODEL_FILE_NAMES", "describe_model_file", "identify_format"]
+__all__ = ["MODEL_FILE_NAMES", "describe_model_file", "identify_format", "read_model_config"]
 
 # Where each format lives inside a bundle's model/ area.
 MODEL_FILE_NAMES = {
@@ -94,3 +94,39 @@ def _config_inputs(config: dict[str, Any]) -> list[TensorSpec] | None:
                 )
             )
     return specs or None
+
+
+def read_model_config(path: Path, fmt: str) -> dict[str, Any]:
+    """The model's Keras config as saved, read as JSON (``{}`` when the format has none).
+
+    ``.keras`` files and directories keep it in ``config.json``; ``.h5`` files in the root's
+    ``model_config`` attribute. A SavedModel keeps traced graphs, not a Keras config.
+    """
+    if fmt == "keras":
+        try:
+            with zipfile.ZipFile(path) as archive:
+                return _json_member(archive, "config.json")
+        except (zipfile.BadZipFile, OSError):
+            return {}
+    if fmt == "keras-dir":
+        try:
+            data = json.loads((path / "config.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return {}
+        return data if isinstance(data, dict) else {}
+    if fmt == "h5":
+        try:
+            import h5py  # noqa: PLC0415 - only when packing an .h5 file
+
+            with h5py.File(path, "r") as handle:
+                raw = handle.attrs.get("model_config")
+        except (ImportError, OSError):
+            return {}
+        if isinstance(raw, bytes):
+            raw = raw.decode("utf-8", "replace")
+        try:
+            data = json.loads(raw) if isinstance(raw, str) else None
+        except ValueError:
+            return {}
+        return data if isinstance(data, dict) else {}
+    return {}

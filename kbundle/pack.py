@@ -123,6 +123,7 @@ def pack(
     threads: int = -1,
     progress: Callable[[int, int], None] | None = None,
     extras: Callable[[Any, Path, str], Extras] | None = None,
+    custom_objects: Mapping[str, Any] | None = None,
 ) -> PackResult:
     """Pack ``model`` into the bundle ``output``.
 
@@ -130,6 +131,10 @@ def pack(
     directory, or a live ``keras.Model`` (saved as ``.keras`` first). ``level`` is a zstd
     level or ``"none"``; ``threads`` the zstd worker count (-1: one per CPU). ``progress`` is
     called with (bytes done, bytes total). Nothing is left at ``output`` unless pack succeeds.
+
+    Custom objects the model's config names travel with it (see docs/custom-objects.md);
+    ``custom_objects`` (name -> class or function, as for ``keras.saving.load_model``) adds
+    objects and says where to find those that are neither registered nor importable.
     """
     output_path = Path(output)
     check_destination(output_path, force=force, what="bundle")
@@ -152,6 +157,10 @@ def pack(
                 hint="pass a .keras/.h5 file, a SavedModel directory or a keras.Model",
             )
         payload = _model_payload(source, fmt)
+        from kbundle.custom_objects import collect_custom_objects  # noqa: PLC0415 - Keras side
+
+        carried = collect_custom_objects(source, fmt, custom_objects=custom_objects, scratch=Path(scratch))
+        payload += list(carried.payload)
         added = extras(model, Path(scratch), fmt) if extras else Extras()
         payload += list(added.payload)
         created, mtime = _utc_now()
@@ -171,6 +180,7 @@ def pack(
                     for p in payload
                 ],
                 environment=environment,
+                custom_objects=list(carried.records),
             )
             if added.fields:
                 manifest = replace(manifest, **added.fields)

@@ -12,7 +12,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kbundle.archive import BundleHead, VerifyReport, read_head, scan_bundle
 from kbundle.atomic import atomic_directory
@@ -20,7 +20,10 @@ from kbundle.errors import IntegrityError, UntrustedCodeError, UsageError
 from kbundle.findings import Finding
 from kbundle.names import MANIFEST_NAME
 
-__all__ = ["LoadOptions", "UnpackResult", "inspect", "load", "unpack", "verify"]
+if TYPE_CHECKING:
+    from kbundle.bundled_code import CodeListing
+
+__all__ = ["LoadOptions", "UnpackResult", "inspect", "load", "show_code", "unpack", "verify"]
 
 _DIGEST_PREFIX = "sha256:"
 
@@ -144,7 +147,9 @@ class LoadOptions:
 
 
 def _require_trust(report: VerifyReport, options: LoadOptions) -> None:
-    carried = [o for o in report.head.manifest.custom_objects if o.transport in ("source", "pickle")]
+    from kbundle.bundled_code import CARRIED  # noqa: PLC0415
+
+    carried = [o for o in report.head.manifest.custom_objects if o.transport in CARRIED]
     if carried and not options.trust_code:
         names = ", ".join(f"{o.name} ({o.transport})" for o in carried)
         raise UntrustedCodeError(
@@ -158,8 +163,35 @@ def _load_verified(directory: Path, report: VerifyReport, options: LoadOptions) 
     from kbundle import keras_io  # noqa: PLC0415 - Keras is imported only to load
 
     _require_trust(report, options)
-    model_path = directory / report.head.manifest.model.path
-    return keras_io.load_model(model_path, safe_mode=options.safe_mode, compile=options.compile)
+    manifest = report.head.manifest
+    model_path = directory / manifest.model.path
+    if not manifest.custom_objects:
+        return keras_io.load_model(model_path, safe_mode=options.safe_mode, compile=options.compile)
+    from kbundle import bundled_code  # noqa: PLC0415 - runs only after trust
+
+    bundled_code.check_runnable(manifest)
+    label = report.head.digest.removeprefix(_DIGEST_PREFIX)[:12]
+    with keras_io.registry_restored(), bundled_code.bundled_objects(
+        directory, manifest, label=label, registered=keras_io.registered_object
+    ) as objects:
+        return keras_io.load_model(
+            model_path, custom_objects=objects, safe_mode=options.safe_mode, compile=options.compile
+        )
+
+
+def show_code(bundle: str | os.PathLike[str], name: str | None = None) -> list[CodeListing]:
+    """The bundled code of every custom object (or of ``name``), for review.
+
+    The bundle is verified into a private temporary directory and the files are read from
+    there; nothing is imported or unpickled, and neither Keras nor TensorFlow is loaded.
+    """
+    from kbundle.bundled_code import code_listings, select_objects  # noqa: PLC0415
+
+    path = _as_path(bundle)
+    select_objects(read_head(path).manifest, name)  # an unknown name fails before extracting
+    with tempfile.TemporaryDirectory(prefix="kbundle-code-") as private:
+        report = _extract_verified(path, Path(private), None, None)
+        return code_listings(Path(private), report.head.manifest, name)
 
 
 def unpack(

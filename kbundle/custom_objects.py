@@ -1,0 +1,520 @@
+"""Custom objects at pack time: what a model needs that Keras does not provide, and how it travels.
+
+The saved model's config is walked for every class and function that is not Keras's own
+(layers, models, losses, metrics, activations, initializers, regularizers, constraints,
+optimizers, schedules). Each is found among what the packing process already has (the
+``custom_objects=`` given to pack, the Keras registry, imported modules) and travels one way:
+
+- ``distribution``: defined in an installed distribution (a company's package, keras_hub);
+  the distribution and its exact version are recorded, the code is not copied;
+- ``source``: defined in local source; the defining module and every local module it
+  imports (and their packages' ``__init__``) are copied under ``code/``;
+- ``pickle``: defined where no importable source exists (a ``__main__`` script, a notebook,
+  inside a function); cloudpickled by value under ``objects/``, with the definition's text
+  beside it for review when it can be read.
+
+Anything that cannot be captured is one ``PackError`` listing every such object and what to
+do. This is the Keras side of packing: it is imported lazily and imports Keras inside its
+functions. Nothing from the model file is executed. Stable: internal.
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import pickletools
+import platform
+import re
+import sys
+import types
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from kbundle import keras_io
+from kbundle.archive import PayloadFile
+from kbundle.errors import PackError, UsageError, exception_summary
+from kbundle.findings import Finding
+from kbundle.manifest import CustomObject, PickleInfo, SourceFile
+from kbundle.model_files import read_model_config
+from kbundle.names import name_problem
+from kbundle.pysource import (
+    ModuleOrigin,
+    ModuleOrigins,
+    definition_digest,
+    definition_source,
+    imported_modules,
+    member_path,
+    qualified_attribute,
+    read_source,
+)
+
+__all__ = ["CollectedObjects", "collect_custom_objects", "import_modules"]
+
+# Packages whose objects Keras resolves by itself: never recorded as custom objects.
+KERAS_PACKAGES = frozenset({"keras", "tf_keras", "tensorflow"})
+
+# Config keys that say what a function is for (a function entry records only its name).
+_KIND_BY_KEY = {
+    "activation": "activation",
+    "recurrent_activation": "activation",
+    "loss": "loss",
+    "metrics": "metric",
+    "weighted_metrics": "metric",
+}
+_KIND_BY_SUFFIX = (("_initializer", "initializer"), ("_regularizer", "regularizer"), ("_constraint", "constraint"))
+
+# The ``objects/`` file stem of a registered name: ``acme>Layer`` -> ``acme_Layer``. Only
+# characters every file system accepts, so a bundle extracts anywhere.
+_UNSAFE_STEM = re.compile(r"[^A-Za-z0-9_.-]")
+
+
+@dataclass(frozen=True, slots=True)
+class Reference:
+    """One class or function a model config names that Keras does not provide itself.
+
+    ``name`` is the key Keras looks it up by (the registered name); ``module`` is what the
+    config records: ``None`` for ``__main__`` (or a legacy config without modules).
+    """
+
+    name: str
+    class_name: str
+    module: str | None
+    function: bool
+    kind_hint: str | None = None
+    legacy: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class CollectedObjects:
+    """The manifest records and the payload files (under ``code/`` and ``objects/``)."""
+
+    records: tuple[CustomObject, ...] = ()
+    payload: tuple[PayloadFile, ...] = ()
+
+
+# --------------------------------------------------------------------------------------------
+# Reading the config
+
+
+def config_references(config: Any) -> list[Reference]:
+    """Every custom class or function named in a Keras config, in config order."""
+    found: list[Reference] = []
+    _walk(config, None, found)
+    return found
+
+
+def _walk(node: Any, key: str | None, found: list[Reference]) -> None:
+    if isinstance(node, list):
+        for item in node:
+            _walk(item, key, found)
+        return
+    if not isinstance(node, dict):
+        return
+    class_name = node.get("class_name")
+    if isinstance(class_name, str) and "config" in node:
+        if class_name.startswith("__") and class_name.endswith("__"):
+            return  # tensors, lambdas (safe_mode's business), slices: no objects inside
+        reference = _reference(node, class_name, key)
+        if reference is not None:
+            found.append(reference)
+    for child_key, value in node.items():
+        _walk(value, child_key, found)
+
+
+def _is_keras_module(module: Any) -> bool:
+    return isinstance(module, str) and module.split(".")[0] in KERAS_PACKAGES
+
+
+def _kind_from_key(key: str | None) -> str | None:
+    if key is None:
+        return None
+    if key in _KIND_BY_KEY:
+        return _KIND_BY_KEY[key]
+    return next((kind for suffix, kind in _KIND_BY_SUFFIX if key.endswith(suffix)), None)
+
+
+def _reference(node: dict[str, Any], class_name: str, key: str | None) -> Reference | None:
+    module = node.get("module")
+    if _is_keras_module(module):
+        return None
+    if class_name == "function":
+        name = node.get("config")
+        if not isinstance(name, str):
+            return None
+        where = module if isinstance(module, str) and module != "builtins" else None
+        return Reference(name, name, where, function=True, kind_hint=_kind_from_key(key))
+    registered = node.get("registered_name") or class_name
+    return Reference(
+        str(registered),
+        class_name,
+        module if isinstance(module, str) else None,
+        function=False,
+        legacy="module" not in node,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# Finding the objects
+
+
+def _keras_builtin_function(name: str) -> bool:
+    import keras  # noqa: PLC0415
+
+    modules = (keras.activations, keras.losses, keras.metrics, keras.initializers, keras.regularizers, keras.constraints)
+    return any(callable(getattr(module, name, None)) for module in modules)
+
+
+class _Resolver:
+    """Finds the object behind each reference; records why when it cannot."""
+
+    def __init__(self, given: Mapping[str, Any], origins: ModuleOrigins) -> None:
+        self.given = given
+        self.origins = origins
+        self.problems: list[Finding] = []
+
+    def __call__(self, ref: Reference) -> Any:
+        for key in (ref.name, ref.class_name):
+            if key in self.given:
+                return self.given[key]
+        found = keras_io.registered_object(ref.name)
+        if found is not None or ref.legacy:
+            return found  # a legacy config names builtins without a module: not ours
+        if ref.function:
+            return self._function(ref)
+        holder = sys.modules.get(ref.module or "__main__")
+        found = qualified_attribute(holder, ref.class_name)
+        if isinstance(found, type):
+            return found
+        self._missing_class(ref)
+        return None
+
+    def _function(self, ref: Reference) -> Any:
+        if ref.module is not None:
+            found = qualified_attribute(sys.modules.get(ref.module), ref.name)
+            if callable(found):
+                return found
+        elif _keras_builtin_function(ref.name):
+            return None
+        candidates = {
+            f"{fn.__module__}.{fn.__qualname__}": fn
+            for module_name, module in list(sys.modules.items())
+            if module_name == "__main__" or self._is_local(module_name)
+            for fn in [vars(module).get(ref.name)]
+            if isinstance(fn, types.FunctionType) and fn.__module__ == module_name
+        }
+        if len(candidates) == 1:
+            return next(iter(candidates.values()))
+        hint = (
+            f"pass it with custom_objects={{{ref.name!r}: {ref.name}}} (CLI: --custom-objects "
+            "MODULE), or register it with @keras.saving.register_keras_serializable()"
+        )
+        if candidates:
+            self.problems.append(Finding(
+                location=f"custom object {ref.name}",
+                problem=f"function {ref.name!r} is defined in several modules: {', '.join(sorted(candidates))}",
+                fix=hint,
+            ))
+        else:
+            self.problems.append(Finding(
+                location=f"custom object {ref.name}",
+                problem=f"function {ref.name!r} is not registered and no imported module defines it",
+                fix=hint,
+            ))
+        return None
+
+    def _is_local(self, module_name: str) -> bool:
+        module = sys.modules.get(module_name)
+        file = getattr(module, "__file__", None)
+        if not isinstance(file, str) or module_name.split(".")[0] in KERAS_PACKAGES:
+            return False
+        return self.origins(module_name).kind == "local"
+
+    def _missing_class(self, ref: Reference) -> None:
+        if ref.module is None:
+            self.problems.append(Finding(
+                location=f"custom object {ref.name}",
+                problem=f"class {ref.class_name!r} comes from a __main__ module (a script or notebook) but is not a top-level name of the running one",
+                fix=f"pack the live model where it is defined with custom_objects={{{ref.name!r}: {ref.class_name}}} (it travels as a pickle), or move the class into a module and pass --custom-objects MODULE",
+            ))
+            return
+        self.problems.append(Finding(
+            location=f"custom object {ref.name}",
+            problem=f"class {ref.class_name!r} (module {ref.module}) is not defined in the packing process",
+            fix=f"import it first (kbundle pack --custom-objects {ref.module}), pass it with "
+            f"custom_objects={{{ref.name!r}: {ref.class_name}}}, or register it with "
+            "@keras.saving.register_keras_serializable()",
+        ))
+
+
+def _kind(obj: Any, hint: str | None) -> str:
+    if not isinstance(obj, type):
+        return hint or "function"
+    import keras  # noqa: PLC0415
+
+    bases = (
+        (keras.Model, "model"),
+        (keras.layers.Layer, "layer"),
+        (keras.losses.Loss, "loss"),
+        (keras.metrics.Metric, "metric"),
+        (keras.optimizers.schedules.LearningRateSchedule, "schedule"),
+        (keras.optimizers.Optimizer, "optimizer"),
+        (keras.initializers.Initializer, "initializer"),
+        (keras.regularizers.Regularizer, "regularizer"),
+        (keras.constraints.Constraint, "constraint"),
+    )
+    return next((kind for base, kind in bases if issubclass(obj, base)), "class")
+
+
+# --------------------------------------------------------------------------------------------
+# How each object travels
+
+
+@dataclass(slots=True)
+class _Needs:
+    """What one object's code needs: bundled sources, and installed modules it imports."""
+
+    sources: list[SourceFile] = field(default_factory=list)
+    imports: set[str] = field(default_factory=set)
+    distributions: dict[str, str] = field(default_factory=dict)
+
+    def add_external(self, name: str, origin: ModuleOrigin) -> None:
+        if origin.kind in ("distribution", "installed"):
+            self.imports.add(name.split(".")[0])
+        if origin.distribution is not None:
+            self.distributions[origin.distribution[0]] = origin.distribution[1]
+
+    def fields(self) -> dict[str, Any]:
+        return {
+            "sources": self.sources,
+            "imports": sorted(self.imports),
+            "distributions": dict(sorted(self.distributions.items())),
+        }
+
+
+@dataclass(slots=True)
+class _Capture:
+    """The state of one collection: origins, problems, files written so far."""
+
+    scratch: Path
+    origins: ModuleOrigins
+    problems: list[Finding] = field(default_factory=list)
+    files: dict[str, Path] = field(default_factory=dict)
+    stems: set[str] = field(default_factory=set)
+
+    def problem(self, name: str, problem: str, fix: str) -> None:
+        self.problems.append(Finding(location=f"custom object {name}", problem=problem, fix=fix))
+
+    def write(self, member: str, data: bytes) -> None:
+        if member not in self.files:
+            target = self.scratch / member
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(data)
+            self.files[member] = target
+
+    def local_sources(self, start: Sequence[str], owner: str) -> _Needs:
+        """The local modules ``start`` needs (transitively, with parent packages), copied
+        under ``code/``; and the other modules they import, with their distributions."""
+        needs = _Needs()
+        sources: dict[str, SourceFile] = {}
+        pending = list(start)
+        seen: set[str] = set()
+        while pending:
+            name = pending.pop()
+            if name in seen or name == "__main__":
+                continue
+            seen.add(name)
+            origin = self.origins(name)
+            parent = name.rpartition(".")[0]
+            if parent:
+                pending.append(parent)
+            if origin.kind == "local" and origin.file is not None:
+                source = self._copy_module(name, origin, owner)
+                if source is not None:
+                    sources[name] = source
+                    text = read_source(origin.file) or ""
+                    pending.extend(imported_modules(text, name, is_package=origin.is_package))
+            elif origin.kind == "compiled":
+                self.problem(owner, f"needs {name}, a compiled module ({origin.file}) that no installed distribution provides", "kbundle carries Python source only: install that module as a distribution, or make it pure Python")
+            else:
+                needs.add_external(name, origin)
+        needs.sources = [sources[name] for name in sorted(sources)]
+        return needs
+
+    def _copy_module(self, name: str, origin: ModuleOrigin, owner: str) -> SourceFile | None:
+        assert origin.file is not None
+        path = member_path(name, is_package=origin.is_package)
+        bad_name = next((part for part in name.split(".") if not part.isidentifier()), None)
+        problem = f"module name part {bad_name!r} is not an identifier" if bad_name else name_problem(path)
+        if problem:
+            self.problem(owner, f"module {name} cannot travel as {path}: {problem}", "rename the module")
+            return None
+        try:
+            self.write(path, origin.file.read_bytes())
+        except OSError as exc:
+            self.problem(owner, f"cannot read {origin.file}: {exc.strerror}", "check the file's permissions")
+            return None
+        return SourceFile(module=name, path=path)
+
+    def stem(self, name: str) -> str:
+        base = _UNSAFE_STEM.sub("_", name).strip(".") or "object"
+        stem, count = base, 1
+        while stem.casefold() in self.stems:
+            count += 1
+            stem = f"{base}_{count}"
+        self.stems.add(stem.casefold())
+        return stem
+
+
+def _definition_text(obj: Any) -> str | None:
+    """The text of an object's definition, from its module's file or from ``inspect``."""
+    module = sys.modules.get(getattr(obj, "__module__", "") or "")
+    file = getattr(module, "__file__", None)
+    if isinstance(file, str):
+        text = read_source(Path(file))
+        found = definition_source(text, obj.__qualname__) if text else None
+        if found is not None:
+            return found
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return None
+
+
+def _travel(name: str, obj: Any, kind: str, capture: _Capture) -> CustomObject | None:
+    module_name = getattr(obj, "__module__", None)
+    qualname = getattr(obj, "__qualname__", None)
+    if not isinstance(obj, type | types.FunctionType) or not module_name or not qualname:
+        capture.problem(name, f"is a {type(obj).__name__}, not a class or function", "pass classes and functions in custom_objects, not instances")
+        return None
+    common: dict[str, Any] = {"name": name, "kind": kind, "module": module_name, "qualname": qualname}
+    text = _definition_text(obj)
+    if text is not None:
+        common["source_digest"] = definition_digest(text)
+    if module_name.split(".")[0] in KERAS_PACKAGES:
+        return CustomObject(transport="builtin", **common)
+    importable = module_name != "__main__" and qualified_attribute(sys.modules.get(module_name), qualname) is obj
+    origin = capture.origins(module_name) if importable else None
+    if origin is not None and origin.kind == "distribution" and origin.distribution:
+        dist, version = origin.distribution
+        return CustomObject(transport="distribution", requirement=f"{dist}=={version}", distributions={dist: version}, **common)
+    if origin is not None and origin.kind == "local":
+        needs = capture.local_sources([module_name], name)
+        return CustomObject(transport="source", **needs.fields(), **common)
+    if origin is not None and origin.kind in ("installed", "compiled"):
+        capture.problem(name, f"is defined in {origin.file}, which no installed distribution owns and which is not Python source", "install it as a distribution (pip install), or move it into your project's source")
+        return None
+    return _pickled(obj, text, common, capture)
+
+
+def _pickled(obj: Any, text: str | None, common: dict[str, Any], capture: _Capture) -> CustomObject | None:
+    name = common["name"]
+    try:
+        import cloudpickle  # noqa: PLC0415 - only when something must be pickled
+    except ImportError:
+        capture.problem(name, f"is defined in {common['module']} where no source file can be had, so it must be cloudpickled, but cloudpickle is not installed", "pip install cloudpickle, or move the definition into a module of your project")
+        return None
+    protocol = int(cloudpickle.DEFAULT_PROTOCOL)
+    try:
+        data = cloudpickle.dumps(obj, protocol=protocol)
+    except Exception as exc:
+        capture.problem(name, f"cannot be cloudpickled: {exception_summary(exc)}", "move the definition into a module of your project so that its source travels")
+        return None
+    stem = capture.stem(name)
+    pickle_path = f"objects/{stem}.pkl"
+    capture.write(pickle_path, data)
+    review: str | None = None
+    if text is not None:
+        review = f"objects/{stem}.py"
+        capture.write(review, text.encode("utf-8"))
+    referenced = [m for m in _pickled_strings(data) if m in sys.modules and m != "__main__"]
+    needs = capture.local_sources(referenced, name)
+    info = PickleInfo(path=pickle_path, python=platform.python_version(), protocol=protocol, cloudpickle=str(cloudpickle.__version__))
+    return CustomObject(transport="pickle", pickle=info, review_source=review, **needs.fields(), **common)
+
+
+def _pickled_strings(data: bytes) -> Iterator[str]:
+    """The strings in a pickle: the modules it imports by name are among them."""
+    seen: set[str] = set()
+    for _opcode, argument, _position in pickletools.genops(data):
+        if isinstance(argument, str) and argument not in seen:
+            seen.add(argument)
+            yield argument
+
+
+# --------------------------------------------------------------------------------------------
+# Entry points
+
+
+def collect_custom_objects(
+    model_path: Path,
+    fmt: str,
+    *,
+    custom_objects: Mapping[str, Any] | None,
+    scratch: Path,
+) -> CollectedObjects:
+    """Find the model's custom objects and capture each; write their files under ``scratch``.
+
+    Every object given in ``custom_objects`` travels, as do those the config names. Raises
+    :class:`PackError` listing every object that cannot be found or captured.
+    """
+    given = dict(custom_objects or {})
+    references = config_references(read_model_config(model_path, fmt))
+    if not references and not given:
+        return CollectedObjects()  # nothing custom: Keras is not even imported
+    capture = _Capture(scratch=scratch, origins=ModuleOrigins())
+    resolve = _Resolver(given, capture.origins)
+    wanted: dict[str, tuple[Any, str | None]] = {key: (obj, None) for key, obj in given.items()}
+    for ref in references:
+        if ref.name not in wanted:
+            obj = resolve(ref)
+            if obj is not None and not _is_keras_module(getattr(obj, "__module__", None)):
+                wanted[ref.name] = (obj, ref.kind_hint)
+        elif wanted[ref.name][1] is None:
+            wanted[ref.name] = (wanted[ref.name][0], ref.kind_hint)
+    records = []
+    for name in sorted(wanted):
+        obj, hint = wanted[name]
+        record = _travel(name, obj, _kind(obj, hint), capture)
+        if record is not None:
+            records.append(record)
+    problems = resolve.problems + capture.problems
+    if problems:
+        first = problems[0]
+        more = len(problems) - 1
+        raise PackError(
+            f"cannot capture custom object {first.location.removeprefix('custom object ')}: {first.problem}"
+            + (f" (and {more} more)" if more else ""),
+            hint=first.fix,
+            findings=problems,
+        )
+    payload = tuple(PayloadFile(member, path, path.stat().st_size) for member, path in sorted(capture.files.items()))
+    return CollectedObjects(tuple(records), payload)
+
+
+def import_modules(names: Sequence[str]) -> None:
+    """Import the modules that define (or register) a model file's custom objects.
+
+    For the CLI: the current directory is put first on ``sys.path`` of this process, as
+    ``python -m`` does, so that a project's own modules import from where kbundle runs.
+    """
+    if not names:
+        return
+    here = os.getcwd()
+    if here not in sys.path and "" not in sys.path:
+        sys.path.insert(0, here)
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except ModuleNotFoundError as exc:
+            raise UsageError(
+                f"--custom-objects {name}: no module named {exc.name!r}",
+                hint="run kbundle from the directory that contains it, or add that directory to PYTHONPATH",
+            ) from None
+        except Exception as exc:
+            raise PackError(
+                f"--custom-objects {name}: importing it failed: {exception_summary(exc)}",
+                hint="fix the module so that it imports cleanly, then pack again",
+            ) from exc
