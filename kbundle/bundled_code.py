@@ -41,7 +41,13 @@ from typing import Any
 from packaging.requirements import InvalidRequirement, Requirement
 from packaging.utils import canonicalize_name
 
-from kbundle.errors import EnvironmentMismatchError, ModelLoadError, UsageError, exception_summary
+from kbundle.errors import (
+    BundleFormatError,
+    EnvironmentMismatchError,
+    ModelLoadError,
+    UsageError,
+    exception_summary,
+)
 from kbundle.findings import Finding
 from kbundle.manifest import CustomObject, Manifest
 from kbundle.pysource import (
@@ -51,6 +57,7 @@ from kbundle.pysource import (
     find_spec,
     qualified_attribute,
     read_source,
+    reserved_module,
 )
 
 __all__ = [
@@ -65,6 +72,8 @@ __all__ = [
 
 # Transports whose code is inside the bundle: running it needs trust.
 CARRIED = ("source", "pickle")
+# The location of a finding about one custom object: "custom object NAME".
+_WHERE = "custom object "
 
 
 class CodeConflictWarning(UserWarning):
@@ -136,58 +145,48 @@ def _major_minor(version: str) -> str:
 def _pickle_findings(obj: CustomObject) -> list[Finding]:
     assert obj.pickle is not None
     recorded = obj.pickle
-    where = f"custom object {obj.name}"
+    where = _WHERE + obj.name
     fallback = (
         "no source fallback: the bundle holds only its definition's text, for review "
         "('kbundle show-code')"
         if obj.review_source
         else "no source fallback: the bundle holds no source for it"
     )
+    pickled_under = _major_minor(recorded.python)
     fix = (
-        f"load it under Python {_major_minor(recorded.python)} with cloudpickle "
+        f"load it under Python {pickled_under} with cloudpickle "
         f"{recorded.cloudpickle.split('.')[0]}.x, or move {obj.qualname} into a module and pack "
         "again (source loads under any Python)"
     )
     findings = []
+
+    def refuse(problem: str, expected: str | None = None, actual: str | None = None, how: str = fix) -> None:
+        findings.append(Finding(location=where, problem=f"{problem}; {fallback}", expected=expected, actual=actual, fix=how))
+
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
-    if _major_minor(recorded.python) != here:
-        findings.append(Finding(
-            location=where,
-            problem=f"was pickled under Python {_major_minor(recorded.python)}, this is Python {here}; {fallback}",
-            expected=f"Python {_major_minor(recorded.python)}",
-            actual=f"Python {here}",
-            fix=fix,
-        ))
+    if pickled_under != here:
+        refuse(f"was pickled under Python {pickled_under}, this is Python {here}", f"Python {pickled_under}", f"Python {here}")
     try:
         import cloudpickle  # noqa: PLC0415 - only bundles with pickles need it
     except ImportError:
-        findings.append(Finding(
-            location=where,
-            problem=f"needs cloudpickle to unpickle, which is not installed; {fallback}",
-            expected=f"cloudpickle {recorded.cloudpickle}",
-            fix=f"pip install 'cloudpickle=={recorded.cloudpickle}'",
-        ))
+        refuse("needs cloudpickle to unpickle, which is not installed", f"cloudpickle {recorded.cloudpickle}",
+               how=f"pip install 'cloudpickle=={recorded.cloudpickle}'")
     else:
         current = str(cloudpickle.__version__)
         if current.split(".")[0] != recorded.cloudpickle.split(".")[0]:
-            findings.append(Finding(
-                location=where,
-                problem=f"was pickled with cloudpickle {recorded.cloudpickle}, this is cloudpickle {current} (another major version); {fallback}",
-                expected=f"cloudpickle {recorded.cloudpickle}",
-                actual=f"cloudpickle {current}",
-                fix=fix,
-            ))
+            refuse(f"was pickled with cloudpickle {recorded.cloudpickle}, this is cloudpickle {current} (another major version)",
+                   f"cloudpickle {recorded.cloudpickle}", f"cloudpickle {current}")
     if recorded.protocol > pickle.HIGHEST_PROTOCOL:
-        findings.append(Finding(
-            location=where,
-            problem=f"uses pickle protocol {recorded.protocol}, this Python reads up to {pickle.HIGHEST_PROTOCOL}; {fallback}",
-            fix=fix,
-        ))
+        refuse(f"uses pickle protocol {recorded.protocol}, this Python reads up to {pickle.HIGHEST_PROTOCOL}")
     return findings
 
 
+# How a module that should come from a distribution was found instead, when no file says it.
+_ORIGIN_WORDS = {"stdlib": "it is in the standard library", "missing": "it is not importable", "namespace": "it is a namespace package"}
+
+
 def _distribution_findings(obj: CustomObject, origins: ModuleOrigins) -> list[Finding]:
-    where = f"custom object {obj.name}"
+    where = _WHERE + obj.name
     try:
         requirement = Requirement(obj.requirement or "")
     except InvalidRequirement:
@@ -205,10 +204,10 @@ def _distribution_findings(obj: CustomObject, origins: ModuleOrigins) -> list[Fi
         )]
     origin = origins(obj.module)
     if origin.distribution is None or origin.distribution[0] != wanted:
-        found = origin.file or origin.kind
+        found = f"found at {origin.file}" if origin.file else _ORIGIN_WORDS.get(origin.kind, origin.kind)
         return [Finding(
             location=where,
-            problem=f"module {obj.module} here is {found}, not part of distribution {wanted}",
+            problem=f"module {obj.module} is not part of distribution {wanted} here ({found})",
             fix=f"remove what shadows {obj.module.split('.')[0]} from sys.path, or reinstall '{obj.requirement}'",
         )]
     return []
@@ -216,6 +215,15 @@ def _distribution_findings(obj: CustomObject, origins: ModuleOrigins) -> list[Fi
 
 def check_runnable(manifest: Manifest) -> None:
     """Refuse, before anything runs, custom objects that cannot be loaded in this process."""
+    for obj in manifest.custom_objects:
+        for source in obj.sources:
+            reason = reserved_module(source.module)
+            if reason:  # kbundle never bundles these; serving them would replace them
+                raise BundleFormatError(
+                    f"custom object {obj.name} comes with a bundled module {source.module!r}, "
+                    f"which is {reason}",
+                    hint="the bundle was not written by a conforming kbundle or was tampered with",
+                )
     origins = ModuleOrigins()
     findings: list[Finding] = []
     for obj in manifest.custom_objects:
@@ -225,12 +233,8 @@ def check_runnable(manifest: Manifest) -> None:
             findings.extend(_distribution_findings(obj, origins))
     if findings:
         first = findings[0]
-        more = len(findings) - 1
-        raise EnvironmentMismatchError(
-            f"{first.location.removeprefix('custom object ')} cannot be loaded here: {first.problem}"
-            + (f" (and {more} more)" if more else ""),
-            hint=first.fix,
-            findings=findings,
+        raise EnvironmentMismatchError.from_findings(
+            findings, f"{first.location.removeprefix(_WHERE)} cannot be loaded here: {first.problem}"
         )
 
 
@@ -360,11 +364,12 @@ def _report_conflicts(manifest: Manifest, tops: set[str], registered: Callable[[
         where, digest = existing
         if digest is not None and digest == obj.source_digest:
             continue
-        theirs = f"definition {digest}" if digest else "source unreadable, so not compared"
+        theirs = f"definition {digest}" if digest else "its source cannot be read to compare"
+        ours = f"definition {obj.source_digest}" if obj.source_digest else "no digest recorded"
         warnings.warn(
-            f"{obj.name}: this environment already defines it ({where}, {theirs}) and the "
-            f"bundle's definition ({obj.module}.{obj.qualname}, {obj.source_digest or 'no digest recorded'}) "
-            "differs; the bundled one is used",
+            f"{obj.name}: this environment already defines it ({where}, {theirs}), which "
+            f"differs from the bundle's ({obj.module}.{obj.qualname}, {ours}); "
+            "the bundled one is used",
             CodeConflictWarning,
             stacklevel=4,
         )

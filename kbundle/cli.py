@@ -228,15 +228,15 @@ Examples:
 """
 )
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--custom-objects", "custom_modules", multiple=True, metavar="MODULE", help="Import MODULE (from the current directory or PYTHONPATH) to find the model's custom objects; repeatable.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The bundle to write (NAME.kbundle).")
 @click.option("--level", default="3", show_default=True, metavar="1..22|none", help="zstd compression level, or 'none' to store.")
 @click.option("--threads", default=-1, show_default=True, type=int, help="zstd worker threads (-1: one per CPU, 0: no workers).")
+@click.option("--custom-objects", "custom_modules", multiple=True, metavar="MODULE", help="Import MODULE (from the current directory or PYTHONPATH) to find the model's custom objects; repeatable.")
 @_option_force
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
-def pack(model: Path, custom_modules: tuple[str, ...], output: Path, level: str, threads: int, force: bool, quiet: bool, as_json: bool) -> None:
+def pack(model: Path, output: Path, level: str, threads: int, custom_modules: tuple[str, ...], force: bool, quiet: bool, as_json: bool) -> None:
     """Pack MODEL (.keras, .h5 or SavedModel directory) into one verified bundle.
 
     Prints the bundle digest (sha256 of its manifest); pin it in deploy scripts with

@@ -41,6 +41,7 @@ from kbundle.manifest import CustomObject, PickleInfo, SourceFile
 from kbundle.model_files import read_model_config
 from kbundle.names import name_problem
 from kbundle.pysource import (
+    KERAS_PACKAGES,
     ModuleOrigin,
     ModuleOrigins,
     definition_digest,
@@ -52,9 +53,6 @@ from kbundle.pysource import (
 )
 
 __all__ = ["CollectedObjects", "collect_custom_objects", "import_modules"]
-
-# Packages whose objects Keras resolves by itself: never recorded as custom objects.
-KERAS_PACKAGES = frozenset({"keras", "tf_keras", "tensorflow"})
 
 # Config keys that say what a function is for (a function entry records only its name).
 _KIND_BY_KEY = {
@@ -483,13 +481,7 @@ def collect_custom_objects(
     problems = resolve.problems + capture.problems
     if problems:
         first = problems[0]
-        more = len(problems) - 1
-        raise PackError(
-            f"cannot capture custom object {first.location.removeprefix('custom object ')}: {first.problem}"
-            + (f" (and {more} more)" if more else ""),
-            hint=first.fix,
-            findings=problems,
-        )
+        raise PackError.from_findings(problems, f"cannot capture {first.location}: {first.problem}")
     payload = tuple(PayloadFile(member, path, path.stat().st_size) for member, path in sorted(capture.files.items()))
     return CollectedObjects(tuple(records), payload)
 

@@ -12,6 +12,7 @@ come from collecting several problems carry them in ``findings``. Stable: public
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TypeVar
 
 from kbundle.findings import Finding
 
@@ -33,6 +34,9 @@ __all__ = [
 ]
 
 
+_E = TypeVar("_E", bound="KbundleError")
+
+
 class KbundleError(Exception):
     """Base class of every kbundle error.
 
@@ -51,6 +55,14 @@ class KbundleError(Exception):
         self.message = message
         self.hint = hint
         self.findings: tuple[Finding, ...] = tuple(findings)
+
+    @classmethod
+    def from_findings(cls: type[_E], findings: Sequence[Finding], first: str) -> _E:
+        """One error for several findings, raised once: ``first`` describes the first finding,
+        the count of the others follows, and the first finding's fix is the hint."""
+        more = len(findings) - 1
+        rest = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        return cls(first + rest, hint=findings[0].fix, findings=findings)
 
     def __str__(self) -> str:
         if self.hint:

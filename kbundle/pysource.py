@@ -29,6 +29,7 @@ from packaging.utils import canonicalize_name
 from kbundle.manifest import format_digest
 
 __all__ = [
+    "KERAS_PACKAGES",
     "ModuleOrigin",
     "ModuleOrigins",
     "definition_digest",
@@ -38,7 +39,23 @@ __all__ = [
     "member_path",
     "qualified_attribute",
     "read_source",
+    "reserved_module",
 ]
+
+
+# Packages whose objects Keras resolves by itself: never custom objects, never bundled.
+KERAS_PACKAGES = frozenset({"keras", "tf_keras", "tensorflow"})
+
+
+def reserved_module(name: str) -> str | None:
+    """Why a module of this name must never be served from a bundle (``None`` if it may):
+    it would stand in for the standard library, Keras, TensorFlow or kbundle itself."""
+    top = name.split(".")[0]
+    if top in sys.stdlib_module_names:
+        return "a standard-library module"
+    if top in KERAS_PACKAGES or top == "kbundle":
+        return f"part of {top}"
+    return None
 
 
 def find_spec(name: str) -> ModuleSpec | None:

@@ -109,6 +109,6 @@ def render_code(listings: list[CodeListing]) -> str:
             shown.add(file.path)
             module = f" (module {file.module})" if file.module else ""
             out.append(f"# ---- {file.path}{module} {file.digest or ''}".rstrip())
-            out.append(file.text.rstrip("\n"))
+            out.append(file.text.rstrip("\n") or "# (empty file)")
         out.append("")
     return "\n".join(out) + ("\n" if out else "")

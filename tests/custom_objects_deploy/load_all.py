@@ -18,7 +18,7 @@ PROJECT_MODULES = ("mypkg", "twomod", "sidefx")
 
 def main(out, cases):
     absent = {name: importlib.util.find_spec(name) is None for name in PROJECT_MODULES}
-    import keras  # noqa: PLC0415 - after the check above; importing it adds import hooks
+    import keras
 
     path_before = list(sys.path)
     meta_path_before = list(sys.meta_path)

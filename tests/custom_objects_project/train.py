@@ -11,16 +11,16 @@ from pathlib import Path
 
 import keras
 import numpy as np
-from keras import ops
-
-import kbundle
 from acme_layers.layers import Clip
+from keras import ops
 from mypkg.acme import Scale, soft_sign
 from mypkg.blocks import Residual
 from mypkg.layers import EagerWeights, MyCustomLayer, MyLoss, MyMetric, scaled_tanh
 from mypkg.models import TinyModel
 from sidefx import Tripled
 from twomod.a import Shifted
+
+import kbundle
 
 
 class MainScale(keras.layers.Layer):
