@@ -168,10 +168,10 @@ def _keras_builtin_function(name: str) -> bool:
 class _Resolver:
     """Finds the object behind each reference; records why when it cannot."""
 
-    def __init__(self, given: Mapping[str, Any], origins: ModuleOrigins) -> None:
+    def __init__(self, given: Mapping[str, Any], capture: _Capture) -> None:
         self.given = given
-        self.origins = origins
-        self.problems: list[Finding] = []
+        self.origins = capture.origins
+        self.problem = capture.problem
 
     def __call__(self, ref: Reference) -> Any:
         for key in (ref.name, ref.class_name):
@@ -200,7 +200,7 @@ class _Resolver:
             f"{fn.__module__}.{fn.__qualname__}": fn
             for module_name, module in list(sys.modules.items())
             if module_name == "__main__" or self._is_local(module_name)
-            for fn in [vars(module).get(ref.name)]
+            for fn in [getattr(module, "__dict__", {}).get(ref.name)]
             if isinstance(fn, types.FunctionType) and fn.__module__ == module_name
         }
         if len(candidates) == 1:
@@ -210,17 +210,9 @@ class _Resolver:
             "MODULE), or register it with @keras.saving.register_keras_serializable()"
         )
         if candidates:
-            self.problems.append(Finding(
-                location=f"custom object {ref.name}",
-                problem=f"function {ref.name!r} is defined in several modules: {', '.join(sorted(candidates))}",
-                fix=hint,
-            ))
+            self.problem(ref.name, f"function {ref.name!r} is defined in several modules: {', '.join(sorted(candidates))}", hint)
         else:
-            self.problems.append(Finding(
-                location=f"custom object {ref.name}",
-                problem=f"function {ref.name!r} is not registered and no imported module defines it",
-                fix=hint,
-            ))
+            self.problem(ref.name, f"function {ref.name!r} is not registered and no imported module defines it", hint)
         return None
 
     def _is_local(self, module_name: str) -> bool:
@@ -232,19 +224,19 @@ class _Resolver:
 
     def _missing_class(self, ref: Reference) -> None:
         if ref.module is None:
-            self.problems.append(Finding(
-                location=f"custom object {ref.name}",
-                problem=f"class {ref.class_name!r} comes from a __main__ module (a script or notebook) but is not a top-level name of the running one",
-                fix=f"pack the live model where it is defined with custom_objects={{{ref.name!r}: {ref.class_name}}} (it travels as a pickle), or move the class into a module and pass --custom-objects MODULE",
-            ))
+            self.problem(
+                ref.name,
+                f"class {ref.class_name!r} comes from a __main__ module (a script or notebook) but is not a top-level name of the running one",
+                f"pack the live model where it is defined with custom_objects={{{ref.name!r}: {ref.class_name}}} (it travels as a pickle), or move the class into a module and pass --custom-objects MODULE",
+            )
             return
-        self.problems.append(Finding(
-            location=f"custom object {ref.name}",
-            problem=f"class {ref.class_name!r} (module {ref.module}) is not defined in the packing process",
-            fix=f"import it first (kbundle pack --custom-objects {ref.module}), pass it with "
+        self.problem(
+            ref.name,
+            f"class {ref.class_name!r} (module {ref.module}) is not defined in the packing process",
+            f"import it first (kbundle pack --custom-objects {ref.module}), pass it with "
             f"custom_objects={{{ref.name!r}: {ref.class_name}}}, or register it with "
             "@keras.saving.register_keras_serializable()",
-        ))
+        )
 
 
 def _kind(obj: Any, hint: str | None) -> str:
@@ -332,7 +324,7 @@ class _Capture:
                 source = self._copy_module(name, origin, owner)
                 if source is not None:
                     sources[name] = source
-                    text = read_source(origin.file) or ""
+                    text = read_source(self.files[source.path]) or ""  # the bytes bundled
                     pending.extend(imported_modules(text, name, is_package=origin.is_package))
             elif origin.kind == "compiled":
                 self.problem(owner, f"needs {name}, a compiled module ({origin.file}) that no installed distribution provides", "kbundle carries Python source only: install that module as a distribution, or make it pure Python")
@@ -463,7 +455,7 @@ def collect_custom_objects(
     if not references and not given:
         return CollectedObjects()  # nothing custom: Keras is not even imported
     capture = _Capture(scratch=scratch, origins=ModuleOrigins())
-    resolve = _Resolver(given, capture.origins)
+    resolve = _Resolver(given, capture)
     wanted: dict[str, tuple[Any, str | None]] = {key: (obj, None) for key, obj in given.items()}
     for ref in references:
         if ref.name not in wanted:
@@ -478,10 +470,9 @@ def collect_custom_objects(
         record = _travel(name, obj, _kind(obj, hint), capture)
         if record is not None:
             records.append(record)
-    problems = resolve.problems + capture.problems
-    if problems:
-        first = problems[0]
-        raise PackError.from_findings(problems, f"cannot capture {first.location}: {first.problem}")
+    if capture.problems:
+        first = capture.problems[0]
+        raise PackError.from_findings(capture.problems, f"cannot capture {first.location}: {first.problem}")
     payload = tuple(PayloadFile(member, path, path.stat().st_size) for member, path in sorted(capture.files.items()))
     return CollectedObjects(tuple(records), payload)
 
