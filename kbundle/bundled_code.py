@@ -97,7 +97,8 @@ class CodeFile:
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class CodeListing:
-    """A custom object and the bundled files that define it (none for a distribution)."""
+    """A custom object and the bundled files its code needs (none for a distribution); a
+    pickled object's definition text is its ``obj.review_source``."""
 
     obj: CustomObject
     files: list[CodeFile]
@@ -122,14 +123,11 @@ def code_listings(directory: Path, manifest: Manifest, name: str | None = None) 
     """The bundled code of every custom object (or of ``name``), read from verified files."""
     listings = []
     for obj in select_objects(manifest, name):
-        paths: list[tuple[str, str | None]] = [(s.path, s.module) for s in obj.sources]
-        if obj.review_source:
-            paths.insert(0, (obj.review_source, None))
         files = []
-        for path, module in paths:
-            member = manifest.member(path)
-            text = importlib.util.decode_source((directory / path).read_bytes())
-            files.append(CodeFile(path=path, module=module, digest=member.digest if member else None, text=text))
+        for source in obj.sources:
+            member = manifest.member(source.path)
+            text = importlib.util.decode_source((directory / source.path).read_bytes())
+            files.append(CodeFile(path=source.path, module=source.module, digest=member.digest if member else None, text=text))
         listings.append(CodeListing(obj=obj, files=files))
     return listings
 

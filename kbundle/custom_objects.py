@@ -11,7 +11,7 @@ optimizers, schedules). Each is found among what the packing process already has
   imports (and their packages' ``__init__``) are copied under ``code/``;
 - ``pickle``: defined where no importable source exists (a ``__main__`` script, a notebook,
   inside a function); cloudpickled by value under ``objects/``, with the definition's text
-  beside it for review when it can be read.
+  in the manifest (``review_source``) for review when it can be read.
 
 Anything that cannot be captured is one ``PackError`` listing every such object and what to
 do. This is the Keras side of packing: it is imported lazily and imports Keras inside its
@@ -412,17 +412,12 @@ def _pickled(obj: Any, text: str | None, common: dict[str, Any], capture: _Captu
     except Exception as exc:
         capture.problem(name, f"cannot be cloudpickled: {exception_summary(exc)}", "move the definition into a module of your project so that its source travels")
         return None
-    stem = capture.stem(name)
-    pickle_path = f"objects/{stem}.pkl"
+    pickle_path = f"objects/{capture.stem(name)}.pkl"
     capture.write(pickle_path, data)
-    review: str | None = None
-    if text is not None:
-        review = f"objects/{stem}.py"
-        capture.write(review, text.encode("utf-8"))
     referenced = [m for m in _pickled_strings(data) if m in sys.modules and m != "__main__"]
     needs = capture.local_sources(referenced, name)
     info = PickleInfo(path=pickle_path, python=platform.python_version(), protocol=protocol, cloudpickle=str(cloudpickle.__version__))
-    return CustomObject(transport="pickle", pickle=info, review_source=review, **needs.fields(), **common)
+    return CustomObject(transport="pickle", pickle=info, review_source=text, **needs.fields(), **common)
 
 
 def _pickled_strings(data: bytes) -> Iterator[str]:

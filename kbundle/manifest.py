@@ -200,8 +200,8 @@ class CustomObject:
     ``transport`` says how it travels: ``distribution`` (``requirement`` pins the installed
     distribution, code not copied), ``source`` (``sources`` are the bundled files needed to
     import ``module``), ``pickle`` (cloudpickled by value; ``sources`` are local modules the
-    pickle imports, ``review_source`` the member holding the definition's text for review
-    when it could be read), or ``builtin`` (Keras's own; recorded for completeness).
+    pickle imports, ``review_source`` the definition's text, for review only, when it could
+    be read), or ``builtin`` (Keras's own; recorded for completeness).
     ``source_digest`` is the ``sha256:`` of the definition's text (decorators to last line),
     compared with a same-named definition found where the bundle is loaded. ``imports`` and
     ``distributions`` name the installed distributions the code imports.
@@ -328,7 +328,6 @@ class Manifest:
                 )
             problems.extend(_custom_object_problems(obj, f"custom_objects[{index}]"))
             referenced = [s.path for s in obj.sources] + ([obj.pickle.path] if obj.pickle else [])
-            referenced += [obj.review_source] if obj.review_source else []
             problems.extend(
                 f"custom_objects[{index}]: references unlisted member {path!r}"
                 for path in referenced
@@ -344,8 +343,8 @@ class Manifest:
 
 def _custom_object_problems(obj: CustomObject, where: str) -> list[str]:
     """Rules that keep bundled code where a reader looks for it: source files at the path
-    their module name gives (``code/pkg/mod.py`` or ``code/pkg/__init__.py``), pickles and
-    review text under ``objects/``, and the field each transport needs."""
+    their module name gives (``code/pkg/mod.py`` or ``code/pkg/__init__.py``), pickles under
+    ``objects/``, and the field each transport needs."""
     problems = []
     for i, source in enumerate(obj.sources):
         parts = source.module.split(".")
@@ -357,9 +356,8 @@ def _custom_object_problems(obj: CustomObject, where: str) -> list[str]:
                 f"{where}.sources[{i}].path: module {source.module} must live at {stem}.py or "
                 f"{stem}/__init__.py: {source.path!r}"
             )
-    for field_name, path in (("pickle.path", obj.pickle.path if obj.pickle else None), ("review_source", obj.review_source)):
-        if path is not None and not path.startswith("objects/"):
-            problems.append(f"{where}.{field_name}: must be under objects/: {path!r}")
+    if obj.pickle is not None and not obj.pickle.path.startswith("objects/"):
+        problems.append(f"{where}.pickle.path: must be under objects/: {obj.pickle.path!r}")
     if obj.transport == "source" and not obj.sources:
         problems.append(f"{where}.sources: a source object needs its source files")
     if obj.transport == "pickle" and obj.pickle is None:

@@ -59,7 +59,7 @@ def render_manifest(head: BundleHead) -> str:
             lines.append(f"  {'':24} {_object_line(obj)}")
             if obj.source_digest:
                 lines.append(f"  {'':24} definition {obj.source_digest}")
-            for path in [s.path for s in obj.sources] + [p for p in (obj.pickle.path if obj.pickle else None, obj.review_source) if p]:
+            for path in [s.path for s in obj.sources] + ([obj.pickle.path] if obj.pickle else []):
                 member = manifest.member(path)
                 lines.append(f"  {'':24} {member.digest if member else '(unlisted)'}  {path}")
     if manifest.requirements:
@@ -98,10 +98,11 @@ def render_code(listings: list[CodeListing]) -> str:
         out.append(f"# {_object_line(obj)}")
         if obj.source_digest:
             out.append(f"# definition {obj.source_digest}")
-        if obj.transport == "pickle":
-            out.append("# The pickle is what runs; the text below is the definition captured at pack time, for review.")
-            if not obj.review_source:
-                out.append("# No definition text could be captured for it.")
+        if obj.transport == "pickle" and obj.review_source:
+            out.append("# The pickle is what runs; this is its definition as captured at pack time, for review:")
+            out.append(obj.review_source.rstrip("\n"))
+        elif obj.transport == "pickle":
+            out.append("# The pickle is what runs; no definition text could be captured for it.")
         for file in listing.files:
             if file.path in shown:
                 out.append(f"# ---- {file.path}: shown above")
