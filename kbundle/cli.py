@@ -14,6 +14,7 @@ import json
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -216,39 +217,39 @@ Examples:
 @click.version_option(__version__, prog_name="kbundle")
 def main() -> None:
     """Pack Keras/TensorFlow models into verified, self-describing bundles, and load them back."""
+    warnings.showwarning = _show_warning
 
 
 @main.command(
     epilog="""\b
 Examples:
   kbundle pack model.keras -o model.kbundle
+  kbundle pack model.keras -o model.kbundle --custom-objects mypkg.layers
   kbundle pack model.keras -o model.kbundle --level 19 --force
   kbundle pack big.keras -o big.kbundle --level none --quiet
-  kbundle pack model.keras -o model.kbundle --custom-objects mypkg.layers
 """
 )
 @click.argument("model", type=click.Path(path_type=Path))
+@click.option("--custom-objects", "custom_modules", multiple=True, metavar="MODULE", help="Import MODULE (from the current directory or PYTHONPATH) to find the model's custom objects; repeatable.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The bundle to write (NAME.kbundle).")
 @click.option("--level", default="3", show_default=True, metavar="1..22|none", help="zstd compression level, or 'none' to store.")
 @click.option("--threads", default=-1, show_default=True, type=int, help="zstd worker threads (-1: one per CPU, 0: no workers).")
-@click.option("--custom-objects", "custom_modules", multiple=True, metavar="MODULE", help="Import MODULE (from the current directory or PYTHONPATH) to find the model's custom objects; repeatable.")
 @_option_force
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
-def pack(model: Path, output: Path, level: str, threads: int, custom_modules: tuple[str, ...], force: bool, quiet: bool, as_json: bool) -> None:
+def pack(model: Path, custom_modules: tuple[str, ...], output: Path, level: str, threads: int, force: bool, quiet: bool, as_json: bool) -> None:
     """Pack MODEL (.keras, .h5 or SavedModel directory) into one verified bundle.
 
     Prints the bundle digest (sha256 of its manifest); pin it in deploy scripts with
-    'kbundle verify --expect'. Nothing is written unless pack succeeds. Custom objects the
-    model needs travel with it; --custom-objects names the modules that define them.
+    'kbundle verify --expect'. Nothing is written unless pack succeeds.
     """
-    from kbundle.pack import pack as pack_model  # noqa: PLC0415
-
-    if custom_modules:
+    if custom_modules:  # before packing: they define or register the model's custom objects
         from kbundle.custom_objects import import_modules  # noqa: PLC0415
 
         import_modules(custom_modules)
+    from kbundle.pack import pack as pack_model  # noqa: PLC0415
+
     with _progress("packing", not quiet) as progress:
         result = pack_model(model, output, force=force, level=level, threads=threads, progress=progress)
     if as_json:
@@ -343,7 +344,7 @@ def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, t
     from kbundle.unpack import unpack as unpack_bundle  # noqa: PLC0415
 
     options = LoadOptions(trust_code=trust_code, safe_mode=not unsafe_lambda)
-    with _progress("unpacking", not quiet and not as_json) as progress, _code_conflicts() as conflicts:
+    with _progress("unpacking", not quiet and not as_json) as progress:
         result = unpack_bundle(bundle, destination, force=force, expect=expect, load_model=not no_load, options=options, progress=progress)
     manifest = result.report.head.manifest
     differences = compare_environments(manifest.environment, capture_environment())
@@ -353,10 +354,8 @@ def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, t
 
         loaded = keras_io.describe_live_model(result.model)
     if as_json:
-        _json_out({"ok": True, "destination": str(result.path), "digest": result.report.head.digest, "model": str(result.model_path), "loaded": loaded is not None, "environment": [f.to_dict() for f in differences], "code_conflicts": conflicts})
+        _json_out({"ok": True, "destination": str(result.path), "digest": result.report.head.digest, "model": str(result.model_path), "loaded": loaded is not None, "environment": [f.to_dict() for f in differences]})
         return
-    for conflict in conflicts:
-        _err(f"kbundle: warning: {conflict}")
     if not quiet:
         _err(f"verified {result.report.files_checked} files into {result.path}")
         for finding in differences:
@@ -367,26 +366,19 @@ def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, t
     click.echo(str(result.model_path))
 
 
-@contextmanager
-def _code_conflicts() -> Iterator[list[str]]:
-    """Collect the CodeConflictWarnings a load raises, to print them as warnings."""
-    import warnings  # noqa: PLC0415
-
-    from kbundle.bundled_code import CodeConflictWarning  # noqa: PLC0415
-
-    collected: list[str] = []
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always", CodeConflictWarning)
-        yield collected
-    for item in caught:
-        if issubclass(item.category, CodeConflictWarning):
-            collected.append(str(item.message))
-        else:  # everything else as Python would have shown it
-            warnings.showwarning(item.message, item.category, item.filename, item.lineno)
-
-
 # --------------------------------------------------------------------------------------------
-# Reviewing bundled code
+# Bundled code: what loading it reports, and reviewing it
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:
+    """kbundle's own warnings (a loaded bundle's code met a same-named definition here) as one
+    ``kbundle: warning:`` line each; everything else as Python shows it."""
+    if category.__module__.startswith("kbundle."):
+        _err(f"kbundle: warning: {message}")
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
 
 
 @main.command(

@@ -119,22 +119,22 @@ def pack(
     output: str | os.PathLike[str],
     *,
     force: bool = False,
+    custom_objects: Mapping[str, Any] | None = None,
     level: int | str | None = DEFAULT_LEVEL,
     threads: int = -1,
     progress: Callable[[int, int], None] | None = None,
     extras: Callable[[Any, Path, str], Extras] | None = None,
-    custom_objects: Mapping[str, Any] | None = None,
 ) -> PackResult:
     """Pack ``model`` into the bundle ``output``.
+
+    Custom objects the model's config names travel with it (see docs/custom-objects.md);
+    ``custom_objects`` (name -> class or function, as for ``keras.saving.load_model``) adds
+    objects and says where to find those that are neither registered nor importable.
 
     ``model`` is a path to a ``.keras`` file (or directory form), an ``.h5`` file, a SavedModel
     directory, or a live ``keras.Model`` (saved as ``.keras`` first). ``level`` is a zstd
     level or ``"none"``; ``threads`` the zstd worker count (-1: one per CPU). ``progress`` is
     called with (bytes done, bytes total). Nothing is left at ``output`` unless pack succeeds.
-
-    Custom objects the model's config names travel with it (see docs/custom-objects.md);
-    ``custom_objects`` (name -> class or function, as for ``keras.saving.load_model``) adds
-    objects and says where to find those that are neither registered nor importable.
     """
     output_path = Path(output)
     check_destination(output_path, force=force, what="bundle")

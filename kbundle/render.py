@@ -9,12 +9,13 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from kbundle.archive import BundleHead
-from kbundle.manifest import CustomObject, TensorSpec
+from kbundle.manifest import TensorSpec
+
+__all__ = ["render_code", "render_manifest"]
 
 if TYPE_CHECKING:
     from kbundle.bundled_code import CodeListing
-
-__all__ = ["render_code", "render_manifest"]
+    from kbundle.manifest import CustomObject
 
 
 def _specs(specs: list[TensorSpec] | None) -> str:

@@ -52,9 +52,13 @@ def _raise_findings(report: VerifyReport, bundle: Path) -> None:
     if not report.findings:
         return
     first = report.findings[0]
-    error = IntegrityError.from_findings(report.findings, f"{bundle} failed verification: {first.describe()}")
-    error.hint = first.fix or "the bundle is corrupt or was altered; fetch an intact copy"
-    raise error
+    more = len(report.findings) - 1
+    raise IntegrityError(
+        f"{bundle} failed verification: {first.describe()}"
+        + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""),
+        hint=first.fix or "the bundle is corrupt or was altered; fetch an intact copy",
+        findings=report.findings,
+    )
 
 
 def _expect_finding(report: VerifyReport, expect: str | None) -> None:
@@ -143,11 +147,9 @@ class LoadOptions:
 
 
 def _require_trust(report: VerifyReport, options: LoadOptions) -> None:
-    from kbundle.bundled_code import CARRIED  # noqa: PLC0415
-
-    carried = [o for o in report.head.manifest.custom_objects if o.transport in CARRIED]
+    carried = [o for o in report.head.manifest.custom_objects if o.transport in ("source", "pickle")]
     if carried and not options.trust_code:
-        names = ", ".join(f"{o.name} ({o.transport}, {o.module}.{o.qualname})" for o in carried)
+        names = ", ".join(f"{o.name} ({o.transport})" for o in carried)
         raise UntrustedCodeError(
             f"loading would run bundled code nobody trusted: {names}",
             hint="review it with 'kbundle show-code', then pass --trust-code (trust_code=True)",

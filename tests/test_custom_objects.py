@@ -293,9 +293,9 @@ def test_untrusted_load_is_refused_and_runs_nothing(packed: Workspace, tmp_path:
     bundle = packed.bundle("side_effect")
     refused = run_cli("unpack", bundle, "-d", tmp_path / "out", cwd=tmp_path, env=env)
     assert_clean_failure(refused, 4)
-    assert refused.stderr.strip() == (
-        "kbundle: error: loading would run bundled code nobody trusted: Tripled (source, "
-        "sidefx.Tripled); review it with 'kbundle show-code', then pass --trust-code (trust_code=True)"
+    assert refused.stderr.startswith(
+        "kbundle: error: loading would run bundled code nobody trusted: Tripled (source); "
+        "review it with 'kbundle show-code', then pass --trust-code (trust_code=True)"
     )
     assert not (tmp_path / "out").exists()
     for args in _review_commands(bundle, tmp_path / "files"):
@@ -356,7 +356,7 @@ def test_a_malicious_pickle_does_nothing_without_trust(packed: Workspace, tmp_pa
         assert result.returncode == 0, result.stderr
     refused = run_cli("unpack", bundle, "-d", tmp_path / "out", cwd=tmp_path, env=env)
     assert_clean_failure(refused, 4)
-    assert "MainScale (pickle, __main__.MainScale)" in refused.stderr
+    assert "nobody trusted: MainScale (pickle);" in refused.stderr
     with pytest.raises(kbundle.UntrustedCodeError):
         kbundle.load(bundle)
     assert not marker.exists()
