@@ -315,6 +315,52 @@ def inspect(bundle: Path, as_json: bool) -> None:
     click.echo(render_manifest(head))
 
 
+# --------------------------------------------------------------------------------------------
+# Bundled code: what loading it reports, and reviewing it
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:
+    """kbundle's own warnings (a loaded bundle's code met a same-named definition here) as one
+    ``kbundle: warning:`` line each; everything else as Python shows it."""
+    if category.__module__.startswith("kbundle."):
+        _err(f"kbundle: warning: {message}")
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+@main.command(
+    "show-code",
+    epilog="""\b
+Examples:
+  kbundle show-code model.kbundle
+  kbundle show-code model.kbundle MyCustomLayer
+  kbundle show-code model.kbundle 'acme>Scale' --json | jq -r '.objects[0].files[0].text'
+""",
+)
+@_BUNDLE
+@click.argument("name", required=False)
+@_option_json
+@_handle_errors("as_json")
+def show_code(bundle: Path, name: str | None, as_json: bool) -> None:
+    """Print the code BUNDLE carries for its custom objects (or for NAME only), for review.
+
+    Verifies the bundle first. Never imports, runs or unpickles anything, and never loads
+    Keras or TensorFlow. A pickled object is shown by the definition text captured when it
+    was packed; the pickle itself is what would run.
+    """
+    from kbundle.unpack import show_code as bundled_code  # noqa: PLC0415
+
+    listings = bundled_code(bundle, name)
+    if as_json:
+        _json_out({"ok": True, "objects": [{**dataclasses.asdict(listing.obj), "files": [{"path": f.path, "module": f.module, "digest": f.digest, "text": f.text} for f in listing.files]} for listing in listings]})
+        return
+    from kbundle.render import render_code  # noqa: PLC0415
+
+    click.echo(render_code(listings), nl=False)
+
+
 @main.command(
     epilog="""\b
 Examples:
@@ -364,52 +410,6 @@ def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, t
         if loaded is not None:
             _err(f"model loads: {loaded['class_name']} {loaded['name']!r}, {loaded['parameter_count']} parameters")
     click.echo(str(result.model_path))
-
-
-# --------------------------------------------------------------------------------------------
-# Bundled code: what loading it reports, and reviewing it
-
-_python_showwarning = warnings.showwarning
-
-
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:
-    """kbundle's own warnings (a loaded bundle's code met a same-named definition here) as one
-    ``kbundle: warning:`` line each; everything else as Python shows it."""
-    if category.__module__.startswith("kbundle."):
-        _err(f"kbundle: warning: {message}")
-    else:
-        _python_showwarning(message, category, filename, lineno, file, line)
-
-
-@main.command(
-    "show-code",
-    epilog="""\b
-Examples:
-  kbundle show-code model.kbundle
-  kbundle show-code model.kbundle MyCustomLayer
-  kbundle show-code model.kbundle 'acme>Scale' --json | jq -r '.objects[0].files[0].text'
-""",
-)
-@_BUNDLE
-@click.argument("name", required=False)
-@_option_json
-@_handle_errors("as_json")
-def show_code(bundle: Path, name: str | None, as_json: bool) -> None:
-    """Print the code BUNDLE carries for its custom objects (or for NAME only), for review.
-
-    Verifies the bundle first. Never imports, runs or unpickles anything, and never loads
-    Keras or TensorFlow. A pickled object is shown by the definition text captured when it
-    was packed; the pickle itself is what would run.
-    """
-    from kbundle.unpack import show_code as bundled_code  # noqa: PLC0415
-
-    listings = bundled_code(bundle, name)
-    if as_json:
-        _json_out({"ok": True, "objects": [{**dataclasses.asdict(listing.obj), "files": [{"path": f.path, "module": f.module, "digest": f.digest, "text": f.text} for f in listing.files]} for listing in listings]})
-        return
-    from kbundle.render import render_code  # noqa: PLC0415
-
-    click.echo(render_code(listings), nl=False)
 
 
 if __name__ == "__main__":  # pragma: no cover
