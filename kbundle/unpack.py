@@ -188,8 +188,8 @@ def show_code(bundle: str | os.PathLike[str], name: str | None = None) -> list[C
     path = _as_path(bundle)
     select_objects(read_head(path).manifest, name)  # an unknown name fails before extracting
     with tempfile.TemporaryDirectory(prefix="kbundle-code-") as private:
-        report = _extract_verified(path, Path(private), None, None)
-        return code_listings(Path(private), report.head.manifest, name)
+        result = unpack(path, Path(private) / "bundle")
+        return code_listings(result.path, result.report.head.manifest, name)
 
 
 def unpack(
