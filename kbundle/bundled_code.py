@@ -55,6 +55,7 @@ from kbundle.pysource import (
     definition_digest,
     definition_source,
     find_spec,
+    live_definition,
     qualified_attribute,
     read_source,
     reserved_module,
@@ -304,29 +305,14 @@ def _where(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"
 
 
-def _live_digest(obj: Any) -> str | None:
-    """The definition digest of an object this process already has, read from its file."""
-    module = sys.modules.get(getattr(obj, "__module__", "") or "")
-    file = getattr(module, "__file__", None)
-    text = read_source(Path(file)) if isinstance(file, str) else None
-    found = definition_source(text, obj.__qualname__) if text else None
-    if found is None:
-        try:
-            import inspect  # noqa: PLC0415
-
-            found = inspect.getsource(obj)
-        except (OSError, TypeError):
-            return None
-    return definition_digest(found)
-
-
 def _existing_definition(obj: CustomObject, registered: Callable[[str], Any]) -> tuple[str, str | None] | None:
     """Where this environment already defines ``obj`` and that definition's digest."""
     live = registered(obj.name)
     if live is None:
         live = qualified_attribute(sys.modules.get(obj.module), obj.qualname)
     if live is not None:
-        return _where(live), _live_digest(live)
+        text = live_definition(live)
+        return _where(live), definition_digest(text) if text is not None else None
     if obj.module == "__main__":
         return None
     spec = find_spec(obj.module)  # importable but not imported: read, never run

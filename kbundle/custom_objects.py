@@ -21,7 +21,6 @@ functions. Nothing from the model file is executed. Stable: internal.
 from __future__ import annotations
 
 import importlib
-import inspect
 import os
 import pickletools
 import platform
@@ -45,8 +44,8 @@ from kbundle.pysource import (
     ModuleOrigin,
     ModuleOrigins,
     definition_digest,
-    definition_source,
     imported_modules,
+    live_definition,
     member_path,
     qualified_attribute,
     read_source,
@@ -358,21 +357,6 @@ class _Capture:
         return stem
 
 
-def _definition_text(obj: Any) -> str | None:
-    """The text of an object's definition, from its module's file or from ``inspect``."""
-    module = sys.modules.get(getattr(obj, "__module__", "") or "")
-    file = getattr(module, "__file__", None)
-    if isinstance(file, str):
-        text = read_source(Path(file))
-        found = definition_source(text, obj.__qualname__) if text else None
-        if found is not None:
-            return found
-    try:
-        return inspect.getsource(obj)
-    except (OSError, TypeError):
-        return None
-
-
 def _travel(name: str, obj: Any, kind: str, capture: _Capture) -> CustomObject | None:
     module_name = getattr(obj, "__module__", None)
     qualname = getattr(obj, "__qualname__", None)
@@ -380,7 +364,7 @@ def _travel(name: str, obj: Any, kind: str, capture: _Capture) -> CustomObject |
         capture.problem(name, f"is a {type(obj).__name__}, not a class or function", "pass classes and functions in custom_objects, not instances")
         return None
     common: dict[str, Any] = {"name": name, "kind": kind, "module": module_name, "qualname": qualname}
-    text = _definition_text(obj)
+    text = live_definition(obj)
     if text is not None:
         common["source_digest"] = definition_digest(text)
     if module_name.split(".")[0] in KERAS_PACKAGES:

@@ -15,10 +15,12 @@ import hashlib
 import importlib.machinery
 import importlib.metadata as metadata
 import importlib.util
+import inspect
+import linecache
 import site
 import sys
 import sysconfig
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib.machinery import ModuleSpec
 from pathlib import Path
@@ -36,6 +38,7 @@ __all__ = [
     "definition_source",
     "find_spec",
     "imported_modules",
+    "live_definition",
     "member_path",
     "qualified_attribute",
     "read_source",
@@ -254,6 +257,38 @@ def qualified_attribute(holder: Any, qualname: str) -> Any:
     for part in qualname.split("."):
         holder = getattr(holder, part, None)
     return holder
+
+
+def live_definition(obj: Any) -> str | None:
+    """The text of a class's or function's definition, for an object this process has.
+
+    Read from its module's file, else from the file its code was compiled from (``linecache``
+    also knows the text of modules kbundle loaded from a bundle), else through ``inspect``.
+    """
+    qualname = getattr(obj, "__qualname__", None)
+    if not isinstance(qualname, str):
+        return None
+    for filename in _definition_files(obj):
+        lines = linecache.getlines(filename)
+        found = definition_source("".join(lines), qualname) if lines else None
+        if found is not None:
+            return found
+    try:
+        return inspect.getsource(obj)
+    except (OSError, TypeError):
+        return None
+
+
+def _definition_files(obj: Any) -> Iterator[str]:
+    file = getattr(sys.modules.get(getattr(obj, "__module__", "") or ""), "__file__", None)
+    if isinstance(file, str):
+        yield file
+    members = vars(obj).values() if isinstance(obj, type) else [obj]
+    for member in members:
+        code = getattr(getattr(member, "__func__", member), "__code__", None)
+        if code is not None:
+            yield code.co_filename
+            return
 
 
 def definition_digest(text: str) -> str:

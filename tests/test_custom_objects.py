@@ -728,3 +728,26 @@ def test_a_bundle_may_not_replace_stdlib_keras_or_kbundle(module: str, reason: s
         f"custom object X comes with a bundled module {module!r}, which is {reason}; "
         "the bundle was not written by a conforming kbundle or was tampered with"
     )
+
+
+def test_loading_the_same_bundle_twice_reports_no_conflict(tmp_path: Path) -> None:
+    """The first load's objects stay alive (and registered): the second load must see that
+    they are the same definition — from the text kept in linecache — and stay quiet."""
+    verified = tmp_path / "verified"
+    (verified / "code" / "lonepkg").mkdir(parents=True)
+    text = "class Thing:\n    def value(self):\n        return 42\n"
+    (verified / "code" / "lonepkg" / "__init__.py").write_text(text)
+    obj = CustomObject(
+        name="lone>Thing", kind="class", module="lonepkg", qualname="Thing", transport="source",
+        source_digest=definition_digest(text), sources=[SourceFile(module="lonepkg", path="code/lonepkg/__init__.py")],
+    )
+    manifest = _manifest([obj])
+    with bundled_objects(verified, manifest, label="first", registered=lambda name: None) as first:
+        pass
+    shutil.rmtree(verified / "code")  # the files are gone after a load; the objects are not
+    (verified / "code" / "lonepkg").mkdir(parents=True)
+    (verified / "code" / "lonepkg" / "__init__.py").write_text(text)
+    # Any warning fails this test (filterwarnings = error).
+    with bundled_objects(verified, manifest, label="second", registered=lambda name: first[name]) as second:
+        assert second["lone>Thing"] is not first["lone>Thing"]
+    assert first["lone>Thing"]().value() == 42 and "lonepkg" not in sys.modules
