@@ -157,10 +157,19 @@ def _reference(node: dict[str, Any], class_name: str, key: str | None) -> Refere
 # Finding the objects
 
 
-def _keras_builtin_function(name: str) -> bool:
+# Class names a legacy config may use for Keras's own models besides the public API's names.
+_LEGACY_MODEL_NAMES = frozenset({"Functional", "Sequential", "Model"})
+
+
+def _keras_builtin(name: str, *, function: bool) -> bool:
+    """Whether Keras itself provides a function (or, for legacy configs, a class) of this name."""
     import keras  # noqa: PLC0415
 
-    modules = (keras.activations, keras.losses, keras.metrics, keras.initializers, keras.regularizers, keras.constraints)
+    modules = [keras.activations, keras.losses, keras.metrics, keras.initializers, keras.regularizers, keras.constraints]
+    if not function:
+        if name in _LEGACY_MODEL_NAMES:
+            return True
+        modules += [keras.layers, keras.optimizers, keras.optimizers.schedules]
     return any(callable(getattr(module, name, None)) for module in modules)
 
 
@@ -177,10 +186,10 @@ class _Resolver:
             if key in self.given:
                 return self.given[key]
         found = keras_io.registered_object(ref.name)
-        if found is not None or ref.legacy:
-            return found  # a legacy config names builtins without a module: not ours
-        if ref.function:
-            return self._function(ref)
+        if found is not None:
+            return found
+        if ref.function or ref.legacy:
+            return self._by_name_only(ref)
         holder = sys.modules.get(ref.module or "__main__")
         found = qualified_attribute(holder, ref.class_name)
         if isinstance(found, type):
@@ -188,30 +197,34 @@ class _Resolver:
         self._missing_class(ref)
         return None
 
-    def _function(self, ref: Reference) -> Any:
+    def _by_name_only(self, ref: Reference) -> Any:
+        """A function (Keras records only its name), or a class in a legacy config (no module):
+        Keras's own, or the one definition of that name in the project's imported modules."""
         if ref.module is not None:
             found = qualified_attribute(sys.modules.get(ref.module), ref.name)
             if callable(found):
                 return found
-        elif _keras_builtin_function(ref.name):
+        elif _keras_builtin(ref.class_name, function=ref.function):
             return None
+        what = "function" if ref.function else "class"
+        wanted = types.FunctionType if ref.function else type
         candidates = {
-            f"{fn.__module__}.{fn.__qualname__}": fn
+            f"{obj.__module__}.{obj.__qualname__}": obj
             for module_name, module in list(sys.modules.items())
             if module_name == "__main__" or self._is_local(module_name)
-            for fn in [getattr(module, "__dict__", {}).get(ref.name)]
-            if isinstance(fn, types.FunctionType) and fn.__module__ == module_name
+            for obj in [getattr(module, "__dict__", {}).get(ref.class_name)]
+            if isinstance(obj, wanted) and obj.__module__ == module_name
         }
         if len(candidates) == 1:
             return next(iter(candidates.values()))
         hint = (
-            f"pass it with custom_objects={{{ref.name!r}: {ref.name}}} (CLI: --custom-objects "
+            f"pass it with custom_objects={{{ref.name!r}: {ref.class_name}}} (CLI: --custom-objects "
             "MODULE), or register it with @keras.saving.register_keras_serializable()"
         )
         if candidates:
-            self.problem(ref.name, f"function {ref.name!r} is defined in several modules: {', '.join(sorted(candidates))}", hint)
+            self.problem(ref.name, f"{what} {ref.class_name!r} is defined in several modules: {', '.join(sorted(candidates))}", hint)
         else:
-            self.problem(ref.name, f"function {ref.name!r} is not registered and no imported module defines it", hint)
+            self.problem(ref.name, f"{what} {ref.class_name!r} is not Keras's, not registered, and no imported module defines it", hint)
         return None
 
     def _is_local(self, module_name: str) -> bool:

@@ -61,6 +61,7 @@ CASES = (
     "side_effect",
     "distribution",
     "local_class",
+    "legacy_h5",
 )
 MARKER_VARIABLE = "KBUNDLE_SIDE_EFFECT_MARKER"
 
@@ -165,6 +166,8 @@ def test_each_object_travels_the_way_its_definition_allows(packed: Workspace) ->
     ]
     assert results["lambda"] == []  # marshalled code is safe_mode's business, not a custom object
     assert results["local_class"] == [{"name": "Doubler", "transport": "pickle"}]
+    # A legacy .h5 config names classes without modules: found by name in the project.
+    assert results["legacy_h5"] == [{"name": "MyCustomLayer", "transport": "source"}, {"name": "acme>Scale", "transport": "source"}]
 
 
 @pytest.mark.slow
@@ -203,6 +206,13 @@ def test_an_object_that_cannot_be_found_fails_at_pack_naming_it(packed: Workspac
         "model where it is defined with custom_objects={'Doubler': Doubler} (it travels as a "
         "pickle), or move the class into a module and pass --custom-objects MODULE"
     )
+    assert packed.results()["local_function_error"] == (
+        "cannot capture custom object clipped: function 'clipped' is not Keras's, not "
+        "registered, and no imported module defines it; pass it with custom_objects="
+        "{'clipped': clipped} (CLI: --custom-objects MODULE), or register it with "
+        "@keras.saving.register_keras_serializable()"
+    )
+    assert not (packed.out / "bundles" / "local_function.kbundle").exists()
 
 
 @pytest.mark.slow

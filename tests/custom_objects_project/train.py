@@ -87,6 +87,26 @@ def local_class_model():
     return sequential(Doubler(), keras.layers.Dense(2)), Doubler
 
 
+def legacy_h5_file(out):
+    """A legacy .h5 file: its config names classes without their modules."""
+    keras.utils.set_random_seed(77)
+    model = sequential(MyCustomLayer(3), Scale(1.5))
+    x = np.random.default_rng(77).standard_normal((6, 4)).astype("float32")
+    model.save(out / "files" / "legacy.h5")
+    np.save(out / "inputs" / "legacy_h5.npy", x)
+    np.save(out / "expected" / "legacy_h5.npy", model.predict(x, verbose=0))
+    return out / "files" / "legacy.h5"
+
+
+def local_function_model():
+    """An activation made inside a function: not registered, not findable by name."""
+
+    def clipped(x):
+        return ops.clip(x, -1.0, 1.0)
+
+    return sequential(keras.layers.Dense(2, activation=clipped))
+
+
 def main(out):
     for area in ("bundles", "inputs", "expected", "files"):
         (out / area).mkdir(parents=True, exist_ok=True)
@@ -111,6 +131,13 @@ def main(out):
     np.save(out / "expected" / "local_class.npy", model.predict(x, verbose=0))
     result = kbundle.pack(model, out / "bundles" / "local_class.kbundle", custom_objects={"Doubler": doubler})
     results["local_class"] = [{"name": o.name, "transport": o.transport} for o in result.manifest.custom_objects]
+
+    result = kbundle.pack(legacy_h5_file(out), out / "bundles" / "legacy_h5.kbundle")
+    results["legacy_h5"] = [{"name": o.name, "transport": o.transport} for o in result.manifest.custom_objects]
+    try:
+        kbundle.pack(local_function_model(), out / "bundles" / "local_function.kbundle")
+    except kbundle.errors.PackError as exc:
+        results["local_function_error"] = str(exc)
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
 
