@@ -208,6 +208,7 @@ class _Resolver:
             return None
         what = "function" if ref.function else "class"
         wanted = types.FunctionType if ref.function else type
+        python_name = ref.class_name.rpartition(">")[2]  # registered names are package>name
         candidates = {
             f"{obj.__module__}.{obj.__qualname__}": obj
             for module_name, module in list(sys.modules.items())
@@ -218,7 +219,7 @@ class _Resolver:
         if len(candidates) == 1:
             return next(iter(candidates.values()))
         hint = (
-            f"pass it with custom_objects={{{ref.name!r}: {ref.class_name}}} (CLI: --custom-objects "
+            f"pass it with custom_objects={{{ref.name!r}: {python_name}}} (CLI: --custom-objects "
             "MODULE), or register it with @keras.saving.register_keras_serializable()"
         )
         if candidates:
@@ -449,13 +450,16 @@ def collect_custom_objects(
     capture = _Capture(scratch=scratch, origins=ModuleOrigins())
     resolve = _Resolver(given, capture)
     wanted: dict[str, tuple[Any, str | None]] = {key: (obj, None) for key, obj in given.items()}
+    resolved: set[str] = set()  # each name is looked up (and reported) once
     for ref in references:
-        if ref.name not in wanted:
-            obj = resolve(ref)
-            if obj is not None and not _is_keras_module(getattr(obj, "__module__", None)):
-                wanted[ref.name] = (obj, ref.kind_hint)
-        elif wanted[ref.name][1] is None:
+        if ref.name in wanted and wanted[ref.name][1] is None:
             wanted[ref.name] = (wanted[ref.name][0], ref.kind_hint)
+        if ref.name in wanted or ref.name in resolved:
+            continue
+        resolved.add(ref.name)
+        obj = resolve(ref)
+        if obj is not None and not _is_keras_module(getattr(obj, "__module__", None)):
+            wanted[ref.name] = (obj, ref.kind_hint)
     records = []
     for name in sorted(wanted):
         obj, hint = wanted[name]

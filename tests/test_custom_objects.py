@@ -228,6 +228,20 @@ def test_cli_pack_of_a_model_file_imports_the_named_modules(packed: Workspace, t
     )
     assert not (tmp_path / "no.kbundle").exists()
 
+    # Every object that cannot be found is named at once.
+    both = run_cli("pack", packed.out / "files" / "registered.keras", "-o", tmp_path / "no.kbundle", "--quiet", cwd=packed.project, env=_deploy_env())
+    assert_clean_failure(both, 2)
+    assert both.stderr.splitlines() == [
+        "kbundle: error: cannot capture custom object acme>Scale: class 'Scale' (module mypkg.acme) "
+        "is not defined in the packing process (and 1 more problem); import it first (kbundle "
+        "pack --custom-objects mypkg.acme), pass it with custom_objects={'acme>Scale': Scale}, "
+        "or register it with @keras.saving.register_keras_serializable()",
+        "all 2 problems:",
+        "  - custom object acme>Scale: class 'Scale' (module mypkg.acme) is not defined in the packing process",
+        "  - custom object acme>soft_sign: function 'acme>soft_sign' is not Keras's, not registered, "
+        "and no imported module defines it",
+    ]
+
     packed_file = run_cli(
         "pack", model_file, "-o", tmp_path / "file.kbundle", "--quiet", "--custom-objects", "mypkg.layers",
         cwd=packed.project, env=_deploy_env(),
