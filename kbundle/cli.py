@@ -217,7 +217,6 @@ Examples:
 @click.version_option(__version__, prog_name="kbundle")
 def main() -> None:
     """Pack Keras/TensorFlow models into verified, self-describing bundles, and load them back."""
-    warnings.showwarning = _show_warning
 
 
 @main.command(
@@ -389,6 +388,7 @@ def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, t
     from kbundle.unpack import LoadOptions  # noqa: PLC0415
     from kbundle.unpack import unpack as unpack_bundle  # noqa: PLC0415
 
+    warnings.showwarning = _show_warning  # a loaded bundle's code conflicts, as warning lines
     options = LoadOptions(trust_code=trust_code, safe_mode=not unsafe_lambda)
     with _progress("unpacking", not quiet and not as_json) as progress:
         result = unpack_bundle(bundle, destination, force=force, expect=expect, load_model=not no_load, options=options, progress=progress)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ __all__ = [
     "describe_live_model",
     "is_keras_model",
     "load_model",
+    "preferred_objects",
     "registered_object",
     "registry_restored",
     "save_model",
@@ -103,16 +104,19 @@ def load_model(
 ) -> Any:
     """Load a verified ``.keras`` / ``.h5`` model file with Keras."""
     keras = _keras()
-    # A scope outranks Keras's global registry, so the objects given (a bundle's own) win
-    # over same-named ones the loading process registered.
-    scope = keras.saving.custom_object_scope(custom_objects) if custom_objects else nullcontext()
     try:
-        with scope:
-            return keras.saving.load_model(
-                path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
-            )
+        return keras.saving.load_model(
+            path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
+        )
     except Exception as exc:
         raise ModelLoadError(_load_message(exc), hint=_load_hint(exc)) from exc
+
+
+def preferred_objects(objects: dict[str, Any]) -> AbstractContextManager[Any]:
+    """A Keras custom-object scope for ``objects``. Keras looks a scope up before its global
+    registry, so inside it a bundle's own objects win over same-named ones this process
+    registered (``custom_objects=`` alone ranks below the registry)."""
+    return _keras().saving.custom_object_scope(objects)  # type: ignore[no-any-return]
 
 
 def registered_object(name: str) -> Any:

@@ -171,7 +171,7 @@ def _load_verified(directory: Path, report: VerifyReport, options: LoadOptions) 
     label = report.head.digest.removeprefix(_DIGEST_PREFIX)[:12]
     with keras_io.registry_restored(), bundled_code.bundled_objects(
         directory, manifest, label=label, registered=keras_io.registered_object
-    ) as objects:
+    ) as objects, keras_io.preferred_objects(objects):
         return keras_io.load_model(
             model_path, custom_objects=objects, safe_mode=options.safe_mode, compile=options.compile
         )
