@@ -32,10 +32,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kbundle import keras_io
 from kbundle.archive import PayloadFile
 from kbundle.errors import PackError, UsageError, exception_summary
 from kbundle.findings import Finding
+from kbundle.keras_registry import registered_object
 from kbundle.manifest import CustomObject, PickleInfo, SourceFile
 from kbundle.model_files import read_model_config
 from kbundle.names import name_problem
@@ -185,7 +185,7 @@ class _Resolver:
         for key in (ref.name, ref.class_name):
             if key in self.given:
                 return self.given[key]
-        found = keras_io.registered_object(ref.name)
+        found = registered_object(ref.name)
         if found is not None:
             return found
         if ref.function or ref.legacy:
@@ -444,7 +444,7 @@ def collect_custom_objects(
     :class:`PackError` listing every object that cannot be found or captured.
     """
     given = dict(custom_objects or {})
-    references = config_references(read_model_config(model_path, fmt))
+    references = config_references(read_model_config(model_path, fmt) or {})
     if not references and not given:
         return CollectedObjects()  # nothing custom: Keras is not even imported
     capture = _Capture(scratch=scratch, origins=ModuleOrigins())

@@ -7,23 +7,13 @@ translated into kbundle errors with the original message kept. Stable: internal.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
 from pathlib import Path
 from typing import Any
 
 from kbundle.errors import ModelLoadError, PackError
 from kbundle.manifest import TensorSpec
 
-__all__ = [
-    "describe_live_model",
-    "is_keras_model",
-    "load_model",
-    "preferred_objects",
-    "registered_object",
-    "registry_restored",
-    "save_model",
-]
+__all__ = ["describe_live_model", "is_keras_model", "load_model", "save_model"]
 
 
 def _keras() -> Any:
@@ -110,33 +100,6 @@ def load_model(
         )
     except Exception as exc:
         raise ModelLoadError(_load_message(exc), hint=_load_hint(exc)) from exc
-
-
-def preferred_objects(objects: dict[str, Any]) -> AbstractContextManager[Any]:
-    """A Keras custom-object scope for ``objects``. Keras looks a scope up before its global
-    registry, so inside it a bundle's own objects win over same-named ones this process
-    registered (``custom_objects=`` alone ranks below the registry)."""
-    return _keras().saving.custom_object_scope(objects)  # type: ignore[no-any-return]
-
-
-def registered_object(name: str) -> Any:
-    """What Keras's global registry holds under ``name`` (``acme>MyLayer``), or ``None``."""
-    return _keras().saving.get_registered_object(name)
-
-
-@contextmanager
-def registry_restored() -> Iterator[None]:
-    """Run a block that may register objects with Keras (importing bundled code does), then
-    give every name registered before the block its previous object back. Names that were
-    free stay registered, so a loaded model saves again under the names it was loaded by."""
-    registry = _keras().saving.get_custom_objects()  # Keras's live global dict
-    before = dict(registry)
-    try:
-        yield
-    finally:
-        for name, obj in before.items():
-            if registry.get(name) is not obj:
-                registry[name] = obj
 
 
 def _first_line(exc: BaseException) -> str:

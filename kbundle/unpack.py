@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -161,20 +162,34 @@ def _load_verified(directory: Path, report: VerifyReport, options: LoadOptions) 
     from kbundle import keras_io  # noqa: PLC0415 - Keras is imported only to load
 
     _require_trust(report, options)
-    manifest = report.head.manifest
-    model_path = directory / manifest.model.path
-    if not manifest.custom_objects:
-        return keras_io.load_model(model_path, safe_mode=options.safe_mode, compile=options.compile)
-    from kbundle import bundled_code  # noqa: PLC0415 - runs only after trust
-
-    bundled_code.check_runnable(manifest)
-    label = report.head.digest.removeprefix(_DIGEST_PREFIX)[:12]
-    with keras_io.registry_restored(), bundled_code.bundled_objects(
-        directory, manifest, label=label, registered=keras_io.registered_object
-    ) as objects, keras_io.preferred_objects(objects):
+    model_path = directory / report.head.manifest.model.path
+    with _custom_objects(directory, report) as objects:
         return keras_io.load_model(
             model_path, custom_objects=objects, safe_mode=options.safe_mode, compile=options.compile
         )
+
+
+@contextmanager
+def _custom_objects(directory: Path, report: VerifyReport) -> Iterator[dict[str, Any] | None]:
+    """The bundle's custom objects for Keras (``None`` when it has none); load the model inside
+    the block. Call only after ``_require_trust``: this imports and unpickles bundled code."""
+    manifest = report.head.manifest
+    if not manifest.custom_objects:
+        yield None
+        return
+    from kbundle import bundled_code  # noqa: PLC0415 - runs only after trust
+    from kbundle.keras_registry import (  # noqa: PLC0415 - the Keras side
+        RegistryRestored,
+        preferred_objects,
+        registered_object,
+    )
+
+    bundled_code.check_runnable(manifest)
+    label = report.head.digest.removeprefix(_DIGEST_PREFIX)[:12]
+    with RegistryRestored(), bundled_code.bundled_objects(
+        directory, manifest, label=label, registered=registered_object
+    ) as objects, preferred_objects(objects):
+        yield objects
 
 
 def show_code(bundle: str | os.PathLike[str], name: str | None = None) -> list[CodeListing]:

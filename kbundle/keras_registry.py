@@ -1,0 +1,49 @@
+"""Keras's custom-object registry, as packing and loading bundled code need it.
+
+Looking a registered name up (``acme>MyLayer``), giving the registry back its previous
+entries after bundled code registered its own, and a custom-object scope in which a bundle's
+objects win over same-named registered ones. The Keras side: imported lazily, it imports
+Keras inside its functions (through ``keras_io``). Stable: internal.
+"""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Any
+
+from kbundle.keras_io import _keras
+
+__all__ = ["RegistryRestored", "preferred_objects", "registered_object"]
+
+
+def registered_object(name: str) -> Any:
+    """What Keras's global registry holds under ``name`` (``acme>MyLayer``), or ``None``."""
+    return _keras().saving.get_registered_object(name)
+
+
+def preferred_objects(objects: dict[str, Any]) -> Any:
+    """A Keras custom-object scope for ``objects`` (a context manager). Keras looks a scope up
+    before its global registry, so inside it a bundle's own objects win over same-named ones
+    this process registered; ``custom_objects=`` alone ranks below the registry."""
+    return _keras().saving.custom_object_scope(objects)
+
+
+class RegistryRestored:
+    """Run a block that may register objects with Keras (importing bundled code does), then
+    give every name registered before the block its previous object back. Names that were
+    free stay registered, so a loaded model saves again under the names it was loaded by."""
+
+    def __enter__(self) -> RegistryRestored:
+        self._registry = _keras().saving.get_custom_objects()  # Keras's live global dict
+        self._before = dict(self._registry)
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        for name, obj in self._before.items():
+            if self._registry.get(name) is not obj:
+                self._registry[name] = obj
