@@ -147,28 +147,6 @@ class LoadOptions:
     compile: bool = True
 
 
-def _require_trust(report: VerifyReport, options: LoadOptions) -> None:
-    carried = [o for o in report.head.manifest.custom_objects if o.transport in ("source", "pickle")]
-    if carried and not options.trust_code:
-        names = ", ".join(f"{o.name} ({o.transport})" for o in carried)
-        raise UntrustedCodeError(
-            f"loading would run bundled code nobody trusted: {names}",
-            hint="review it with 'kbundle show-code', then pass --trust-code (trust_code=True)",
-        )
-
-
-def _load_verified(directory: Path, report: VerifyReport, options: LoadOptions) -> Any:
-    """Load the model from files that were just verified into ``directory``."""
-    from kbundle import keras_io  # noqa: PLC0415 - Keras is imported only to load
-
-    _require_trust(report, options)
-    model_path = directory / report.head.manifest.model.path
-    with _custom_objects(directory, report) as objects:
-        return keras_io.load_model(
-            model_path, custom_objects=objects, safe_mode=options.safe_mode, compile=options.compile
-        )
-
-
 @contextmanager
 def _custom_objects(directory: Path, report: VerifyReport) -> Iterator[dict[str, Any] | None]:
     """The bundle's custom objects for Keras (``None`` when it has none); load the model inside
@@ -205,6 +183,28 @@ def show_code(bundle: str | os.PathLike[str], name: str | None = None) -> list[C
     with tempfile.TemporaryDirectory(prefix="kbundle-code-") as private:
         result = unpack(path, Path(private) / "bundle")
         return code_listings(result.path, result.report.head.manifest, name)
+
+
+def _require_trust(report: VerifyReport, options: LoadOptions) -> None:
+    carried = [o for o in report.head.manifest.custom_objects if o.transport in ("source", "pickle")]
+    if carried and not options.trust_code:
+        names = ", ".join(f"{o.name} ({o.transport})" for o in carried)
+        raise UntrustedCodeError(
+            f"loading would run bundled code nobody trusted: {names}",
+            hint="review it with 'kbundle show-code', then pass --trust-code (trust_code=True)",
+        )
+
+
+def _load_verified(directory: Path, report: VerifyReport, options: LoadOptions) -> Any:
+    """Load the model from files that were just verified into ``directory``."""
+    from kbundle import keras_io  # noqa: PLC0415 - Keras is imported only to load
+
+    _require_trust(report, options)
+    model_path = directory / report.head.manifest.model.path
+    with _custom_objects(directory, report) as objects:
+        return keras_io.load_model(
+            model_path, custom_objects=objects, safe_mode=options.safe_mode, compile=options.compile
+        )
 
 
 def unpack(
