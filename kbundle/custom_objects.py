@@ -27,6 +27,7 @@ import platform
 import re
 import sys
 import types
+import zipfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -185,6 +186,10 @@ class _Resolver:
         for key in (ref.name, ref.class_name):
             if key in self.given:
                 return self.given[key]
+        if ref.legacy and "keras" not in sys.modules:
+            # No Keras class can have been defined or registered in this process, so nothing
+            # of this name can be found; and Keras (seconds to import) is not needed.
+            return None
         found = registered_object(ref.name)
         if found is not None:
             return found
@@ -218,6 +223,10 @@ class _Resolver:
         }
         if len(candidates) == 1:
             return next(iter(candidates.values()))
+        if not candidates and ref.legacy:
+            # A legacy config may name a class of another Keras version (Keras 2's
+            # TFOpLambda): not provably custom, so it is left to Keras and 'kbundle doctor'.
+            return None
         hint = (
             f"pass it with custom_objects={{{ref.name!r}: {python_name}}} (CLI: --custom-objects "
             "MODULE), or register it with @keras.saving.register_keras_serializable()"
@@ -444,7 +453,11 @@ def collect_custom_objects(
     :class:`PackError` listing every object that cannot be found or captured.
     """
     given = dict(custom_objects or {})
-    references = config_references(read_model_config(model_path, fmt) or {})
+    try:
+        config = read_model_config(model_path, fmt) or {}
+    except (OSError, ValueError, zipfile.BadZipFile):
+        config = {}  # an unreadable config is the pre-load checks' finding, not ours
+    references = config_references(config)
     if not references and not given:
         return CollectedObjects()  # nothing custom: Keras is not even imported
     capture = _Capture(scratch=scratch, origins=ModuleOrigins())
