@@ -243,14 +243,10 @@ def pack(model: Path, custom_modules: tuple[str, ...], output: Path, level: str,
     Prints the bundle digest (sha256 of its manifest); pin it in deploy scripts with
     'kbundle verify --expect'. Nothing is written unless pack succeeds.
     """
-    if custom_modules:  # before packing: they define or register the model's custom objects
-        from kbundle.custom_objects import import_modules  # noqa: PLC0415
-
-        import_modules(custom_modules)
     from kbundle.pack import pack as pack_model  # noqa: PLC0415
 
     with _progress("packing", not quiet) as progress:
-        result = pack_model(model, output, force=force, level=level, threads=threads, progress=progress)
+        result = pack_model(model, output, force=force, level=level, threads=threads, progress=progress, custom_modules=custom_modules)
     if as_json:
         _json_out({"ok": True, "bundle": str(result.path), "digest": result.digest, "size": result.size, "model_format": result.manifest.model.format})
         return

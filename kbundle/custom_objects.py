@@ -175,12 +175,19 @@ def _keras_builtin(name: str, *, function: bool) -> bool:
 
 
 class _Resolver:
-    """Finds the object behind each reference; records why when it cannot."""
+    """Finds the object behind each reference; records why when it cannot.
 
-    def __init__(self, given: Mapping[str, Any], capture: _Capture) -> None:
+    A name without a module (a function; a class in a legacy config) is looked for only
+    where the user put it: the live model's own layers, the modules named for the purpose
+    (``custom_modules``) and ``__main__`` — never in unrelated modules that happen to define
+    the same name.
+    """
+
+    def __init__(self, given: Mapping[str, Any], capture: _Capture, model: Any, modules: Sequence[str]) -> None:
         self.given = given
-        self.origins = capture.origins
         self.problem = capture.problem
+        self.live = _live_objects(model)
+        self.modules = ["__main__", *modules]
 
     def __call__(self, ref: Reference) -> Any:
         for key in (ref.name, ref.class_name):
@@ -199,12 +206,15 @@ class _Resolver:
         found = qualified_attribute(holder, ref.class_name)
         if isinstance(found, type):
             return found
+        live = [c for c in self.live.get(ref.class_name, ()) if c.__module__ == (ref.module or "__main__")]
+        if len(live) == 1:  # a class the live model uses but no module holds by name
+            return live[0]
         self._missing_class(ref)
         return None
 
     def _by_name_only(self, ref: Reference) -> Any:
         """A function (Keras records only its name), or a class in a legacy config (no module):
-        Keras's own, or the one definition of that name in the project's imported modules."""
+        Keras's own, or the one definition of that name where the user put it."""
         if ref.module is not None:
             found = qualified_attribute(sys.modules.get(ref.module), ref.name)
             if callable(found):
@@ -213,43 +223,37 @@ class _Resolver:
             return None
         what = "function" if ref.function else "class"
         wanted = types.FunctionType if ref.function else type
-        python_name = ref.class_name.rpartition(">")[2]  # registered names are package>name
-        candidates = {
-            f"{obj.__module__}.{obj.__qualname__}": obj
-            for module_name, module in list(sys.modules.items())
-            if module_name == "__main__" or self._is_local(module_name)
-            for obj in [getattr(module, "__dict__", {}).get(ref.class_name)]
-            if isinstance(obj, wanted) and obj.__module__ == module_name
-        }
+        candidates = {f"{o.__module__}.{o.__qualname__}": o for o in self.live.get(ref.name, ()) if isinstance(o, wanted)}
+        if not candidates:
+            candidates = {
+                f"{obj.__module__}.{obj.__qualname__}": obj
+                for module_name in self.modules
+                for obj in [getattr(sys.modules.get(module_name), "__dict__", {}).get(ref.class_name)]
+                if isinstance(obj, wanted)
+            }
         if len(candidates) == 1:
             return next(iter(candidates.values()))
         if not candidates and ref.legacy:
             # A legacy config may name a class of another Keras version (Keras 2's
             # TFOpLambda): not provably custom, so it is left to Keras and 'kbundle doctor'.
             return None
+        python_name = ref.class_name.rpartition(">")[2]  # registered names are package>name
         hint = (
             f"pass it with custom_objects={{{ref.name!r}: {python_name}}} (CLI: --custom-objects "
             "MODULE), or register it with @keras.saving.register_keras_serializable()"
         )
         if candidates:
-            self.problem(ref.name, f"{what} {ref.class_name!r} is defined in several modules: {', '.join(sorted(candidates))}", hint)
+            self.problem(ref.name, f"{what} {ref.class_name!r} is defined in several places: {', '.join(sorted(candidates))}", hint)
         else:
-            self.problem(ref.name, f"{what} {ref.class_name!r} is not Keras's, not registered, and no imported module defines it", hint)
+            self.problem(ref.name, f"{what} {ref.class_name!r} is not Keras's, not registered, and not found in the model or the modules named for it", hint)
         return None
-
-    def _is_local(self, module_name: str) -> bool:
-        module = sys.modules.get(module_name)
-        file = getattr(module, "__file__", None)
-        if not isinstance(file, str) or module_name.split(".")[0] in KERAS_PACKAGES:
-            return False
-        return self.origins(module_name).kind == "local"
 
     def _missing_class(self, ref: Reference) -> None:
         if ref.module is None:
             self.problem(
                 ref.name,
                 f"class {ref.class_name!r} comes from a __main__ module (a script or notebook) but is not a top-level name of the running one",
-                f"pack the live model where it is defined with custom_objects={{{ref.name!r}: {ref.class_name}}} (it travels as a pickle), or move the class into a module and pass --custom-objects MODULE",
+                f"pack the live model where the class is defined (kbundle.pack(model, ...), or with custom_objects={{{ref.name!r}: {ref.class_name}}}): it travels as a pickle; or move it into a module and pass --custom-objects MODULE",
             )
             return
         self.problem(
@@ -259,6 +263,48 @@ class _Resolver:
             f"custom_objects={{{ref.name!r}: {ref.class_name}}}, or register it with "
             "@keras.saving.register_keras_serializable()",
         )
+
+
+# A model's layers and their attributes are a few thousand objects; the walk stops far
+# beyond that, so an unusual object graph cannot make packing crawl.
+_MAX_LIVE_OBJECTS = 200_000
+
+
+def _live_objects(model: Any) -> dict[str, list[Any]]:
+    """The custom classes and plain functions a live model holds (its layers' classes,
+    activations, losses and metrics), by name: found by walking its Keras objects'
+    attributes, never by running anything."""
+    if model is None:
+        return {}
+    import keras  # noqa: PLC0415 - a live model means Keras is loaded
+
+    containers = (
+        keras.layers.Layer, keras.losses.Loss, keras.metrics.Metric, keras.optimizers.Optimizer,
+        keras.optimizers.schedules.LearningRateSchedule, keras.initializers.Initializer,
+        keras.regularizers.Regularizer, keras.constraints.Constraint,
+    )
+    found: dict[str, dict[int, Any]] = {}
+    seen: set[int] = set()
+    pending: list[Any] = [model]
+    while pending and len(seen) < _MAX_LIVE_OBJECTS:
+        obj = pending.pop()
+        if id(obj) in seen:
+            continue
+        seen.add(id(obj))
+        if isinstance(obj, types.FunctionType):
+            if not _is_keras_module(obj.__module__):
+                found.setdefault(obj.__name__, {})[id(obj)] = obj
+        elif isinstance(obj, list | tuple | set | frozenset):
+            pending.extend(obj)
+        elif isinstance(obj, dict):
+            pending.extend(obj.values())
+        elif isinstance(obj, containers) or (
+            _is_keras_module(type(obj).__module__) and not isinstance(obj, keras.Variable)
+        ):
+            if not _is_keras_module(type(obj).__module__):
+                found.setdefault(type(obj).__name__, {})[id(type(obj))] = type(obj)
+            pending.extend(getattr(obj, "__dict__", {}).values())
+    return {name: list(objects.values()) for name, objects in found.items()}
 
 
 def _kind(obj: Any, hint: str | None) -> str:
@@ -446,10 +492,14 @@ def collect_custom_objects(
     *,
     custom_objects: Mapping[str, Any] | None,
     scratch: Path,
+    model: Any = None,
+    modules: Sequence[str] = (),
 ) -> CollectedObjects:
     """Find the model's custom objects and capture each; write their files under ``scratch``.
 
-    Every object given in ``custom_objects`` travels, as do those the config names. Raises
+    Every object given in ``custom_objects`` travels, as do those the config names. A name
+    the config records without its module is looked for in the live ``model`` (when packing
+    one), in ``modules`` (imported with :func:`import_modules`) and in ``__main__``. Raises
     :class:`PackError` listing every object that cannot be found or captured.
     """
     given = dict(custom_objects or {})
@@ -461,7 +511,7 @@ def collect_custom_objects(
     if not references and not given:
         return CollectedObjects()  # nothing custom: Keras is not even imported
     capture = _Capture(scratch=scratch, origins=ModuleOrigins())
-    resolve = _Resolver(given, capture)
+    resolve = _Resolver(given, capture, model, modules)
     wanted: dict[str, tuple[Any, str | None]] = {key: (obj, None) for key, obj in given.items()}
     resolved: set[str] = set()  # each name is looked up (and reported) once
     for ref in references:
@@ -489,8 +539,9 @@ def collect_custom_objects(
 def import_modules(names: Sequence[str]) -> None:
     """Import the modules that define (or register) a model file's custom objects.
 
-    For the CLI: the current directory is put first on ``sys.path`` of this process, as
-    ``python -m`` does, so that a project's own modules import from where kbundle runs.
+    The current directory is put first on ``sys.path`` if it is not there, as ``python -m``
+    does, so that a project's own modules import from where kbundle runs (the ``kbundle``
+    script's ``sys.path`` does not hold it).
     """
     if not names:
         return
@@ -502,11 +553,11 @@ def import_modules(names: Sequence[str]) -> None:
             importlib.import_module(name)
         except ModuleNotFoundError as exc:
             raise UsageError(
-                f"--custom-objects {name}: no module named {exc.name!r}",
+                f"cannot import custom-objects module {name}: no module named {exc.name!r}",
                 hint="run kbundle from the directory that contains it, or add that directory to PYTHONPATH",
             ) from None
         except Exception as exc:
             raise PackError(
-                f"--custom-objects {name}: importing it failed: {exception_summary(exc)}",
+                f"importing custom-objects module {name} failed: {exception_summary(exc)}",
                 hint="fix the module so that it imports cleanly, then pack again",
             ) from exc

@@ -12,7 +12,7 @@ import datetime as _dt
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -120,6 +120,7 @@ def pack(
     *,
     force: bool = False,
     custom_objects: Mapping[str, Any] | None = None,
+    custom_modules: Sequence[str] = (),
     level: int | str | None = DEFAULT_LEVEL,
     threads: int = -1,
     progress: Callable[[int, int], None] | None = None,
@@ -129,7 +130,9 @@ def pack(
 
     Custom objects the model's config names travel with it (see docs/custom-objects.md);
     ``custom_objects`` (name -> class or function, as for ``keras.saving.load_model``) adds
-    objects and says where to find those that are neither registered nor importable.
+    objects and says where to find those that are neither registered nor importable;
+    ``custom_modules`` are imported first and searched for names a model file records
+    without their module (``kbundle pack --custom-objects MODULE``).
 
     ``model`` is a path to a ``.keras`` file (or directory form), an ``.h5`` file, a SavedModel
     directory, or a live ``keras.Model`` (saved as ``.keras`` first). ``level`` is a zstd
@@ -157,9 +160,13 @@ def pack(
                 hint="pass a .keras/.h5 file, a SavedModel directory or a keras.Model",
             )
         payload = _model_payload(source, fmt)
-        from kbundle.custom_objects import collect_custom_objects  # noqa: PLC0415 - Keras side
+        from kbundle import custom_objects as carry  # noqa: PLC0415 - the Keras side
 
-        carried = collect_custom_objects(source, fmt, custom_objects=custom_objects, scratch=Path(scratch))
+        carry.import_modules(custom_modules)
+        carried = carry.collect_custom_objects(
+            source, fmt, custom_objects=custom_objects, scratch=Path(scratch),
+            model=model if keras_io.is_keras_model(model) else None, modules=custom_modules,
+        )
         payload += list(carried.payload)
         added = extras(model, Path(scratch), fmt) if extras else Extras()
         payload += list(added.payload)
