@@ -424,7 +424,7 @@ def bundled_objects(
     table = _module_table(directory, manifest, label)
     tops = {name.split(".")[0] for name in table}
     _report_conflicts(manifest, tops, registered)
-    set_aside = {name: module for name, module in sys.modules.items() if _in_tops(name, tops)}
+    set_aside = {name: module for name, module in list(sys.modules.items()) if _in_tops(name, tops)}
     for name in set_aside:
         del sys.modules[name]
     finder = _BundleFinder(table)
@@ -438,6 +438,6 @@ def bundled_objects(
         yield objects
     finally:
         sys.meta_path.remove(finder)
-        for name in [name for name in sys.modules if _in_tops(name, tops)]:
+        for name in [name for name in list(sys.modules) if _in_tops(name, tops)]:
             del sys.modules[name]
         sys.modules.update(set_aside)

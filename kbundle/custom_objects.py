@@ -3,7 +3,8 @@
 The saved model's config is walked for every class and function that is not Keras's own
 (layers, models, losses, metrics, activations, initializers, regularizers, constraints,
 optimizers, schedules). Each is found among what the packing process already has (the
-``custom_objects=`` given to pack, the Keras registry, imported modules) and travels one way:
+``custom_objects=`` given to pack, the Keras registry, imported modules, the live model, the
+modules named with ``custom_modules``) and travels one way:
 
 - ``distribution``: defined in an installed distribution (a company's package, keras_hub);
   the distribution and its exact version are recorded, the code is not copied;
@@ -98,28 +99,29 @@ class CollectedObjects:
 
 
 def config_references(config: Any) -> list[Reference]:
-    """Every custom class or function named in a Keras config, in config order."""
+    """Every custom class or function named in a Keras config, in config order.
+
+    Iterative, so a deeply nested config cannot exhaust the interpreter's stack. ``key`` is
+    the nearest dict key above a node: it tells an activation from a loss.
+    """
     found: list[Reference] = []
-    _walk(config, None, found)
+    pending: list[tuple[Any, str | None]] = [(config, None)]
+    while pending:
+        node, key = pending.pop()
+        if isinstance(node, list):
+            pending.extend((item, key) for item in reversed(node))
+            continue
+        if not isinstance(node, dict):
+            continue
+        class_name = node.get("class_name")
+        if isinstance(class_name, str) and "config" in node:
+            if class_name.startswith("__") and class_name.endswith("__"):
+                continue  # tensors, lambdas (safe_mode's business), slices: no objects inside
+            reference = _reference(node, class_name, key)
+            if reference is not None:
+                found.append(reference)
+        pending.extend((value, child_key) for child_key, value in reversed(list(node.items())))
     return found
-
-
-def _walk(node: Any, key: str | None, found: list[Reference]) -> None:
-    if isinstance(node, list):
-        for item in node:
-            _walk(item, key, found)
-        return
-    if not isinstance(node, dict):
-        return
-    class_name = node.get("class_name")
-    if isinstance(class_name, str) and "config" in node:
-        if class_name.startswith("__") and class_name.endswith("__"):
-            return  # tensors, lambdas (safe_mode's business), slices: no objects inside
-        reference = _reference(node, class_name, key)
-        if reference is not None:
-            found.append(reference)
-    for child_key, value in node.items():
-        _walk(value, child_key, found)
 
 
 def _is_keras_module(module: Any) -> bool:
@@ -436,7 +438,7 @@ def _travel(name: str, obj: Any, kind: str, capture: _Capture) -> CustomObject |
     text = live_definition(obj)
     if text is not None:
         common["source_digest"] = definition_digest(text)
-    if module_name.split(".")[0] in KERAS_PACKAGES:
+    if _is_keras_module(module_name):
         return CustomObject(transport="builtin", **common)
     importable = module_name != "__main__" and qualified_attribute(sys.modules.get(module_name), qualname) is obj
     origin = capture.origins(module_name) if importable else None
@@ -446,8 +448,11 @@ def _travel(name: str, obj: Any, kind: str, capture: _Capture) -> CustomObject |
     if origin is not None and origin.kind == "local":
         needs = capture.local_sources([module_name], name)
         return CustomObject(transport="source", **needs.fields(), **common)
-    if origin is not None and origin.kind in ("installed", "compiled"):
-        capture.problem(name, f"is defined in {origin.file}, which no installed distribution owns and which is not Python source", "install it as a distribution (pip install), or move it into your project's source")
+    if origin is not None and origin.kind == "installed":
+        capture.problem(name, f"is defined in {origin.file}, under the installation directories but listed by no installed distribution", "reinstall the package that provides it with pip, so that its version can be recorded")
+        return None
+    if origin is not None and origin.kind == "compiled":
+        capture.problem(name, f"is defined in {origin.file}, a compiled module that no installed distribution provides", "kbundle carries Python source only: install that module as a distribution, or make it pure Python")
         return None
     return _pickled(obj, text, common, capture)
 

@@ -8,12 +8,13 @@ Keras inside its functions (through ``keras_io``). Stable: internal.
 
 from __future__ import annotations
 
-from types import TracebackType
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from kbundle.keras_io import _keras
 
-__all__ = ["RegistryRestored", "preferred_objects", "registered_object"]
+__all__ = ["preferred_objects", "registered_object", "registry_restored"]
 
 
 def registered_object(name: str) -> Any:
@@ -28,22 +29,16 @@ def preferred_objects(objects: dict[str, Any]) -> Any:
     return _keras().saving.custom_object_scope(objects)
 
 
-class RegistryRestored:
+@contextmanager
+def registry_restored() -> Iterator[None]:
     """Run a block that may register objects with Keras (importing bundled code does), then
     give every name registered before the block its previous object back. Names that were
     free stay registered, so a loaded model saves again under the names it was loaded by."""
-
-    def __enter__(self) -> RegistryRestored:
-        self._registry = _keras().saving.get_custom_objects()  # Keras's live global dict
-        self._before = dict(self._registry)
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        for name, obj in self._before.items():
-            if self._registry.get(name) is not obj:
-                self._registry[name] = obj
+    registry = _keras().saving.get_custom_objects()  # Keras's live global dict
+    before = dict(registry)
+    try:
+        yield
+    finally:
+        for name, obj in before.items():
+            if registry.get(name) is not obj:
+                registry[name] = obj

@@ -157,14 +157,14 @@ def _custom_objects(directory: Path, report: VerifyReport) -> Iterator[dict[str,
         return
     from kbundle import bundled_code  # noqa: PLC0415 - runs only after trust
     from kbundle.keras_registry import (  # noqa: PLC0415 - the Keras side
-        RegistryRestored,
         preferred_objects,
         registered_object,
+        registry_restored,
     )
 
     bundled_code.check_runnable(manifest)
     label = report.head.digest.removeprefix(_DIGEST_PREFIX)[:12]
-    with RegistryRestored(), bundled_code.bundled_objects(
+    with registry_restored(), bundled_code.bundled_objects(
         directory, manifest, label=label, registered=registered_object
     ) as objects, preferred_objects(objects):
         yield objects
