@@ -1,7 +1,7 @@
 """The code a bundle carries, after packing: shown for review, and run only when trusted.
 
-Review (``code_listings``) reads the verified files and the manifest; it never imports nor
-unpickles anything. Running (``check_runnable`` then ``bundled_objects``) happens only after
+Review (``code_listings``, and ``render_listings`` for the text ``kbundle show-code``
+prints) reads the verified files and the manifest; it never imports nor unpickles anything. Running (``check_runnable`` then ``bundled_objects``) happens only after
 the caller has established trust (``kbundle.unpack._require_trust``):
 
 - ``check_runnable`` refuses, before anything runs, what cannot work here: a pickle written
@@ -69,6 +69,7 @@ __all__ = [
     "bundled_objects",
     "check_runnable",
     "code_listings",
+    "render_listings",
 ]
 
 # Transports whose code is inside the bundle: running it needs trust.
@@ -131,6 +132,45 @@ def code_listings(directory: Path, manifest: Manifest, name: str | None = None) 
             files.append(CodeFile(path=source.path, module=source.module, digest=member.digest if member else None, text=text))
         listings.append(CodeListing(obj=obj, files=files))
     return listings
+
+
+def _object_line(obj: CustomObject) -> str:
+    """How one custom object travels, in one line."""
+    if obj.transport == "distribution":
+        return f"from distribution {obj.requirement}; its code is not in the bundle"
+    if obj.transport == "pickle" and obj.pickle:
+        p = obj.pickle
+        return f"cloudpickled by value in {p.path} (Python {p.python}, cloudpickle {p.cloudpickle}, protocol {p.protocol})"
+    if obj.transport == "source":
+        return f"bundled source, imported as {obj.module}"
+    return "provided by Keras"
+
+
+def render_listings(listings: list[CodeListing]) -> str:
+    """The text ``kbundle show-code`` prints: each object, then each file it needs, once."""
+    shown: set[str] = set()
+    out: list[str] = []
+    for listing in listings:
+        obj = listing.obj
+        out.append(f"# ==== {obj.name} ({obj.kind}): {obj.module}.{obj.qualname}")
+        out.append(f"# {_object_line(obj)}")
+        if obj.source_digest:
+            out.append(f"# definition {obj.source_digest}")
+        if obj.transport == "pickle" and obj.review_source:
+            out.append("# The pickle is what runs; this is its definition as captured at pack time, for review:")
+            out.append(obj.review_source.rstrip("\n"))
+        elif obj.transport == "pickle":
+            out.append("# The pickle is what runs; no definition text could be captured for it.")
+        for file in listing.files:
+            if file.path in shown:
+                out.append(f"# ---- {file.path}: shown above")
+                continue
+            shown.add(file.path)
+            module = f" (module {file.module})" if file.module else ""
+            out.append(f"# ---- {file.path}{module} {file.digest or ''}".rstrip())
+            out.append(file.text.rstrip("\n") or "# (empty file)")
+        out.append("")
+    return "\n".join(out) + ("\n" if out else "")
 
 
 # --------------------------------------------------------------------------------------------

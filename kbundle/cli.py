@@ -351,9 +351,9 @@ def show_code(bundle: Path, name: str | None, as_json: bool) -> None:
     if as_json:
         _json_out({"ok": True, "objects": [{**dataclasses.asdict(listing.obj), "files": [{"path": f.path, "module": f.module, "digest": f.digest, "text": f.text} for f in listing.files]} for listing in listings]})
         return
-    from kbundle.render import render_code  # noqa: PLC0415
+    from kbundle.bundled_code import render_listings  # noqa: PLC0415
 
-    click.echo(render_code(listings), nl=False)
+    click.echo(render_listings(listings), nl=False)
 
 
 @main.command(

@@ -114,6 +114,28 @@ class Extras:
     fields: Mapping[str, Any] | None = None
 
 
+def _with_custom_objects(
+    added: Extras,
+    model: Any,
+    source: Path,
+    fmt: str,
+    scratch: Path,
+    given: Mapping[str, Any] | None,
+    modules: Sequence[str],
+) -> Extras:
+    """``added`` plus the model's custom objects: their files, and the manifest's records."""
+    from kbundle import custom_objects as carry  # noqa: PLC0415 - the Keras side
+    from kbundle import keras_io  # noqa: PLC0415
+
+    carry.import_modules(modules)
+    carried = carry.collect_custom_objects(
+        source, fmt, custom_objects=given, scratch=scratch,
+        model=model if keras_io.is_keras_model(model) else None, modules=modules,
+    )
+    fields = {"custom_objects": list(carried.records), **(added.fields or {})}
+    return Extras(carried.payload + added.payload, fields)
+
+
 def pack(
     model: Any,
     output: str | os.PathLike[str],
@@ -160,15 +182,8 @@ def pack(
                 hint="pass a .keras/.h5 file, a SavedModel directory or a keras.Model",
             )
         payload = _model_payload(source, fmt)
-        from kbundle import custom_objects as carry  # noqa: PLC0415 - the Keras side
-
-        carry.import_modules(custom_modules)
-        carried = carry.collect_custom_objects(
-            source, fmt, custom_objects=custom_objects, scratch=Path(scratch),
-            model=model if keras_io.is_keras_model(model) else None, modules=custom_modules,
-        )
-        payload += list(carried.payload)
         added = extras(model, Path(scratch), fmt) if extras else Extras()
+        added = _with_custom_objects(added, model, source, fmt, Path(scratch), custom_objects, custom_modules)
         payload += list(added.payload)
         created, mtime = _utc_now()
         environment = capture_environment()
@@ -187,7 +202,6 @@ def pack(
                     for p in payload
                 ],
                 environment=environment,
-                custom_objects=list(carried.records),
             )
             if added.fields:
                 manifest = replace(manifest, **added.fields)

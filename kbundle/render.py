@@ -6,16 +6,10 @@ between releases; scripts should use ``--json``.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 from kbundle.archive import BundleHead
 from kbundle.manifest import TensorSpec
 
-__all__ = ["render_code", "render_manifest"]
-
-if TYPE_CHECKING:
-    from kbundle.bundled_code import CodeListing
-    from kbundle.manifest import CustomObject
+__all__ = ["render_manifest"]
 
 
 def _specs(specs: list[TensorSpec] | None) -> str:
@@ -56,13 +50,8 @@ def render_manifest(head: BundleHead) -> str:
     if manifest.custom_objects:
         lines.append("custom objects:")
         for obj in manifest.custom_objects:
-            lines.append(f"  {obj.name:24} {obj.kind:12} {obj.transport:12} {obj.module}.{obj.qualname}")
-            lines.append(f"  {'':24} {_object_line(obj)}")
-            if obj.source_digest:
-                lines.append(f"  {'':24} definition {obj.source_digest}")
-            for path in [s.path for s in obj.sources] + ([obj.pickle.path] if obj.pickle else []):
-                member = manifest.member(path)
-                lines.append(f"  {'':24} {member.digest if member else '(unlisted)'}  {path}")
+            where = obj.requirement or obj.source_digest or (obj.pickle.path if obj.pickle else "")
+            lines.append(f"  {obj.name:24} {obj.kind:12} {obj.transport:12} {obj.module}.{obj.qualname} {where}")
     if manifest.requirements:
         req = manifest.requirements
         lines.append(f"requirements {req.requirements}" + (f", lock {req.lock} ({'hashed' if req.lock_hashed else 'unhashed'})" if req.lock else ""))
@@ -75,42 +64,3 @@ def render_manifest(head: BundleHead) -> str:
         else:
             lines.append(f"  {member.size:>12}  {member.digest}  {member.path}")
     return "\n".join(lines)
-
-
-def _object_line(obj: CustomObject) -> str:
-    """How one custom object travels, in one line."""
-    if obj.transport == "distribution":
-        return f"from distribution {obj.requirement}; its code is not in the bundle"
-    if obj.transport == "pickle" and obj.pickle:
-        p = obj.pickle
-        return f"cloudpickled by value in {p.path} (Python {p.python}, cloudpickle {p.cloudpickle}, protocol {p.protocol})"
-    if obj.transport == "source":
-        return f"bundled source, imported as {obj.module}"
-    return "provided by Keras"
-
-
-def render_code(listings: list[CodeListing]) -> str:
-    """The text ``kbundle show-code`` prints: each object, then each file it needs, once."""
-    shown: set[str] = set()
-    out: list[str] = []
-    for listing in listings:
-        obj = listing.obj
-        out.append(f"# ==== {obj.name} ({obj.kind}): {obj.module}.{obj.qualname}")
-        out.append(f"# {_object_line(obj)}")
-        if obj.source_digest:
-            out.append(f"# definition {obj.source_digest}")
-        if obj.transport == "pickle" and obj.review_source:
-            out.append("# The pickle is what runs; this is its definition as captured at pack time, for review:")
-            out.append(obj.review_source.rstrip("\n"))
-        elif obj.transport == "pickle":
-            out.append("# The pickle is what runs; no definition text could be captured for it.")
-        for file in listing.files:
-            if file.path in shown:
-                out.append(f"# ---- {file.path}: shown above")
-                continue
-            shown.add(file.path)
-            module = f" (module {file.module})" if file.module else ""
-            out.append(f"# ---- {file.path}{module} {file.digest or ''}".rstrip())
-            out.append(file.text.rstrip("\n") or "# (empty file)")
-        out.append("")
-    return "\n".join(out) + ("\n" if out else "")
