@@ -133,7 +133,7 @@ def _with_custom_objects(
         model=model if keras_io.is_keras_model(model) else None, modules=modules,
     )
     fields = {"custom_objects": list(carried.records), **(added.fields or {})}
-    return Extras(carried.payload + added.payload, fields)
+    return replace(added, payload=carried.payload + added.payload, fields=fields)
 
 
 def pack(
