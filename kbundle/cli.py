@@ -8,11 +8,13 @@ the traceback for bug reports). Stable: commands, options and exit codes are pub
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 import os
 import sys
 import traceback
+import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -315,6 +317,7 @@ def main() -> None:
     epilog="""\b
 Examples:
   kbundle pack model.keras -o model.kbundle
+  kbundle pack model.keras -o model.kbundle --custom-objects mypkg.layers
   kbundle pack model.keras -o model.kbundle --level 19 --force
   kbundle pack big.keras -o big.kbundle --level none --quiet --no-probe
   kbundle pack model.keras -o model.kbundle --sign release.key
@@ -322,6 +325,7 @@ Examples:
 """
 )
 @click.argument("model", type=click.Path(path_type=Path))
+@click.option("--custom-objects", "custom_modules", multiple=True, metavar="MODULE", help="Import MODULE (from the current directory or PYTHONPATH) to find the model's custom objects; repeatable.")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The bundle to write (NAME.kbundle).")
 @click.option("--level", default="3", show_default=True, metavar="1..22|none", help="zstd compression level, or 'none' to store.")
 @click.option("--threads", default=-1, show_default=True, type=int, help="zstd worker threads (-1: one per CPU, 0: no workers).")
@@ -343,7 +347,7 @@ Examples:
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
-def pack(model: Path, output: Path, level: str, threads: int, sign_key: Path | None, passphrase_file: Path | None, probe: bool | None, lock: bool, force: bool, quiet: bool, as_json: bool) -> None:
+def pack(model: Path, custom_modules: tuple[str, ...], output: Path, level: str, threads: int, sign_key: Path | None, passphrase_file: Path | None, probe: bool | None, lock: bool, force: bool, quiet: bool, as_json: bool) -> None:
     """Pack MODEL (.keras, .h5 or SavedModel directory) into one verified bundle.
 
     Prints the bundle digest (sha256 of its manifest); pin it in deploy scripts with
@@ -353,7 +357,7 @@ def pack(model: Path, output: Path, level: str, threads: int, sign_key: Path | N
 
     signing_key = _load_signing_key(sign_key, passphrase_file) if sign_key else None
     with _progress("packing", not quiet) as progress:
-        result = pack_model(model, output, force=force, level=level, threads=threads, progress=progress, signing_key=signing_key, probe=probe, lock=lock)
+        result = pack_model(model, output, force=force, level=level, threads=threads, progress=progress, signing_key=signing_key, probe=probe, lock=lock, custom_modules=custom_modules)
     signers = [signing_key.key_id] if signing_key else []
     if as_json:
         _json_out({"ok": True, "bundle": str(result.path), "digest": result.digest, "size": result.size, "model_format": result.manifest.model.format, "signers": signers, "notes": list(result.notes)})
@@ -431,6 +435,52 @@ def inspect(bundle: Path, as_json: bool) -> None:
     click.echo(render_manifest(head))
 
 
+# --------------------------------------------------------------------------------------------
+# Bundled code: what loading it reports, and reviewing it
+
+_python_showwarning = warnings.showwarning
+
+
+def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:
+    """kbundle's own warnings (a loaded bundle's code met a same-named definition here) as one
+    ``kbundle: warning:`` line each; everything else as Python shows it."""
+    if category.__module__.startswith("kbundle."):
+        _err(f"kbundle: warning: {message}")
+    else:
+        _python_showwarning(message, category, filename, lineno, file, line)
+
+
+@main.command(
+    "show-code",
+    epilog="""\b
+Examples:
+  kbundle show-code model.kbundle
+  kbundle show-code model.kbundle MyCustomLayer
+  kbundle show-code model.kbundle 'acme>Scale' --json | jq -r '.objects[0].files[0].text'
+""",
+)
+@_BUNDLE
+@click.argument("name", required=False)
+@_option_json
+@_handle_errors("as_json")
+def show_code(bundle: Path, name: str | None, as_json: bool) -> None:
+    """Print the code BUNDLE carries for its custom objects (or for NAME only), for review.
+
+    Verifies the bundle first. Never imports, runs or unpickles anything, and never loads
+    Keras or TensorFlow. A pickled object is shown by the definition text captured when it
+    was packed; the pickle itself is what would run.
+    """
+    from kbundle.unpack import show_code as bundled_code  # noqa: PLC0415
+
+    listings = bundled_code(bundle, name)
+    if as_json:
+        _json_out({"ok": True, "objects": [{**dataclasses.asdict(listing.obj), "files": [{"path": f.path, "module": f.module, "digest": f.digest, "text": f.text} for f in listing.files]} for listing in listings]})
+        return
+    from kbundle.bundled_code import render_listings  # noqa: PLC0415
+
+    click.echo(render_listings(listings), nl=False)
+
+
 @main.command(
     epilog="""\b
 Examples:
@@ -466,6 +516,7 @@ def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, t
     from kbundle.unpack import LoadOptions  # noqa: PLC0415
     from kbundle.unpack import unpack as unpack_bundle  # noqa: PLC0415
 
+    warnings.showwarning = _show_warning  # a loaded bundle's code conflicts, as warning lines
     options = LoadOptions(trust_code=trust_code, safe_mode=not unsafe_lambda, ignore_env=ignore_env, env_policy=resolve_policy(policy, severity), probe=not no_probe)
     with _progress("unpacking", not quiet and not as_json) as progress:
         result = unpack_bundle(bundle, destination, force=force, expect=expect, load_model=not no_load, options=options, trusted_keys=_trusted(trusted_keys), require_signature=require_signature, progress=progress)

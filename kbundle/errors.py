@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
+from typing import TypeVar
 
 from kbundle.findings import Finding
 
@@ -31,8 +32,12 @@ __all__ = [
     "UnsupportedFormatVersionError",
     "UntrustedCodeError",
     "UsageError",
+    "exception_summary",
     "first_sentence",
 ]
+
+
+_E = TypeVar("_E", bound="KbundleError")
 
 
 class KbundleError(Exception):
@@ -54,10 +59,24 @@ class KbundleError(Exception):
         self.hint = hint
         self.findings: tuple[Finding, ...] = tuple(findings)
 
+    @classmethod
+    def from_findings(cls: type[_E], findings: Sequence[Finding], first: str) -> _E:
+        """One error for several findings, raised once: ``first`` describes the first finding,
+        the count of the others follows, and the first finding's fix is the hint."""
+        more = len(findings) - 1
+        rest = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
+        return cls(first + rest, hint=findings[0].fix, findings=findings)
+
     def __str__(self) -> str:
         if self.hint:
             return f"{self.message}; {self.hint}"
         return self.message
+
+
+def exception_summary(exc: BaseException) -> str:
+    """``TypeName: first line of the message``: how a foreign exception appears in ours."""
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
 
 
 class UsageError(KbundleError, ValueError):

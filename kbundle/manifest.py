@@ -198,10 +198,15 @@ class PickleInfo:
 class CustomObject:
     """A class or function the model needs that Keras does not provide.
 
-    ``transport`` says how it travels: ``distribution`` (a pinned requirement, code not
-    copied), ``source`` (bundled source files), ``pickle`` (cloudpickled by value, with the
-    class source for review in ``review_source`` when available), or ``builtin`` (provided by
-    Keras or its ecosystem; recorded for completeness).
+    ``name`` is the name Keras looks it up by (the registered name, ``acme>MyLayer``).
+    ``transport`` says how it travels: ``distribution`` (``requirement`` pins the installed
+    distribution, code not copied), ``source`` (``sources`` are the bundled files needed to
+    import ``module``), ``pickle`` (cloudpickled by value; ``sources`` are local modules the
+    pickle imports, ``review_source`` the definition's text, for review only, when it could
+    be read), or ``builtin`` (Keras's own; recorded for completeness).
+    ``source_digest`` is the ``sha256:`` of the definition's text (decorators to last line),
+    compared with a same-named definition found where the bundle is loaded. ``imports`` and
+    ``distributions`` name the installed distributions the code imports.
     """
 
     name: str
@@ -323,6 +328,7 @@ class Manifest:
                     f"custom_objects[{index}].transport: must be one of {TRANSPORTS}: "
                     f"{obj.transport!r}"
                 )
+            problems.extend(_custom_object_problems(obj, f"custom_objects[{index}]"))
             referenced = [s.path for s in obj.sources] + ([obj.pickle.path] if obj.pickle else [])
             problems.extend(
                 f"custom_objects[{index}]: references unlisted member {path!r}"
@@ -335,6 +341,32 @@ class Manifest:
                 + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
                 hint="the bundle was not written by a conforming kbundle or was tampered with",
             )
+
+
+def _custom_object_problems(obj: CustomObject, where: str) -> list[str]:
+    """Rules that keep bundled code where a reader looks for it: source files at the path
+    their module name gives (``code/pkg/mod.py`` or ``code/pkg/__init__.py``), pickles under
+    ``objects/``, and the field each transport needs."""
+    problems = []
+    for i, source in enumerate(obj.sources):
+        parts = source.module.split(".")
+        stem = "code/" + "/".join(parts)
+        if not all(part.isidentifier() for part in parts):
+            problems.append(f"{where}.sources[{i}].module: not a dotted module name: {source.module!r}")
+        elif source.path not in (f"{stem}.py", f"{stem}/__init__.py"):
+            problems.append(
+                f"{where}.sources[{i}].path: module {source.module} must live at {stem}.py or "
+                f"{stem}/__init__.py: {source.path!r}"
+            )
+    if obj.pickle is not None and not obj.pickle.path.startswith("objects/"):
+        problems.append(f"{where}.pickle.path: must be under objects/: {obj.pickle.path!r}")
+    if obj.transport == "source" and not obj.sources:
+        problems.append(f"{where}.sources: a source object needs its source files")
+    if obj.transport == "pickle" and obj.pickle is None:
+        problems.append(f"{where}.pickle: a pickled object needs its pickle")
+    if obj.transport == "distribution" and not obj.requirement:
+        problems.append(f"{where}.requirement: a distribution object needs its requirement")
+    return problems
 
 
 # --------------------------------------------------------------------------------------------

@@ -12,7 +12,7 @@ import datetime as _dt
 import os
 import stat
 import tempfile
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -152,11 +152,35 @@ def _requirements_extras(
     return Extras(tuple(files), {"requirements": requirements}, notes)
 
 
+def _with_custom_objects(
+    added: Extras,
+    model: Any,
+    source: Path,
+    fmt: str,
+    scratch: Path,
+    given: Mapping[str, Any] | None,
+    modules: Sequence[str],
+) -> Extras:
+    """``added`` plus the model's custom objects: their files, and the manifest's records."""
+    from kbundle import custom_objects as carry  # noqa: PLC0415 - the Keras side
+    from kbundle import keras_io  # noqa: PLC0415
+
+    carry.import_modules(modules)
+    carried = carry.collect_custom_objects(
+        source, fmt, custom_objects=given, scratch=scratch,
+        model=model if keras_io.is_keras_model(model) else None, modules=modules,
+    )
+    fields = {"custom_objects": list(carried.records), **(added.fields or {})}
+    return replace(added, payload=carried.payload + added.payload, fields=fields)
+
+
 def pack(
     model: Any,
     output: str | os.PathLike[str],
     *,
     force: bool = False,
+    custom_objects: Mapping[str, Any] | None = None,
+    custom_modules: Sequence[str] = (),
     level: int | str | None = DEFAULT_LEVEL,
     threads: int = -1,
     progress: Callable[[int, int], None] | None = None,
@@ -171,6 +195,12 @@ def pack(
     the input signature is known; packing a file then loads it with Keras, which imports
     TensorFlow; ``False`` keeps pack free of that). ``lock`` adds hashes to the pinned
     requirements through pip-tools, which asks the package index (see ``kbundle.lock``).
+
+    Custom objects the model's config names travel with it (see docs/custom-objects.md);
+    ``custom_objects`` (name -> class or function, as for ``keras.saving.load_model``) adds
+    objects and says where to find those that are neither registered nor importable;
+    ``custom_modules`` are imported first and searched for names a model file records
+    without their module (``kbundle pack --custom-objects MODULE``).
 
     ``model`` is a path to a ``.keras`` file (or directory form), an ``.h5`` file, a SavedModel
     directory, or a live ``keras.Model`` (saved as ``.keras`` first). ``level`` is a zstd
@@ -203,6 +233,7 @@ def pack(
             )
         payload = _model_payload(source, fmt)
         added = extras(model, Path(scratch), fmt) if extras else Extras()
+        added = _with_custom_objects(added, model, source, fmt, Path(scratch), custom_objects, custom_modules)
         added = added.merged(_probe_extras(model, source, fmt, description, Path(scratch), probe))
         # After the probe: a TensorFlow it imported is recorded in full.
         environment = capture_environment()

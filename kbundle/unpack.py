@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kbundle.archive import BundleHead, VerifyReport, read_head, scan_bundle
 from kbundle.atomic import atomic_directory
@@ -30,7 +31,10 @@ from kbundle.names import MANIFEST_NAME, SIGNATURE_NAME
 from kbundle.preload import require_sound_model
 from kbundle.signing import SignaturePolicy, TrustedKeys, check_signatures
 
-__all__ = ["LoadOptions", "UnpackResult", "inspect", "load", "unpack", "verify"]
+if TYPE_CHECKING:
+    from kbundle.bundled_code import CodeListing
+
+__all__ = ["LoadOptions", "UnpackResult", "inspect", "load", "show_code", "unpack", "verify"]
 
 _DIGEST_PREFIX = "sha256:"
 
@@ -179,6 +183,44 @@ class LoadOptions:
     probe: bool = True
 
 
+@contextmanager
+def _custom_objects(directory: Path, report: VerifyReport) -> Iterator[dict[str, Any] | None]:
+    """The bundle's custom objects for Keras (``None`` when it has none); load the model inside
+    the block. Call only after ``_require_trust``: this imports and unpickles bundled code."""
+    manifest = report.head.manifest
+    if not manifest.custom_objects:
+        yield None
+        return
+    from kbundle import bundled_code  # noqa: PLC0415 - runs only after trust
+    from kbundle.keras_registry import (  # noqa: PLC0415 - the Keras side
+        preferred_objects,
+        registered_object,
+        registry_restored,
+    )
+
+    bundled_code.check_runnable(manifest)
+    label = report.head.digest.removeprefix(_DIGEST_PREFIX)[:12]
+    with registry_restored(), bundled_code.bundled_objects(
+        directory, manifest, label=label, registered=registered_object
+    ) as objects, preferred_objects(objects):
+        yield objects
+
+
+def show_code(bundle: str | os.PathLike[str], name: str | None = None) -> list[CodeListing]:
+    """The bundled code of every custom object (or of ``name``), for review.
+
+    The bundle is verified into a private temporary directory and the files are read from
+    there; nothing is imported or unpickled, and neither Keras nor TensorFlow is loaded.
+    """
+    from kbundle.bundled_code import code_listings, select_objects  # noqa: PLC0415
+
+    path = _as_path(bundle)
+    select_objects(read_head(path).manifest, name)  # an unknown name fails before extracting
+    with tempfile.TemporaryDirectory(prefix="kbundle-code-") as private:
+        result = unpack(path, Path(private) / "bundle")
+        return code_listings(result.path, result.report.head.manifest, name)
+
+
 def _require_trust(report: VerifyReport, options: LoadOptions) -> None:
     """Bundled code runs only with ``trust_code`` or a verified signature by a trusted key."""
     carried = [o for o in report.head.manifest.custom_objects if o.transport in ("source", "pickle")]
@@ -214,16 +256,21 @@ def _load_verified(
         model_path, model_info.format, error=ModelFileError, label=model_info.path,
         hint="run 'kbundle doctor' on the bundle",
     )
-    try:
-        model = keras_io.load_model(
-            model_path, fmt=model_info.format, safe_mode=options.safe_mode, compile=options.compile
-        )
-    except ModelLoadError as exc:
-        raise compat.explain_load_failure(exc) from exc
-    if options.probe and manifest.probe is not None:
-        from kbundle.probe import run_probe  # noqa: PLC0415 - Keras-side
+    with _custom_objects(directory, report) as objects:
+        try:
+            model = keras_io.load_model(
+                model_path,
+                fmt=model_info.format,
+                custom_objects=objects,
+                safe_mode=options.safe_mode,
+                compile=options.compile,
+            )
+        except ModelLoadError as exc:
+            raise compat.explain_load_failure(exc) from exc
+        if options.probe and manifest.probe is not None:
+            from kbundle.probe import run_probe  # noqa: PLC0415 - Keras-side
 
-        compat = run_probe(model, directory, manifest, compat, what=name)
+            compat = run_probe(model, directory, manifest, compat, what=name)
     return model, compat
 
 

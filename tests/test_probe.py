@@ -111,9 +111,20 @@ def sequential_model_specs(model: Any) -> list[kbundle.manifest.TensorSpec]:
 
 
 def _layer_dir(tmp_path: Path, name: str, body: str) -> Path:
+    """An installed distribution ``scale-layers 1.0.0`` providing the layer: its code is not
+    copied into bundles (transport ``distribution``), so what runs at load is whatever is
+    installed there, which the probe must check."""
     directory = tmp_path / name
     directory.mkdir()
     (directory / "scale_layers.py").write_text(_LAYER_MODULE.format(body=body))
+    info = directory / "scale_layers-1.0.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: scale-layers\nVersion: 1.0.0\n")
+    (info / "top_level.txt").write_text("scale_layers\n")
+    (info / "RECORD").write_text(
+        "scale_layers.py,,\nscale_layers-1.0.0.dist-info/METADATA,,\n"
+        "scale_layers-1.0.0.dist-info/top_level.txt,,\nscale_layers-1.0.0.dist-info/RECORD,,\n"
+    )
     return directory
 
 
@@ -162,10 +173,9 @@ def test_a_custom_layer_whose_call_changed_is_caught(tmp_path: Path) -> None:
     assert re.fullmatch(
         rf"kbundle: error: the model loaded from {re.escape(str(bundle))} computes different "
         r"outputs than when it was packed: max abs diff 0\.5, max rel diff [0-9.e+-]+ "
-        r"\(expected within rtol 0\.0001, atol 1e-05\); likely cause: a custom layer, loss or "
-        r"activation whose definition changed since packing \(a class registered under the same "
-        r"name\), or a changed "
-        r"Keras/TensorFlow numeric kernel; --no-probe \(probe=False\) skips the probe",
+        r"\(expected within rtol 0\.0001, atol 1e-05\); likely cause: a changed definition of "
+        r"ProbeTest>Scale, which came from installed code, not the bundle; --no-probe "
+        r"\(probe=False\) skips the probe",
         first,
     ), first
     assert not (tmp_path / "changed").exists()

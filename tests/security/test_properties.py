@@ -261,6 +261,47 @@ def _no_file_is_a_directory(paths: list[str]) -> bool:
     return not any(other.startswith(key + "/") for key in keys for other in keys)
 
 
+_identifier = st.from_regex(r"[a-z][a-z0-9_]{0,8}", fullmatch=True)
+
+
+@st.composite
+def _code_and_pickles(draw: st.DrawFn, taken: list[str]) -> tuple[list[str], list[str]]:
+    """Module names for code/<m>.py and names for objects/<n>.pkl that are valid members and
+    collide with none of ``taken``."""
+    keys = {collision_key(p) for p in taken}
+
+    def usable(path: str) -> bool:
+        key = collision_key(path)
+        return name_problem(path) is None and key not in keys and not any(k.startswith(key + "/") or key.startswith(k + "/") for k in keys)
+
+    modules = [m for m in draw(st.lists(_identifier, max_size=2, unique=True)) if usable(f"code/{m}.py")]
+    pickles = [n for n in draw(st.lists(_identifier, max_size=2, unique=True)) if usable(f"objects/{n}.pkl")]
+    return modules, pickles
+
+
+def _custom_objects(modules: list[str], pickles: list[str]) -> st.SearchStrategy[CustomObject]:
+    """Custom-object records that keep the manifest's rules: each transport with the field it
+    needs, source files at code/<module>.py, pickles under objects/."""
+    common = {
+        "name": _text, "kind": _text, "module": _text, "qualname": _text,
+        "source_digest": st.none() | _digest, "review_source": st.none() | _text,
+        "imports": st.lists(_text, max_size=3), "distributions": st.dictionaries(_text, _text, max_size=2),
+    }
+    options = [
+        st.builds(CustomObject, transport=st.just("builtin"), **common),
+        st.builds(CustomObject, transport=st.just("distribution"), requirement=_text.filter(bool), **common),
+    ]
+    if modules:
+        sources = st.lists(st.sampled_from(modules), min_size=1, max_size=2, unique=True).map(
+            lambda chosen: [SourceFile(module=m, path=f"code/{m}.py") for m in chosen]
+        )
+        options.append(st.builds(CustomObject, transport=st.just("source"), sources=sources, **common))
+    if pickles:
+        pickled = st.builds(PickleInfo, path=st.sampled_from([f"objects/{n}.pkl" for n in pickles]), python=_text, protocol=st.integers(0, 5), cloudpickle=_text)
+        options.append(st.builds(CustomObject, transport=st.just("pickle"), pickle=pickled, **common))
+    return st.one_of(options)
+
+
 @st.composite
 def manifests(draw: st.DrawFn) -> Manifest:
     paths = draw(
@@ -277,6 +318,9 @@ def manifests(draw: st.DrawFn) -> Manifest:
             if collision_key(m.path) not in {collision_key(p) for p in paths}
         }.values()
     )
+    code_modules, pickle_names = draw(_code_and_pickles(paths))
+    files += [Member(path=f"code/{m}.py", size=draw(st.integers(0, 2**53)), digest=draw(_digest)) for m in code_modules]
+    files += [Member(path=f"objects/{n}.pkl", size=draw(st.integers(0, 2**53)), digest=draw(_digest)) for n in pickle_names]
     members = draw(st.permutations(files + directories))
     file_paths = st.sampled_from(paths)
     environment = draw(
@@ -313,33 +357,7 @@ def manifests(draw: st.DrawFn) -> Manifest:
             distributions=st.dictionaries(_text, _text, max_size=5),
         )
     )
-    custom_objects = draw(
-        st.lists(
-            st.builds(
-                CustomObject,
-                name=_text,
-                kind=_text,
-                module=_text,
-                qualname=_text,
-                transport=st.sampled_from(TRANSPORTS),
-                source_digest=st.none() | _digest,
-                sources=st.lists(st.builds(SourceFile, module=_text, path=file_paths), max_size=2),
-                pickle=st.none()
-                | st.builds(
-                    PickleInfo,
-                    path=file_paths,
-                    python=_text,
-                    protocol=st.integers(0, 5),
-                    cloudpickle=_text,
-                ),
-                review_source=st.none() | _text,
-                requirement=st.none() | _text,
-                imports=st.lists(_text, max_size=3),
-                distributions=st.dictionaries(_text, _text, max_size=2),
-            ),
-            max_size=2,
-        )
-    )
+    custom_objects = draw(st.lists(_custom_objects(code_modules, pickle_names), max_size=3))
     return Manifest(
         format_version=FORMAT_VERSION,
         generator=draw(_text),

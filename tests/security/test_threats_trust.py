@@ -7,9 +7,7 @@ checks that an unsigned forgery's environment is reported as it claims, not trus
 
 Row 12 proves that untrusted code never runs with marker files: a bundled module whose import
 writes one, and a cloudpickled object whose ``__setstate__`` writes another. Without trust
-neither appears, whatever reads the bundle; with ``trust_code=True`` both do. Running bundled
-code at all needs the custom-objects loader of the ``customobj`` branch, so the trusted half
-and row 13 are strict xfails until it is merged.
+neither appears, whatever reads the bundle; with ``trust_code=True`` both do.
 """
 
 from __future__ import annotations
@@ -34,11 +32,6 @@ from kbundle.errors import IntegrityError, KbundleError, SignatureError, Untrust
 from kbundle.manifest import parse_manifest
 from kbundle.sign import sign_bundle
 
-NEEDS_CUSTOM_OBJECTS = pytest.mark.xfail(
-    reason="needs bundled custom-object loading (kbundle/bundled_code.py) from branch customobj",
-    strict=True,
-    raises=(AssertionError, pytest.fail.Exception),
-)
 
 
 @pytest.fixture
@@ -281,7 +274,6 @@ def test_row12_bundled_code_never_runs_without_trust(
 
 
 @pytest.mark.keras
-@NEEDS_CUSTOM_OBJECTS
 def test_row12_bundled_code_runs_with_trust(code_bundle: tuple[Path, list[Path]]) -> None:
     """The other half of the proof: the same bundle, trusted, runs both (so the test above
     would have seen them)."""
@@ -295,7 +287,6 @@ def test_row12_bundled_code_runs_with_trust(code_bundle: tuple[Path, list[Path]]
 
 
 @pytest.mark.keras
-@NEEDS_CUSTOM_OBJECTS
 def test_row13_pickle_from_another_python_minor_is_refused_even_with_trust(
     code_bundle: tuple[Path, list[Path]], tmp_path: Path
 ) -> None:

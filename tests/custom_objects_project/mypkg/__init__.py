@@ -1,0 +1,1 @@
+"""A user's project package (local source, not installed)."""
