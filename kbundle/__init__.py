@@ -19,6 +19,7 @@ from __future__ import annotations
 from kbundle import errors
 from kbundle._version import __version__
 from kbundle.compat import CompatReport, check
+from kbundle.doctor import Diagnosis, diagnose
 from kbundle.errors import (
     EnvironmentMismatchError,
     IntegrityError,
@@ -28,7 +29,6 @@ from kbundle.errors import (
     UntrustedCodeError,
     UsageError,
 )
-from kbundle.doctor import Diagnosis, diagnose
 from kbundle.findings import Finding, Severity
 from kbundle.pack import PackResult, pack
 from kbundle.sign import SignResult, sign_bundle

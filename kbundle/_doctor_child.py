@@ -105,9 +105,9 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     _emit(out, stage="resolve", started=True)
-    import keras  # noqa: PLC0415 - Keras-side: this child exists to import it
+    import keras
 
-    from kbundle import keras_io  # noqa: PLC0415
+    from kbundle import keras_io
 
     references = object_references(config) if config and fmt != "savedmodel" else []
     unresolved = [item for ref in references if (item := _unresolved(keras, ref)) is not None]

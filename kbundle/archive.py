@@ -50,11 +50,11 @@ from kbundle.manifest import Manifest, bundle_digest, parse_manifest
 from kbundle.names import MANIFEST_NAME, SIGNATURE_NAME, collision_key, name_problem
 from kbundle.tarstream import BLOCK, END_OF_ARCHIVE, TarEntry, TarReader, member_header, padding
 from kbundle.zstdframes import (
+    TRAILER_TAG,
     ZSTD_MAGIC,
     FrameTracker,
     RawFrameWriter,
     TrackedReader,
-    TRAILER_TAG,
     raw_frame,
     raw_frame_size,
     trailer_frame,
@@ -202,7 +202,9 @@ class _ZstdPayloadStream:
         self._writer.close()  # ends the frame; an explicit FLUSH_FRAME first added an empty one
 
 
-def _payload_stream(out: Any, level: int | None, threads: int) -> _ZstdPayloadStream | RawFrameWriter:
+def _payload_stream(
+    out: Any, level: int | None, threads: int
+) -> _ZstdPayloadStream | RawFrameWriter:
     if level is None:
         return RawFrameWriter(out)
     return _ZstdPayloadStream(out, level, threads)
@@ -227,8 +229,7 @@ def _copy_member(
                 progress(len(chunk))
     if remaining != 0:
         raise PackError(
-            f"{item.source} changed size while it was being packed "
-            f"(expected {item.size} bytes)",
+            f"{item.source} changed size while it was being packed (expected {item.size} bytes)",
             hint="do not write to the model while packing it; run pack again",
         )
 
@@ -344,7 +345,9 @@ def _open_stream(
     with handle:
         magic = handle.read(4)
         if magic != ZSTD_MAGIC:
-            raise NotABundleError(f"{path} is not a kbundle bundle: {_describe_kind(magic)}", hint=_kind_hint(magic))
+            raise NotABundleError(
+                f"{path} is not a kbundle bundle: {_describe_kind(magic)}", hint=_kind_hint(magic)
+            )
         handle.seek(0)
         tracker = FrameTracker(on_payload)
         decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
@@ -428,11 +431,14 @@ def scan_bundle(
     end the scan with one finding; everything else is collected. The caller decides what the
     findings mean; files under ``extract_to`` are only trustworthy when there are none.
     """
-    with PipelinedHasher() as frame_hasher, _open_stream(path, frame_hasher.update) as (
-        tar,
-        bounded,
-        tracker,
-        handle,
+    with (
+        PipelinedHasher() as frame_hasher,
+        _open_stream(path, frame_hasher.update) as (
+            tar,
+            bounded,
+            tracker,
+            handle,
+        ),
     ):
         head = _read_manifest_member(tar, path)
         manifest = head.manifest
@@ -482,7 +488,9 @@ def _check_trailer(tracker: FrameTracker, digest: str, report: VerifyReport) -> 
         return
     trailer = tracker.trailer or b""
     if trailer[: len(TRAILER_TAG)] != TRAILER_TAG:
-        report.findings.append(Finding(location="(trailer)", problem="the trailer frame is not kbundle's"))
+        report.findings.append(
+            Finding(location="(trailer)", problem="the trailer frame is not kbundle's")
+        )
     elif trailer[len(TRAILER_TAG) :] != _raw_digest(digest):
         report.findings.append(
             Finding(
@@ -545,36 +553,60 @@ class _MemberScanner:
             self._find(name or "(empty name)", f"unsafe member name refused: {problem}")
             return
         if entry.kind not in ("file", "dir"):
-            self._find(name, f"{entry.kind} members are not allowed; only regular files and directories")
+            self._find(
+                name, f"{entry.kind} members are not allowed; only regular files and directories"
+            )
             return
         key = collision_key(name)
         if key in self._seen:
-            self._find(name, f"duplicate member (same name as {self._seen[key]!r} after case folding)")
+            self._find(
+                name, f"duplicate member (same name as {self._seen[key]!r} after case folding)"
+            )
             return
         self._seen[key] = name
         expected = self._expected.get(key)
         if expected is None:
-            self._find(name, "member is not listed in the manifest", expected="absent", actual=entry.kind)
+            self._find(
+                name, "member is not listed in the manifest", expected="absent", actual=entry.kind
+            )
             return
         if expected.path != name or expected.type != entry.kind:
-            self._find(name, "member does not match the manifest", expected=f"{expected.type} {expected.path!r}", actual=f"{entry.kind} {name!r}")
+            self._find(
+                name,
+                "member does not match the manifest",
+                expected=f"{expected.type} {expected.path!r}",
+                actual=f"{entry.kind} {name!r}",
+            )
             return
         if entry.kind == "dir":
             if entry.size:  # data no digest covers; tar tools would skip or misread it
                 self._find(
-                    name, "a directory member carries data", expected="0 bytes", actual=f"{entry.size} bytes"
+                    name,
+                    "a directory member carries data",
+                    expected="0 bytes",
+                    actual=f"{entry.size} bytes",
                 )
                 return
             if self._extract_to is not None:
                 (self._extract_to / name).mkdir(mode=0o755, parents=True, exist_ok=True)
             return
         if entry.size != expected.size:
-            self._find(name, "size differs from the manifest", expected=f"{expected.size} bytes", actual=f"{entry.size} bytes")
+            self._find(
+                name,
+                "size differs from the manifest",
+                expected=f"{expected.size} bytes",
+                actual=f"{entry.size} bytes",
+            )
             return
         digest = self._hash_member(tar, name, hasher)
         self._report.files_checked += 1
         if digest != expected.digest:
-            self._find(name, "digest mismatch (content corrupted or altered)", expected=expected.digest, actual=digest)
+            self._find(
+                name,
+                "digest mismatch (content corrupted or altered)",
+                expected=expected.digest,
+                actual=digest,
+            )
 
     def _hash_member(self, tar: TarReader, name: str, hasher: PipelinedHasher) -> str:
         sink = None
@@ -599,7 +631,12 @@ class _MemberScanner:
     def finish(self) -> None:
         for key, member in sorted(self._expected.items()):
             if key not in self._seen:
-                self._find(member.path, "member listed in the manifest is missing", expected=member.type, actual="absent")
+                self._find(
+                    member.path,
+                    "member listed in the manifest is missing",
+                    expected=member.type,
+                    actual="absent",
+                )
 
     def report_unreached(self) -> None:
         unreached = [m.path for key, m in self._expected.items() if key not in self._seen]
@@ -636,13 +673,18 @@ def rewrite_header(
     with source.open("rb") as handle:
         size = header_region_size(handle)
         handle.seek(0)
-        if size is not None and handle.read(size) == header_region(head.manifest_bytes, head.signature):
+        if size is not None and handle.read(size) == header_region(
+            head.manifest_bytes, head.signature
+        ):
             shutil.copyfileobj(handle, out, CHUNK_SIZE)
             return True
     # The re-compressed payload is framed exactly as write_bundle frames it, trailer included.
     try:
         start = _payload_offset(source, head)
-        with _open_stream(source) as (_tar, bounded, _tracker, _handle), PipelinedHasher() as frame_hasher:
+        with (
+            _open_stream(source) as (_tar, bounded, _tracker, _handle),
+            PipelinedHasher() as frame_hasher,
+        ):
             bounded.limit = _stream_limit(0, head.manifest)
             bounded.read_exact(start)
             stream = _payload_stream(_TeeSink(out, frame_hasher), level, threads)

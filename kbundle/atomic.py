@@ -32,13 +32,19 @@ def check_destination(path: Path, *, force: bool, what: str = "output") -> None:
     if path.exists() and not force:
         raise OutputExistsError(f"{what} {path} already exists", hint="pass --force to replace it")
     if path.is_dir() and not path.is_symlink() and what == "bundle":
-        raise UsageError(f"{path} is a directory", hint="name a file for the bundle, e.g. model.kbundle")
+        raise UsageError(
+            f"{path} is a directory", hint="name a file for the bundle, e.g. model.kbundle"
+        )
     if not path.parent.is_dir():
         raise UsageError(f"the directory {path.parent} does not exist", hint="create it first")
 
 
 # Write failures that mean "the output does not fit", whatever the limit that was hit.
-_FULL = {errno.ENOSPC: "no space left on the device", errno.EFBIG: "file size limit reached", errno.EDQUOT: "disk quota exceeded"}
+_FULL = {
+    errno.ENOSPC: "no space left on the device",
+    errno.EFBIG: "file size limit reached",
+    errno.EDQUOT: "disk quota exceeded",
+}
 
 
 def _no_space(path: Path, code: int) -> PackError:
@@ -110,7 +116,9 @@ def _link_anonymous(fd: int, path: Path, *, force: bool, what: str) -> Path | No
         # file itself; plain link() would try to link the /proc symlink and fail with EXDEV.
         os.link(f"/proc/self/fd/{fd}", target.name, dst_dir_fd=directory, follow_symlinks=True)
     except FileExistsError:
-        raise OutputExistsError(f"{what} {path} already exists", hint="pass --force to replace it") from None
+        raise OutputExistsError(
+            f"{what} {path} already exists", hint="pass --force to replace it"
+        ) from None
     finally:
         os.close(directory)
     return target if force else None
@@ -125,7 +133,9 @@ def _publish(temp: Path | None, path: Path, *, force: bool, what: str) -> None:
     try:
         os.link(temp, path)
     except FileExistsError:
-        raise OutputExistsError(f"{what} {path} already exists", hint="pass --force to replace it") from None
+        raise OutputExistsError(
+            f"{what} {path} already exists", hint="pass --force to replace it"
+        ) from None
     temp.unlink()
 
 

@@ -121,7 +121,9 @@ def select_objects(manifest: Manifest, name: str | None) -> list[CustomObject]:
     return chosen
 
 
-def code_listings(directory: Path, manifest: Manifest, name: str | None = None) -> list[CodeListing]:
+def code_listings(
+    directory: Path, manifest: Manifest, name: str | None = None
+) -> list[CodeListing]:
     """The bundled code of every custom object (or of ``name``), read from verified files."""
     listings = []
     for obj in select_objects(manifest, name):
@@ -129,7 +131,14 @@ def code_listings(directory: Path, manifest: Manifest, name: str | None = None) 
         for source in obj.sources:
             member = manifest.member(source.path)
             text = importlib.util.decode_source((directory / source.path).read_bytes())
-            files.append(CodeFile(path=source.path, module=source.module, digest=member.digest if member else None, text=text))
+            files.append(
+                CodeFile(
+                    path=source.path,
+                    module=source.module,
+                    digest=member.digest if member else None,
+                    text=text,
+                )
+            )
         listings.append(CodeListing(obj=obj, files=files))
     return listings
 
@@ -157,7 +166,9 @@ def render_listings(listings: list[CodeListing]) -> str:
         if obj.source_digest:
             out.append(f"# definition {obj.source_digest}")
         if obj.transport == "pickle" and obj.review_source:
-            out.append("# The pickle is what runs; this is its definition as captured at pack time, for review:")
+            out.append(
+                "# The pickle is what runs; this is its definition as captured at pack time, for review:"
+            )
             out.append(obj.review_source.rstrip("\n"))
         elif obj.transport == "pickle":
             out.append("# The pickle is what runs; no definition text could be captured for it.")
@@ -199,29 +210,55 @@ def _pickle_findings(obj: CustomObject) -> list[Finding]:
     )
     findings = []
 
-    def refuse(problem: str, expected: str | None = None, actual: str | None = None, how: str = fix) -> None:
-        findings.append(Finding(location=where, problem=f"{problem}; {fallback}", expected=expected, actual=actual, fix=how))
+    def refuse(
+        problem: str, expected: str | None = None, actual: str | None = None, how: str = fix
+    ) -> None:
+        findings.append(
+            Finding(
+                location=where,
+                problem=f"{problem}; {fallback}",
+                expected=expected,
+                actual=actual,
+                fix=how,
+            )
+        )
 
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     if pickled_under != here:
-        refuse(f"was pickled under Python {pickled_under}, this is Python {here}", f"Python {pickled_under}", f"Python {here}")
+        refuse(
+            f"was pickled under Python {pickled_under}, this is Python {here}",
+            f"Python {pickled_under}",
+            f"Python {here}",
+        )
     try:
-        import cloudpickle  # noqa: PLC0415 - only bundles with pickles need it
+        import cloudpickle
     except ImportError:
-        refuse("needs cloudpickle to unpickle, which is not installed", f"cloudpickle {recorded.cloudpickle}",
-               how=f"pip install 'cloudpickle=={recorded.cloudpickle}'")
+        refuse(
+            "needs cloudpickle to unpickle, which is not installed",
+            f"cloudpickle {recorded.cloudpickle}",
+            how=f"pip install 'cloudpickle=={recorded.cloudpickle}'",
+        )
     else:
         current = str(cloudpickle.__version__)
         if current.split(".")[0] != recorded.cloudpickle.split(".")[0]:
-            refuse(f"was pickled with cloudpickle {recorded.cloudpickle}, this is cloudpickle {current} (another major version)",
-                   f"cloudpickle {recorded.cloudpickle}", f"cloudpickle {current}")
+            refuse(
+                f"was pickled with cloudpickle {recorded.cloudpickle}, this is cloudpickle {current} (another major version)",
+                f"cloudpickle {recorded.cloudpickle}",
+                f"cloudpickle {current}",
+            )
     if recorded.protocol > pickle.HIGHEST_PROTOCOL:
-        refuse(f"uses pickle protocol {recorded.protocol}, this Python reads up to {pickle.HIGHEST_PROTOCOL}")
+        refuse(
+            f"uses pickle protocol {recorded.protocol}, this Python reads up to {pickle.HIGHEST_PROTOCOL}"
+        )
     return findings
 
 
 # How a module that should come from a distribution was found instead, when no file says it.
-_ORIGIN_WORDS = {"stdlib": "it is in the standard library", "missing": "it is not importable", "namespace": "it is a namespace package"}
+_ORIGIN_WORDS = {
+    "stdlib": "it is in the standard library",
+    "missing": "it is not importable",
+    "namespace": "it is a namespace package",
+}
 
 
 def _distribution_findings(obj: CustomObject, origins: ModuleOrigins) -> list[Finding]:
@@ -229,26 +266,40 @@ def _distribution_findings(obj: CustomObject, origins: ModuleOrigins) -> list[Fi
     try:
         requirement = Requirement(obj.requirement or "")
     except InvalidRequirement:
-        return [Finding(location=where, problem=f"records an unreadable requirement {obj.requirement!r}", fix="the bundle was not written by a conforming kbundle")]
+        return [
+            Finding(
+                location=where,
+                problem=f"records an unreadable requirement {obj.requirement!r}",
+                fix="the bundle was not written by a conforming kbundle",
+            )
+        ]
     wanted = canonicalize_name(requirement.name)
     try:
         metadata.version(wanted)
     except metadata.PackageNotFoundError:
-        return [Finding(
-            location=where,
-            problem=f"comes from distribution {obj.requirement}, which is not installed",
-            expected=obj.requirement,
-            actual="not installed",
-            fix=f"pip install '{obj.requirement}'",
-        )]
+        return [
+            Finding(
+                location=where,
+                problem=f"comes from distribution {obj.requirement}, which is not installed",
+                expected=obj.requirement,
+                actual="not installed",
+                fix=f"pip install '{obj.requirement}'",
+            )
+        ]
     origin = origins(obj.module)
     if origin.distribution is None or origin.distribution[0] != wanted:
-        found = f"found at {origin.file}" if origin.file else _ORIGIN_WORDS.get(origin.kind, origin.kind)
-        return [Finding(
-            location=where,
-            problem=f"module {obj.module} is not part of distribution {wanted} here ({found})",
-            fix=f"remove what shadows {obj.module.split('.')[0]} from sys.path, or reinstall '{obj.requirement}'",
-        )]
+        found = (
+            f"found at {origin.file}"
+            if origin.file
+            else _ORIGIN_WORDS.get(origin.kind, origin.kind)
+        )
+        return [
+            Finding(
+                location=where,
+                problem=f"module {obj.module} is not part of distribution {wanted} here ({found})",
+                fix=f"remove what shadows {obj.module.split('.')[0]} from sys.path, or reinstall '{obj.requirement}'",
+            )
+        ]
     return []
 
 
@@ -273,7 +324,8 @@ def check_runnable(manifest: Manifest) -> None:
     if findings:
         first = findings[0]
         raise EnvironmentMismatchError.from_findings(
-            findings, f"{first.location.removeprefix(_WHERE)} cannot be loaded here: {first.problem}"
+            findings,
+            f"{first.location.removeprefix(_WHERE)} cannot be loaded here: {first.problem}",
         )
 
 
@@ -295,7 +347,10 @@ class _BundleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         self._modules = modules
 
     def find_spec(
-        self, fullname: str, path: Sequence[str] | None = None, target: types.ModuleType | None = None
+        self,
+        fullname: str,
+        path: Sequence[str] | None = None,
+        target: types.ModuleType | None = None,
     ) -> ModuleSpec | None:
         entry = self._modules.get(fullname)
         if entry is None:
@@ -312,9 +367,14 @@ class _BundleFinder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
         text = importlib.util.decode_source(entry.source)
         # mtime None: linecache keeps the entry, so tracebacks and inspect (autograph reads
         # layer source through it) keep working after the bundle's files are gone.
-        linecache.cache[entry.filename] = (len(text), None, text.splitlines(keepends=True), entry.filename)
+        linecache.cache[entry.filename] = (
+            len(text),
+            None,
+            text.splitlines(keepends=True),
+            entry.filename,
+        )
         code = compile(entry.source, entry.filename, "exec", dont_inherit=True)
-        exec(code, module.__dict__)  # noqa: S102 - the point of trusting the bundle
+        exec(code, module.__dict__)
 
     def get_source(self, fullname: str) -> str | None:
         entry = self._modules.get(fullname)
@@ -336,7 +396,9 @@ def _module_table(directory: Path, manifest: Manifest, label: str) -> dict[str, 
     for name in list(table):
         parent = name.rpartition(".")[0]
         while parent and parent not in table:  # a namespace package: an empty package here
-            table[parent] = _BundledModule(b"", f"kbundle:{label}/code/{parent.replace('.', '/')}/", True)
+            table[parent] = _BundledModule(
+                b"", f"kbundle:{label}/code/{parent.replace('.', '/')}/", True
+            )
             parent = parent.rpartition(".")[0]
     return table
 
@@ -345,7 +407,9 @@ def _where(obj: Any) -> str:
     return f"{getattr(obj, '__module__', '?')}.{getattr(obj, '__qualname__', '?')}"
 
 
-def _existing_definition(obj: CustomObject, registered: Callable[[str], Any]) -> tuple[str, str | None] | None:
+def _existing_definition(
+    obj: CustomObject, registered: Callable[[str], Any]
+) -> tuple[str, str | None] | None:
     """Where this environment already defines ``obj`` and that definition's digest."""
     live = registered(obj.name)
     if live is None:
@@ -371,7 +435,13 @@ def _report_conflicts(manifest: Manifest, tops: set[str], registered: Callable[[
         spec = find_spec(top) if present is None else None
         if present is None and spec is None:
             continue
-        where = getattr(present, "__file__", None) if present is not None else spec.origin if spec else None
+        where = (
+            getattr(present, "__file__", None)
+            if present is not None
+            else spec.origin
+            if spec
+            else None
+        )
         warnings.warn(
             f"the bundle's module {top!r} has the same name as {top!r} in this environment "
             f"({where or 'a namespace package'}); the bundled one is used to load the model "
@@ -436,7 +506,7 @@ def _import_object(obj: CustomObject) -> Any:
 def _unpickle(directory: Path, obj: CustomObject) -> Any:
     assert obj.pickle is not None
     try:
-        return pickle.loads((directory / obj.pickle.path).read_bytes())  # noqa: S301 - trusted
+        return pickle.loads((directory / obj.pickle.path).read_bytes())
     except Exception as exc:
         raise _failure(obj, exc, "unpickling") from exc
 
@@ -460,7 +530,11 @@ def bundled_objects(
     ``registered`` looks a name up in Keras's registry, to report clashes. Load the model
     inside the block: bundled modules are importable only there.
     """
-    objects = {o.name: _installed_object(o) for o in manifest.custom_objects if o.transport == "distribution"}
+    objects = {
+        o.name: _installed_object(o)
+        for o in manifest.custom_objects
+        if o.transport == "distribution"
+    }
     table = _module_table(directory, manifest, label)
     tops = {name.split(".")[0] for name in table}
     _report_conflicts(manifest, tops, registered)

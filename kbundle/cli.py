@@ -86,8 +86,8 @@ def _progress(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] 
     if not enabled or not sys.stderr.isatty():
         yield None
         return
-    from rich.console import Console  # noqa: PLC0415 - only when a bar is drawn
-    from rich.progress import (  # noqa: PLC0415
+    from rich.console import Console
+    from rich.progress import (
         BarColumn,
         DownloadColumn,
         Progress,
@@ -143,7 +143,9 @@ def _handle_errors(json_flag: str | None = None) -> Callable[[F], F]:
             except OSError as exc:
                 # The machine's problem, not kbundle's: a read or write the system refused.
                 where = f": {exc.filename}" if exc.filename else ""
-                _err(f"kbundle: error: {exc.strerror or exc}{where}; check the path and permissions")
+                _err(
+                    f"kbundle: error: {exc.strerror or exc}{where}; check the path and permissions"
+                )
                 sys.exit(EXIT_OS_ERROR)
             except KeyboardInterrupt:
                 _err("kbundle: interrupted; no partial output was left behind")
@@ -167,7 +169,9 @@ def _handle_errors(json_flag: str | None = None) -> Callable[[F], F]:
 
 
 def _option_json(command: F) -> F:
-    return click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout.")(command)
+    return click.option("--json", "as_json", is_flag=True, help="Print a JSON result on stdout.")(
+        command
+    )
 
 
 def _option_policy(command: F) -> F:
@@ -202,7 +206,9 @@ def _option_environment_gate(command: F) -> F:
 
 
 def _option_quiet(command: F) -> F:
-    return click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")(command)
+    return click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")(
+        command
+    )
 
 
 def _option_force(command: F) -> F:
@@ -259,11 +265,13 @@ def _option_passphrase(command: F) -> F:
 
 def _load_signing_key(path: Path, passphrase_file: Path | None) -> Any:
     """The private key at ``path``, asking for its passphrase on a terminal if need be."""
-    from kbundle import keys  # noqa: PLC0415
+    from kbundle import keys
 
     passphrase = keys.read_passphrase(passphrase_file)
     if passphrase is None and keys.is_encrypted_key(path) and sys.stdin.isatty():
-        passphrase = click.prompt(f"Passphrase for {path}", hide_input=True, err=True).encode("utf-8")
+        passphrase = click.prompt(f"Passphrase for {path}", hide_input=True, err=True).encode(
+            "utf-8"
+        )
     return keys.load_signing_key(path, passphrase=passphrase)
 
 
@@ -308,7 +316,7 @@ Examples:
 @click.version_option(__version__, prog_name="kbundle")
 def main() -> None:
     """Pack Keras/TensorFlow models into verified, self-describing bundles, and load them back."""
-    from kbundle import keras_io  # noqa: PLC0415 - cheap: imports no Keras until used
+    from kbundle import keras_io
 
     keras_io.filter_native_logs = True
 
@@ -325,11 +333,41 @@ Examples:
 """
 )
 @click.argument("model", type=click.Path(path_type=Path))
-@click.option("--custom-objects", "custom_modules", multiple=True, metavar="MODULE", help="Import MODULE (from the current directory or PYTHONPATH) to find the model's custom objects; repeatable.")
-@click.option("-o", "--output", type=click.Path(path_type=Path), required=True, help="The bundle to write (NAME.kbundle).")
-@click.option("--level", default="3", show_default=True, metavar="1..22|none", help="zstd compression level, or 'none' to store.")
-@click.option("--threads", default=-1, show_default=True, type=int, help="zstd worker threads (-1: one per CPU, 0: no workers).")
-@click.option("--sign", "sign_key", type=click.Path(path_type=Path), metavar="KEY", help="Sign the bundle with this private key (from 'kbundle keygen').")
+@click.option(
+    "--custom-objects",
+    "custom_modules",
+    multiple=True,
+    metavar="MODULE",
+    help="Import MODULE (from the current directory or PYTHONPATH) to find the model's custom objects; repeatable.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The bundle to write (NAME.kbundle).",
+)
+@click.option(
+    "--level",
+    default="3",
+    show_default=True,
+    metavar="1..22|none",
+    help="zstd compression level, or 'none' to store.",
+)
+@click.option(
+    "--threads",
+    default=-1,
+    show_default=True,
+    type=int,
+    help="zstd worker threads (-1: one per CPU, 0: no workers).",
+)
+@click.option(
+    "--sign",
+    "sign_key",
+    type=click.Path(path_type=Path),
+    metavar="KEY",
+    help="Sign the bundle with this private key (from 'kbundle keygen').",
+)
 @_option_passphrase
 @click.option(
     "--probe/--no-probe",
@@ -347,25 +385,61 @@ Examples:
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
-def pack(model: Path, custom_modules: tuple[str, ...], output: Path, level: str, threads: int, sign_key: Path | None, passphrase_file: Path | None, probe: bool | None, lock: bool, force: bool, quiet: bool, as_json: bool) -> None:
+def pack(
+    model: Path,
+    custom_modules: tuple[str, ...],
+    output: Path,
+    level: str,
+    threads: int,
+    sign_key: Path | None,
+    passphrase_file: Path | None,
+    probe: bool | None,
+    lock: bool,
+    force: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """Pack MODEL (.keras, .h5 or SavedModel directory) into one verified bundle.
 
     Prints the bundle digest (sha256 of its manifest); pin it in deploy scripts with
     'kbundle verify --expect'. Nothing is written unless pack succeeds.
     """
-    from kbundle.pack import pack as pack_model  # noqa: PLC0415
+    from kbundle.pack import pack as pack_model
 
     signing_key = _load_signing_key(sign_key, passphrase_file) if sign_key else None
     with _progress("packing", not quiet) as progress:
-        result = pack_model(model, output, force=force, level=level, threads=threads, progress=progress, signing_key=signing_key, probe=probe, lock=lock, custom_modules=custom_modules)
+        result = pack_model(
+            model,
+            output,
+            force=force,
+            level=level,
+            threads=threads,
+            progress=progress,
+            signing_key=signing_key,
+            probe=probe,
+            lock=lock,
+            custom_modules=custom_modules,
+        )
     signers = [signing_key.key_id] if signing_key else []
     if as_json:
-        _json_out({"ok": True, "bundle": str(result.path), "digest": result.digest, "size": result.size, "model_format": result.manifest.model.format, "signers": signers, "notes": list(result.notes)})
+        _json_out(
+            {
+                "ok": True,
+                "bundle": str(result.path),
+                "digest": result.digest,
+                "size": result.size,
+                "model_format": result.manifest.model.format,
+                "signers": signers,
+                "notes": list(result.notes),
+            }
+        )
         return
     for note in result.notes:
         _err(f"kbundle: note: {note}")
     if not quiet:
-        _err(f"packed {model} ({result.manifest.model.format}) into {result.path}: {_size(result.size)}, payload {_size(result.manifest.payload_size)}")
+        _err(
+            f"packed {model} ({result.manifest.model.format}) into {result.path}: {_size(result.size)}, payload {_size(result.manifest.payload_size)}"
+        )
         if signing_key:
             _err(f"signed by {signing_key.key_id}")
     click.echo(f"{result.digest}  {result.path}")
@@ -386,7 +460,14 @@ Examples:
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
-def verify(bundle: Path, expect: str | None, trusted_keys: tuple[Path, ...], require_signature: bool, quiet: bool, as_json: bool) -> None:
+def verify(
+    bundle: Path,
+    expect: str | None,
+    trusted_keys: tuple[Path, ...],
+    require_signature: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """Check every member of BUNDLE: size, SHA-256, names, kinds, nothing extra or missing.
 
     A signature, when present, must verify; a bad one is an integrity failure. Signers are
@@ -394,18 +475,40 @@ def verify(bundle: Path, expect: str | None, trusted_keys: tuple[Path, ...], req
     ($KBUNDLE_TRUSTED_KEYS, default ~/.config/kbundle/trusted-keys). Reports every problem at
     once. Never imports TensorFlow or Keras.
     """
-    from kbundle.unpack import verify as verify_bundle  # noqa: PLC0415
+    from kbundle.unpack import verify as verify_bundle
 
     with _progress("verifying", not quiet and not as_json) as progress:
-        report = verify_bundle(bundle, expect=expect, trusted_keys=_trusted(trusted_keys), require_signature=require_signature, progress=progress)
+        report = verify_bundle(
+            bundle,
+            expect=expect,
+            trusted_keys=_trusted(trusted_keys),
+            require_signature=require_signature,
+            progress=progress,
+        )
     signed = report.head.signature is not None
     assert report.signature is not None  # verify always checks signatures
     if as_json:
-        _json_out({"ok": True, "digest": report.head.digest, "files": report.files_checked, "bytes": report.bytes_checked, "signed": signed, "signature": report.signature.to_dict(), "findings": []})
+        _json_out(
+            {
+                "ok": True,
+                "digest": report.head.digest,
+                "files": report.files_checked,
+                "bytes": report.bytes_checked,
+                "signed": signed,
+                "signature": report.signature.to_dict(),
+                "findings": [],
+            }
+        )
         return
     if not quiet:
-        note = f" ({report.signature.describe()})" if not signed else f"; {report.signature.describe()}"
-        _err(f"OK: {_count(report.files_checked, 'file')}, {_size(report.bytes_checked)} verified{note}")
+        note = (
+            f" ({report.signature.describe()})"
+            if not signed
+            else f"; {report.signature.describe()}"
+        )
+        _err(
+            f"OK: {_count(report.files_checked, 'file')}, {_size(report.bytes_checked)} verified{note}"
+        )
     click.echo(f"{report.head.digest}  {bundle}")
 
 
@@ -421,16 +524,24 @@ Examples:
 @_handle_errors("as_json")
 def inspect(bundle: Path, as_json: bool) -> None:
     """Summarise BUNDLE's manifest. Reads only the manifest; runs and imports nothing."""
-    from kbundle.unpack import inspect as inspect_bundle  # noqa: PLC0415
+    from kbundle.unpack import inspect as inspect_bundle
 
     head = inspect_bundle(bundle)
     if as_json:
-        from kbundle.signing import signer_ids  # noqa: PLC0415
+        from kbundle.signing import signer_ids
 
         signers = signer_ids(head.signature)
-        _json_out({"ok": True, "digest": head.digest, "signed": head.signature is not None, "signers": list(signers) if isinstance(signers, tuple) else None, "manifest": head.manifest.to_dict()})
+        _json_out(
+            {
+                "ok": True,
+                "digest": head.digest,
+                "signed": head.signature is not None,
+                "signers": list(signers) if isinstance(signers, tuple) else None,
+                "manifest": head.manifest.to_dict(),
+            }
+        )
         return
-    from kbundle.render import render_manifest  # noqa: PLC0415
+    from kbundle.render import render_manifest
 
     click.echo(render_manifest(head))
 
@@ -441,7 +552,14 @@ def inspect(bundle: Path, as_json: bool) -> None:
 _python_showwarning = warnings.showwarning
 
 
-def _show_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, file: Any = None, line: str | None = None) -> None:
+def _show_warning(
+    message: Warning | str,
+    category: type[Warning],
+    filename: str,
+    lineno: int,
+    file: Any = None,
+    line: str | None = None,
+) -> None:
     """kbundle's own warnings (a loaded bundle's code met a same-named definition here) as one
     ``kbundle: warning:`` line each; everything else as Python shows it."""
     if category.__module__.startswith("kbundle."):
@@ -470,13 +588,27 @@ def show_code(bundle: Path, name: str | None, as_json: bool) -> None:
     Keras or TensorFlow. A pickled object is shown by the definition text captured when it
     was packed; the pickle itself is what would run.
     """
-    from kbundle.unpack import show_code as bundled_code  # noqa: PLC0415
+    from kbundle.unpack import show_code as bundled_code
 
     listings = bundled_code(bundle, name)
     if as_json:
-        _json_out({"ok": True, "objects": [{**dataclasses.asdict(listing.obj), "files": [{"path": f.path, "module": f.module, "digest": f.digest, "text": f.text} for f in listing.files]} for listing in listings]})
+        _json_out(
+            {
+                "ok": True,
+                "objects": [
+                    {
+                        **dataclasses.asdict(listing.obj),
+                        "files": [
+                            {"path": f.path, "module": f.module, "digest": f.digest, "text": f.text}
+                            for f in listing.files
+                        ],
+                    }
+                    for listing in listings
+                ],
+            }
+        )
         return
-    from kbundle.bundled_code import render_listings  # noqa: PLC0415
+    from kbundle.bundled_code import render_listings
 
     click.echo(render_listings(listings), nl=False)
 
@@ -493,8 +625,17 @@ Examples:
 """
 )
 @_BUNDLE
-@click.option("-d", "--dest", "destination", type=click.Path(path_type=Path), required=True, help="Directory to create with the verified files.")
-@click.option("--no-load", is_flag=True, help="Only verify and extract; do not prove the model loads.")
+@click.option(
+    "-d",
+    "--dest",
+    "destination",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="Directory to create with the verified files.",
+)
+@click.option(
+    "--no-load", is_flag=True, help="Only verify and extract; do not prove the model loads."
+)
 @_option_expect
 @_option_trust
 @_option_trusted_keys
@@ -504,7 +645,23 @@ Examples:
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
-def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, trust_code: bool, unsafe_lambda: bool, trusted_keys: tuple[Path, ...], require_signature: bool, ignore_env: bool, no_probe: bool, policy: str | None, severity: tuple[str, ...], force: bool, quiet: bool, as_json: bool) -> None:
+def unpack(
+    bundle: Path,
+    destination: Path,
+    no_load: bool,
+    expect: str | None,
+    trust_code: bool,
+    unsafe_lambda: bool,
+    trusted_keys: tuple[Path, ...],
+    require_signature: bool,
+    ignore_env: bool,
+    no_probe: bool,
+    policy: str | None,
+    severity: tuple[str, ...],
+    force: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """Verify BUNDLE while extracting it into DEST, then prove the model loads.
 
     DEST appears only when every member verified. Before loading, the recorded environment
@@ -512,29 +669,57 @@ def unpack(bundle: Path, destination: Path, no_load: bool, expect: str | None, t
     warnings are shown. After loading, the stored probe input is run again and the outputs
     compared. With --no-load nothing runs here, so differences are shown but refuse nothing.
     """
-    from kbundle.compat import resolve_policy  # noqa: PLC0415
-    from kbundle.unpack import LoadOptions  # noqa: PLC0415
-    from kbundle.unpack import unpack as unpack_bundle  # noqa: PLC0415
+    from kbundle.compat import resolve_policy
+    from kbundle.unpack import LoadOptions
+    from kbundle.unpack import unpack as unpack_bundle
 
     warnings.showwarning = _show_warning  # a loaded bundle's code conflicts, as warning lines
-    options = LoadOptions(trust_code=trust_code, safe_mode=not unsafe_lambda, ignore_env=ignore_env, env_policy=resolve_policy(policy, severity), probe=not no_probe)
+    options = LoadOptions(
+        trust_code=trust_code,
+        safe_mode=not unsafe_lambda,
+        ignore_env=ignore_env,
+        env_policy=resolve_policy(policy, severity),
+        probe=not no_probe,
+    )
     with _progress("unpacking", not quiet and not as_json) as progress:
-        result = unpack_bundle(bundle, destination, force=force, expect=expect, load_model=not no_load, options=options, trusted_keys=_trusted(trusted_keys), require_signature=require_signature, progress=progress)
+        result = unpack_bundle(
+            bundle,
+            destination,
+            force=force,
+            expect=expect,
+            load_model=not no_load,
+            options=options,
+            trusted_keys=_trusted(trusted_keys),
+            require_signature=require_signature,
+            progress=progress,
+        )
     loaded: dict[str, Any] | None = None
     if result.model is not None:
-        from kbundle import keras_io  # noqa: PLC0415
+        from kbundle import keras_io
 
         loaded = keras_io.describe_live_model(result.model)
     if as_json:
         signature = result.report.signature.to_dict() if result.report.signature else None
-        _json_out({"ok": True, "destination": str(result.path), "digest": result.report.head.digest, "model": str(result.model_path), "loaded": loaded is not None, "signature": signature, "environment": [f.to_dict() for f in result.environment]})
+        _json_out(
+            {
+                "ok": True,
+                "destination": str(result.path),
+                "digest": result.report.head.digest,
+                "model": str(result.model_path),
+                "loaded": loaded is not None,
+                "signature": signature,
+                "environment": [f.to_dict() for f in result.environment],
+            }
+        )
         return
     _print_environment_concerns(result.environment)
     if not quiet:
         signed = f" ({result.report.signature.describe()})" if result.report.signature else ""
         _err(f"verified {_count(result.report.files_checked, 'file')} into {result.path}{signed}")
         if loaded is not None:
-            _err(f"model loads: {loaded['class_name']} {loaded['name']!r}, {loaded['parameter_count']} parameters")
+            _err(
+                f"model loads: {loaded['class_name']} {loaded['name']!r}, {loaded['parameter_count']} parameters"
+            )
         for finding in result.environment:
             if finding.location == "probe" and finding.severity == Severity.OK:
                 _err(f"probe: {finding.problem} ({finding.actual}; {finding.expected})")
@@ -570,7 +755,7 @@ def check(bundle: Path, policy: str | None, severity: tuple[str, ...], as_json: 
     manifest and installed metadata: imports neither TensorFlow nor Keras nor bundled code.
     Rules and policies: docs/compatibility.md; [tool.kbundle] in pyproject.toml sets defaults.
     """
-    from kbundle.compat import check as check_bundle  # noqa: PLC0415
+    from kbundle.compat import check as check_bundle
 
     report = check_bundle(bundle, policy=policy, severity=severity)
     if as_json:
@@ -579,7 +764,7 @@ def check(bundle: Path, policy: str | None, severity: tuple[str, ...], as_json: 
         if code:
             sys.exit(code)
         return
-    from kbundle.render import render_compat  # noqa: PLC0415
+    from kbundle.render import render_compat
 
     click.echo(render_compat(report))
     report.raise_for_errors(str(bundle), loading=False)
@@ -620,13 +805,13 @@ Examples:
 @_handle_errors()
 def env_export(bundle: Path, output: Path | None, hashed: bool | None, force: bool) -> None:
     """Write BUNDLE's pinned requirements (verified first), for pip install --no-deps -r."""
-    from kbundle.rebuild import export_requirements  # noqa: PLC0415
+    from kbundle.rebuild import export_requirements
 
     text, with_hashes = export_requirements(bundle, hashed=hashed)
     if output is None:
         click.echo(text, nl=False)
         return
-    from kbundle.atomic import atomic_file, check_destination  # noqa: PLC0415
+    from kbundle.atomic import atomic_file, check_destination
 
     check_destination(output, force=force, what="requirements file")
     with atomic_file(output, force=force) as handle:
@@ -674,18 +859,23 @@ def env_create(
     --require-hashes when the bundle is hash-locked), installs kbundle, and finishes by
     running 'kbundle check' inside the new environment, which must come out clean.
     """
-    from kbundle.rebuild import create_environment  # noqa: PLC0415
+    from kbundle.rebuild import create_environment
 
     step = None if quiet or as_json else (lambda text: _err(f"kbundle: {text}"))
     created = create_environment(
         bundle, directory, python=python, kbundle_spec=kbundle_spec, step=step
     )
     if as_json:
-        _json_out({
-            "ok": True, "directory": str(created.directory), "python": created.python,
-            "hashed": created.hashed, "backend": created.backend,
-            "findings": [f.to_dict() for f in created.findings],
-        })
+        _json_out(
+            {
+                "ok": True,
+                "directory": str(created.directory),
+                "python": created.python,
+                "hashed": created.hashed,
+                "backend": created.backend,
+                "findings": [f.to_dict() for f in created.findings],
+            }
+        )
         return
     if not quiet:
         install = "hash-checked" if created.hashed else "not hash-checked (no hashed lock)"
@@ -696,7 +886,6 @@ def env_create(
         if created.backend and created.backend != "tensorflow":
             _err(f"set KERAS_BACKEND={created.backend} when using it")
     click.echo(str(created.python_executable))
-
 
 
 # --------------------------------------------------------------------------------------------
@@ -712,33 +901,64 @@ Examples:
   cp release.pub ~/.config/kbundle/trusted-keys/
 """
 )
-@click.option("-o", "--output", "name", type=click.Path(path_type=Path), required=True, metavar="NAME", help="Write NAME.key (private, mode 0600) and NAME.pub (public).")
-@click.option("--no-passphrase", is_flag=True, help="Do not ask for a passphrase on a terminal; leave the private key unencrypted.")
+@click.option(
+    "-o",
+    "--output",
+    "name",
+    type=click.Path(path_type=Path),
+    required=True,
+    metavar="NAME",
+    help="Write NAME.key (private, mode 0600) and NAME.pub (public).",
+)
+@click.option(
+    "--no-passphrase",
+    is_flag=True,
+    help="Do not ask for a passphrase on a terminal; leave the private key unencrypted.",
+)
 @_option_passphrase
 @_option_force
 @_option_json
 @_handle_errors("as_json")
-def keygen(name: Path, no_passphrase: bool, passphrase_file: Path | None, force: bool, as_json: bool) -> None:
+def keygen(
+    name: Path, no_passphrase: bool, passphrase_file: Path | None, force: bool, as_json: bool
+) -> None:
     """Make an Ed25519 key pair for signing bundles; print its fingerprint.
 
     The private key is encrypted when a passphrase comes from --passphrase-file,
     $KBUNDLE_KEY_PASSPHRASE or the terminal prompt (empty for none). Give NAME.pub to whoever
     verifies your bundles; keep NAME.key secret.
     """
-    from kbundle import keys  # noqa: PLC0415
+    from kbundle import keys
 
     passphrase = None if no_passphrase else keys.read_passphrase(passphrase_file)
     if passphrase is None and not no_passphrase and sys.stdin.isatty():
         passphrase = click.prompt(
-            "Passphrase for the new key (empty for none)", hide_input=True, confirmation_prompt=True, default="", show_default=False, err=True
+            "Passphrase for the new key (empty for none)",
+            hide_input=True,
+            confirmation_prompt=True,
+            default="",
+            show_default=False,
+            err=True,
         ).encode("utf-8")
     generated = keys.generate_key(name, passphrase=passphrase, force=force)
     if as_json:
-        _json_out({"ok": True, "private_key": str(generated.private_path), "public_key": str(generated.public_path), "key_id": generated.key_id, "encrypted": generated.encrypted})
+        _json_out(
+            {
+                "ok": True,
+                "private_key": str(generated.private_path),
+                "public_key": str(generated.public_path),
+                "key_id": generated.key_id,
+                "encrypted": generated.encrypted,
+            }
+        )
         return
     protection = "passphrase-protected" if generated.encrypted else "not encrypted"
-    _err(f"wrote private key {generated.private_path} ({protection}; keep it secret) and public key {generated.public_path}")
-    _err(f"trust it where bundles are verified: copy {generated.public_path} into {keys.trusted_keys_directory()}, or pass --key {generated.public_path}")
+    _err(
+        f"wrote private key {generated.private_path} ({protection}; keep it secret) and public key {generated.public_path}"
+    )
+    _err(
+        f"trust it where bundles are verified: copy {generated.public_path} into {keys.trusted_keys_directory()}, or pass --key {generated.public_path}"
+    )
     click.echo(f"{generated.key_id}  {generated.public_path}")
 
 
@@ -751,28 +971,59 @@ Examples:
 """
 )
 @_BUNDLE
-@click.option("--key", "key_path", type=click.Path(path_type=Path), required=True, metavar="KEY", help="The private key to sign with (NAME.key from 'kbundle keygen').")
-@click.option("-o", "--output", type=click.Path(path_type=Path), help="Write the signed bundle here instead of replacing BUNDLE.")
+@click.option(
+    "--key",
+    "key_path",
+    type=click.Path(path_type=Path),
+    required=True,
+    metavar="KEY",
+    help="The private key to sign with (NAME.key from 'kbundle keygen').",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    help="Write the signed bundle here instead of replacing BUNDLE.",
+)
 @_option_passphrase
 @_option_force
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
-def sign(bundle: Path, key_path: Path, output: Path | None, passphrase_file: Path | None, force: bool, quiet: bool, as_json: bool) -> None:
+def sign(
+    bundle: Path,
+    key_path: Path,
+    output: Path | None,
+    passphrase_file: Path | None,
+    force: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
     """Sign BUNDLE's manifest (and so everything it lists) with a private key.
 
     BUNDLE is verified first. The digest does not change: the signature is stored beside the
     manifest. Signatures by other keys are kept. BUNDLE is replaced atomically.
     """
-    from kbundle.sign import sign_bundle  # noqa: PLC0415
+    from kbundle.sign import sign_bundle
 
     signing_key = _load_signing_key(key_path, passphrase_file)
     result = sign_bundle(bundle, signing_key, output=output, force=force)
     if as_json:
-        _json_out({"ok": True, "bundle": str(result.path), "digest": result.digest, "key_id": result.key_id, "signers": list(result.signers)})
+        _json_out(
+            {
+                "ok": True,
+                "bundle": str(result.path),
+                "digest": result.digest,
+                "key_id": result.key_id,
+                "signers": list(result.signers),
+            }
+        )
         return
     if not quiet:
-        _err(f"signed {result.path} with {result.key_id}" + ("" if len(result.signers) == 1 else f" ({len(result.signers)} signatures)"))
+        _err(
+            f"signed {result.path} with {result.key_id}"
+            + ("" if len(result.signers) == 1 else f" ({len(result.signers)} signatures)")
+        )
     click.echo(f"{result.digest}  {result.path}")
 
 
@@ -794,7 +1045,13 @@ Examples:
 """
 )
 @click.argument("target", metavar="FILE", type=click.Path(path_type=Path))
-@click.option("--timeout", default=600.0, show_default=True, type=float, help="Seconds the child process may take to check and load the model.")
+@click.option(
+    "--timeout",
+    default=600.0,
+    show_default=True,
+    type=float,
+    help="Seconds the child process may take to check and load the model.",
+)
 @_option_json
 @_handle_errors("as_json")
 def doctor(target: Path, timeout: float, as_json: bool) -> None:
@@ -804,7 +1061,7 @@ def doctor(target: Path, timeout: float, as_json: bool) -> None:
     or environment; then loads the model in a child process (safe mode on, no bundled code)
     and classifies the real error. Never runs code a bundle carries.
     """
-    from kbundle.doctor import diagnose, render_diagnosis  # noqa: PLC0415
+    from kbundle.doctor import diagnose, render_diagnosis
 
     diagnosis = diagnose(target, timeout=timeout)
     failure = diagnosis.error()

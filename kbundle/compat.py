@@ -254,7 +254,7 @@ def resolve_policy(
 
 def _find_config(start: Path) -> tuple[Path | None, dict[str, Any] | None]:
     if sys.version_info >= (3, 11):
-        import tomllib  # noqa: PLC0415 - only when a configuration is looked for
+        import tomllib
     else:  # pragma: no cover - exercised on Python 3.10 only
         import tomli as tomllib
 
@@ -389,7 +389,7 @@ def check(
     current: Environment | None = None,
 ) -> CompatReport:
     """Compare ``bundle``'s recorded environment with this one. Reads only the manifest."""
-    from kbundle.unpack import inspect  # noqa: PLC0415 - kbundle.unpack imports this module
+    from kbundle.unpack import inspect
 
     manifest = inspect(bundle).manifest
     return check_manifest(manifest, policy=resolve_policy(policy, severity), current=current)

@@ -63,7 +63,11 @@ _KIND_BY_KEY = {
     "metrics": "metric",
     "weighted_metrics": "metric",
 }
-_KIND_BY_SUFFIX = (("_initializer", "initializer"), ("_regularizer", "regularizer"), ("_constraint", "constraint"))
+_KIND_BY_SUFFIX = (
+    ("_initializer", "initializer"),
+    ("_regularizer", "regularizer"),
+    ("_constraint", "constraint"),
+)
 
 # The ``objects/`` file stem of a registered name: ``acme>Layer`` -> ``acme_Layer``. Only
 # characters every file system accepts, so a bundle extracts anywhere.
@@ -166,9 +170,16 @@ _LEGACY_MODEL_NAMES = frozenset({"Functional", "Sequential", "Model"})
 
 def _keras_builtin(name: str, *, function: bool) -> bool:
     """Whether Keras itself provides a function (or, for legacy configs, a class) of this name."""
-    import keras  # noqa: PLC0415
+    import keras
 
-    modules = [keras.activations, keras.losses, keras.metrics, keras.initializers, keras.regularizers, keras.constraints]
+    modules = [
+        keras.activations,
+        keras.losses,
+        keras.metrics,
+        keras.initializers,
+        keras.regularizers,
+        keras.constraints,
+    ]
     if not function:
         if name in _LEGACY_MODEL_NAMES:
             return True
@@ -185,7 +196,9 @@ class _Resolver:
     the same name.
     """
 
-    def __init__(self, given: Mapping[str, Any], capture: _Capture, model: Any, modules: Sequence[str]) -> None:
+    def __init__(
+        self, given: Mapping[str, Any], capture: _Capture, model: Any, modules: Sequence[str]
+    ) -> None:
         self.given = given
         self.problem = capture.problem
         self.live = _live_objects(model)
@@ -208,7 +221,11 @@ class _Resolver:
         found = qualified_attribute(holder, ref.class_name)
         if isinstance(found, type):
             return found
-        live = [c for c in self.live.get(ref.class_name, ()) if c.__module__ == (ref.module or "__main__")]
+        live = [
+            c
+            for c in self.live.get(ref.class_name, ())
+            if c.__module__ == (ref.module or "__main__")
+        ]
         if len(live) == 1:  # a class the live model uses but no module holds by name
             return live[0]
         self._missing_class(ref)
@@ -225,12 +242,18 @@ class _Resolver:
             return None
         what = "function" if ref.function else "class"
         wanted = types.FunctionType if ref.function else type
-        candidates = {f"{o.__module__}.{o.__qualname__}": o for o in self.live.get(ref.name, ()) if isinstance(o, wanted)}
+        candidates = {
+            f"{o.__module__}.{o.__qualname__}": o
+            for o in self.live.get(ref.name, ())
+            if isinstance(o, wanted)
+        }
         if not candidates:
             candidates = {
                 f"{obj.__module__}.{obj.__qualname__}": obj
                 for module_name in self.modules
-                for obj in [getattr(sys.modules.get(module_name), "__dict__", {}).get(ref.class_name)]
+                for obj in [
+                    getattr(sys.modules.get(module_name), "__dict__", {}).get(ref.class_name)
+                ]
                 if isinstance(obj, wanted)
             }
         if len(candidates) == 1:
@@ -245,9 +268,17 @@ class _Resolver:
             "MODULE), or register it with @keras.saving.register_keras_serializable()"
         )
         if candidates:
-            self.problem(ref.name, f"{what} {ref.class_name!r} is defined in several places: {', '.join(sorted(candidates))}", hint)
+            self.problem(
+                ref.name,
+                f"{what} {ref.class_name!r} is defined in several places: {', '.join(sorted(candidates))}",
+                hint,
+            )
         else:
-            self.problem(ref.name, f"{what} {ref.class_name!r} is not Keras's, not registered, and not found in the model or the modules named for it", hint)
+            self.problem(
+                ref.name,
+                f"{what} {ref.class_name!r} is not Keras's, not registered, and not found in the model or the modules named for it",
+                hint,
+            )
         return None
 
     def _missing_class(self, ref: Reference) -> None:
@@ -278,12 +309,17 @@ def _live_objects(model: Any) -> dict[str, list[Any]]:
     attributes, never by running anything."""
     if model is None:
         return {}
-    import keras  # noqa: PLC0415 - a live model means Keras is loaded
+    import keras
 
     containers = (
-        keras.layers.Layer, keras.losses.Loss, keras.metrics.Metric, keras.optimizers.Optimizer,
-        keras.optimizers.schedules.LearningRateSchedule, keras.initializers.Initializer,
-        keras.regularizers.Regularizer, keras.constraints.Constraint,
+        keras.layers.Layer,
+        keras.losses.Loss,
+        keras.metrics.Metric,
+        keras.optimizers.Optimizer,
+        keras.optimizers.schedules.LearningRateSchedule,
+        keras.initializers.Initializer,
+        keras.regularizers.Regularizer,
+        keras.constraints.Constraint,
     )
     found: dict[str, dict[int, Any]] = {}
     seen: set[int] = set()
@@ -312,7 +348,7 @@ def _live_objects(model: Any) -> dict[str, list[Any]]:
 def _kind(obj: Any, hint: str | None) -> str:
     if not isinstance(obj, type):
         return hint or "function"
-    import keras  # noqa: PLC0415
+    import keras
 
     bases = (
         (keras.Model, "model"),
@@ -397,7 +433,11 @@ class _Capture:
                     text = read_source(self.files[source.path]) or ""  # the bytes bundled
                     pending.extend(imported_modules(text, name, is_package=origin.is_package))
             elif origin.kind == "compiled":
-                self.problem(owner, f"needs {name}, a compiled module ({origin.file}) that no installed distribution provides", "kbundle carries Python source only: install that module as a distribution, or make it pure Python")
+                self.problem(
+                    owner,
+                    f"needs {name}, a compiled module ({origin.file}) that no installed distribution provides",
+                    "kbundle carries Python source only: install that module as a distribution, or make it pure Python",
+                )
             else:
                 needs.add_external(name, origin)
         needs.sources = [sources[name] for name in sorted(sources)]
@@ -407,14 +447,22 @@ class _Capture:
         assert origin.file is not None
         path = member_path(name, is_package=origin.is_package)
         bad_name = next((part for part in name.split(".") if not part.isidentifier()), None)
-        problem = f"module name part {bad_name!r} is not an identifier" if bad_name else name_problem(path)
+        problem = (
+            f"module name part {bad_name!r} is not an identifier"
+            if bad_name
+            else name_problem(path)
+        )
         if problem:
-            self.problem(owner, f"module {name} cannot travel as {path}: {problem}", "rename the module")
+            self.problem(
+                owner, f"module {name} cannot travel as {path}: {problem}", "rename the module"
+            )
             return None
         try:
             self.write(path, origin.file.read_bytes())
         except OSError as exc:
-            self.problem(owner, f"cannot read {origin.file}: {exc.strerror}", "check the file's permissions")
+            self.problem(
+                owner, f"cannot read {origin.file}: {exc.strerror}", "check the file's permissions"
+            )
             return None
         return SourceFile(module=name, path=path)
 
@@ -432,50 +480,92 @@ def _travel(name: str, obj: Any, kind: str, capture: _Capture) -> CustomObject |
     module_name = getattr(obj, "__module__", None)
     qualname = getattr(obj, "__qualname__", None)
     if not isinstance(obj, type | types.FunctionType) or not module_name or not qualname:
-        capture.problem(name, f"is a {type(obj).__name__}, not a class or function", "pass classes and functions in custom_objects, not instances")
+        capture.problem(
+            name,
+            f"is a {type(obj).__name__}, not a class or function",
+            "pass classes and functions in custom_objects, not instances",
+        )
         return None
-    common: dict[str, Any] = {"name": name, "kind": kind, "module": module_name, "qualname": qualname}
+    common: dict[str, Any] = {
+        "name": name,
+        "kind": kind,
+        "module": module_name,
+        "qualname": qualname,
+    }
     text = live_definition(obj)
     if text is not None:
         common["source_digest"] = definition_digest(text)
     if _is_keras_module(module_name):
         return CustomObject(transport="builtin", **common)
-    importable = module_name != "__main__" and qualified_attribute(sys.modules.get(module_name), qualname) is obj
+    importable = (
+        module_name != "__main__"
+        and qualified_attribute(sys.modules.get(module_name), qualname) is obj
+    )
     origin = capture.origins(module_name) if importable else None
     if origin is not None and origin.kind == "distribution" and origin.distribution:
         dist, version = origin.distribution
-        return CustomObject(transport="distribution", requirement=f"{dist}=={version}", distributions={dist: version}, **common)
+        return CustomObject(
+            transport="distribution",
+            requirement=f"{dist}=={version}",
+            distributions={dist: version},
+            **common,
+        )
     if origin is not None and origin.kind == "local":
         needs = capture.local_sources([module_name], name)
         return CustomObject(transport="source", **needs.fields(), **common)
     if origin is not None and origin.kind == "installed":
-        capture.problem(name, f"is defined in {origin.file}, under the installation directories but listed by no installed distribution", "reinstall the package that provides it with pip, so that its version can be recorded")
+        capture.problem(
+            name,
+            f"is defined in {origin.file}, under the installation directories but listed by no installed distribution",
+            "reinstall the package that provides it with pip, so that its version can be recorded",
+        )
         return None
     if origin is not None and origin.kind == "compiled":
-        capture.problem(name, f"is defined in {origin.file}, a compiled module that no installed distribution provides", "kbundle carries Python source only: install that module as a distribution, or make it pure Python")
+        capture.problem(
+            name,
+            f"is defined in {origin.file}, a compiled module that no installed distribution provides",
+            "kbundle carries Python source only: install that module as a distribution, or make it pure Python",
+        )
         return None
     return _pickled(obj, text, common, capture)
 
 
-def _pickled(obj: Any, text: str | None, common: dict[str, Any], capture: _Capture) -> CustomObject | None:
+def _pickled(
+    obj: Any, text: str | None, common: dict[str, Any], capture: _Capture
+) -> CustomObject | None:
     name = common["name"]
     try:
-        import cloudpickle  # noqa: PLC0415 - only when something must be pickled
+        import cloudpickle
     except ImportError:
-        capture.problem(name, f"is defined in {common['module']} where no source file can be had, so it must be cloudpickled, but cloudpickle is not installed", "pip install cloudpickle, or move the definition into a module of your project")
+        capture.problem(
+            name,
+            f"is defined in {common['module']} where no source file can be had, so it must be cloudpickled, but cloudpickle is not installed",
+            "pip install cloudpickle, or move the definition into a module of your project",
+        )
         return None
     protocol = int(cloudpickle.DEFAULT_PROTOCOL)
     try:
         data = cloudpickle.dumps(obj, protocol=protocol)
     except Exception as exc:
-        capture.problem(name, f"cannot be cloudpickled: {exception_summary(exc)}", "move the definition into a module of your project so that its source travels")
+        capture.problem(
+            name,
+            f"cannot be cloudpickled: {exception_summary(exc)}",
+            "move the definition into a module of your project so that its source travels",
+        )
         return None
     pickle_path = f"objects/{capture.stem(name)}.pkl"
     capture.write(pickle_path, data)
     referenced = [m for m in _pickled_strings(data) if m in sys.modules and m != "__main__"]
     needs = capture.local_sources(referenced, name)
-    info = PickleInfo(path=pickle_path, python=platform.python_version(), protocol=protocol, cloudpickle=str(cloudpickle.__version__))
-    return CustomObject(transport="pickle", pickle=info, review_source=text, **needs.fields(), **common)
+    info = PickleInfo(
+        path=pickle_path,
+        python=platform.python_version(),
+        protocol=protocol,
+        cloudpickle=str(cloudpickle.__version__),
+    )
+    return CustomObject(
+        transport="pickle", pickle=info, review_source=text, **needs.fields(), **common
+    )
 
 
 def _pickled_strings(data: bytes) -> Iterator[str]:
@@ -536,8 +626,13 @@ def collect_custom_objects(
             records.append(record)
     if capture.problems:
         first = capture.problems[0]
-        raise PackError.from_findings(capture.problems, f"cannot capture {first.location}: {first.problem}")
-    payload = tuple(PayloadFile(member, path, path.stat().st_size) for member, path in sorted(capture.files.items()))
+        raise PackError.from_findings(
+            capture.problems, f"cannot capture {first.location}: {first.problem}"
+        )
+    payload = tuple(
+        PayloadFile(member, path, path.stat().st_size)
+        for member, path in sorted(capture.files.items())
+    )
     return CollectedObjects(tuple(records), payload)
 
 

@@ -238,7 +238,7 @@ def diagnose(path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOUT) 
         with target.open("rb") as handle:
             if handle.read(4) == ZSTD_MAGIC:
                 return _diagnose_bundle(target, timeout)
-    from kbundle.environment import capture_environment  # noqa: PLC0415
+    from kbundle.environment import capture_environment
 
     return _diagnose_model(
         target,
@@ -273,9 +273,9 @@ def _format_of(path: Path) -> str:
 
 
 def _diagnose_bundle(path: Path, timeout: float) -> Diagnosis:
-    from kbundle.compat import compare_environments  # noqa: PLC0415
-    from kbundle.environment import capture_environment  # noqa: PLC0415
-    from kbundle.unpack import unpack  # noqa: PLC0415
+    from kbundle.compat import compare_environments
+    from kbundle.environment import capture_environment
+    from kbundle.unpack import unpack
 
     current = capture_environment()
     with tempfile.TemporaryDirectory(prefix="kbundle-doctor-") as private:
@@ -696,7 +696,7 @@ def _tensorflow_findings(
 
 def _newer(left: str, right: str) -> bool:
     """True when version ``left`` is newer than ``right`` (major.minor.patch, numerically)."""
-    from packaging.version import InvalidVersion, Version  # noqa: PLC0415
+    from packaging.version import InvalidVersion, Version
 
     try:
         return Version(left) > Version(right)

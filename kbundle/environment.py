@@ -42,7 +42,18 @@ TENSORFLOW_DISTRIBUTIONS = (
     "tensorflow",
 )
 # Libraries whose versions decide whether a saved model reads back (besides TF/Keras).
-_KEY_LIBRARIES = ("numpy", "h5py", "cloudpickle", "ml-dtypes", "protobuf", "jax", "jaxlib", "torch", "keras-hub", "tf-keras")
+_KEY_LIBRARIES = (
+    "numpy",
+    "h5py",
+    "cloudpickle",
+    "ml-dtypes",
+    "protobuf",
+    "jax",
+    "jaxlib",
+    "torch",
+    "keras-hub",
+    "tf-keras",
+)
 
 
 def installed_distributions() -> dict[str, str]:
@@ -91,7 +102,7 @@ def _tensorflow(distributions: dict[str, str], *, runtime: bool) -> TensorFlowIn
     version = distributions[distribution]
     if runtime:
         try:
-            import tensorflow as tf  # noqa: PLC0415 - deliberately lazy: ~2 s import
+            import tensorflow as tf
         except Exception:  # a broken TF install is recorded as static, not fatal
             runtime = False
         else:
@@ -144,7 +155,10 @@ def _build_info_literal(tree: ast.Module) -> dict[str, Any]:
 
 
 def _keras(distributions: dict[str, str]) -> KerasInfo | None:
-    if os.environ.get("TF_USE_LEGACY_KERAS") in ("1", "true", "True") and "tf-keras" in distributions:
+    if (
+        os.environ.get("TF_USE_LEGACY_KERAS") in ("1", "true", "True")
+        and "tf-keras" in distributions
+    ):
         distribution = "tf-keras"
     elif "keras" in distributions:
         distribution = "keras"
@@ -198,4 +212,7 @@ def _gpus(*, runtime: bool) -> list[str]:
 
 
 def _jsonable(data: dict[str, Any]) -> dict[str, Any]:
-    return {str(k): v if isinstance(v, str | int | float | bool) or v is None else str(v) for k, v in data.items()}
+    return {
+        str(k): v if isinstance(v, str | int | float | bool) or v is None else str(v)
+        for k, v in data.items()
+    }

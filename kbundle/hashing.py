@@ -81,5 +81,3 @@ def file_digest(path: Path) -> str:
         for chunk in iter(lambda: handle.read(CHUNK_SIZE), b""):
             hasher.update(chunk)
     return format_digest(hasher.hexdigest())
-
-

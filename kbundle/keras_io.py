@@ -30,10 +30,10 @@ filter_native_logs = False
 
 def _native_logs() -> Any:
     if filter_native_logs:
-        from kbundle.native_logs import filtered_native_stderr  # noqa: PLC0415
+        from kbundle.native_logs import filtered_native_stderr
 
         return filtered_native_stderr()
-    import contextlib  # noqa: PLC0415
+    import contextlib
 
     return contextlib.nullcontext()
 
@@ -41,14 +41,14 @@ def _native_logs() -> Any:
 def _keras() -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Python-side TensorFlow logging
     with _native_logs():
-        import keras  # noqa: PLC0415 - lazy by design: importing Keras costs seconds
+        import keras
 
     return keras
 
 
 def is_keras_model(obj: object) -> bool:
     """True for a live ``keras.Model`` (without importing Keras when it is not loaded)."""
-    import sys  # noqa: PLC0415
+    import sys
 
     keras = sys.modules.get("keras")
     return keras is not None and isinstance(obj, keras.Model)
@@ -82,7 +82,9 @@ def _specs(tensors: Any) -> list[TensorSpec] | None:
             TensorSpec(
                 name=getattr(tensor, "name", None),
                 shape=[None if d is None else int(d) for d in shape] if shape is not None else None,
-                dtype=str(getattr(tensor, "dtype", None)) if getattr(tensor, "dtype", None) else None,
+                dtype=str(getattr(tensor, "dtype", None))
+                if getattr(tensor, "dtype", None)
+                else None,
             )
         )
     return specs
@@ -156,7 +158,7 @@ def load_model_file(
       (``model.export``), else ``serving_default`` (``tf.saved_model.save``, tf-keras), else
       the only signature there is. Needs the TensorFlow backend.
     """
-    from kbundle.model_files import identify_format  # noqa: PLC0415
+    from kbundle.model_files import identify_format
 
     fmt = fmt or identify_format(path)
     with _native_logs():
@@ -181,12 +183,14 @@ def _load_keras2_fallback(
     compile: bool,
 ) -> LoadedModel:
     """Keras 3 failed: try tf-keras when the file says Keras 2 wrote it, else explain."""
-    from kbundle.model_config import marshalled_code  # noqa: PLC0415
-    from kbundle.model_files import describe_model_file, keras_major, read_model_config  # noqa: PLC0415
+    from kbundle.model_config import marshalled_code
+    from kbundle.model_files import describe_model_file, keras_major, read_model_config
 
     saved_by = describe_model_file(path, fmt).get("saved_by", {})
     if fmt not in ("keras", "h5") or keras_major(saved_by) != 2 or "safe_mode" in str(keras3_error):
-        raise ModelLoadError(_load_message(keras3_error), hint=_load_hint(keras3_error)) from keras3_error
+        raise ModelLoadError(
+            _load_message(keras3_error), hint=_load_hint(keras3_error)
+        ) from keras3_error
     written = f"written by Keras {saved_by['keras_version']}"
     if safe_mode and marshalled_code(read_model_config(path, fmt) or {}):
         # tf-keras ignores safe_mode for .h5 files: it would unmarshal the Lambda's bytecode.
@@ -196,7 +200,7 @@ def _load_keras2_fallback(
             hint="if you trust the file, load it with --unsafe-lambda (safe_mode=False)",
         ) from keras3_error
     try:
-        import tf_keras  # noqa: PLC0415 - Keras 2, only for files Keras 3 cannot read
+        import tf_keras
     except ImportError:
         raise ModelLoadError(
             f"this model was {written} and Keras 3 cannot load it: {first_sentence(str(keras3_error))}; "
@@ -221,9 +225,9 @@ def _load_keras2_fallback(
 
 def _tf_keras_requirement() -> str:
     """The tf-keras release matching the installed TensorFlow (tf-keras versions track it)."""
-    from importlib import metadata  # noqa: PLC0415
+    from importlib import metadata
 
-    from kbundle.environment import TENSORFLOW_DISTRIBUTIONS  # noqa: PLC0415
+    from kbundle.environment import TENSORFLOW_DISTRIBUTIONS
 
     for distribution in TENSORFLOW_DISTRIBUTIONS:
         try:
@@ -235,7 +239,7 @@ def _tf_keras_requirement() -> str:
 
 
 def _load_saved_model(path: Path) -> LoadedModel:
-    from kbundle.model_files import read_saved_model, serving_endpoint  # noqa: PLC0415
+    from kbundle.model_files import read_saved_model, serving_endpoint
 
     info = read_saved_model(path)
     endpoint = serving_endpoint(info)
@@ -275,5 +279,7 @@ def _load_hint(exc: BaseException) -> str:
             "safe mode; if you trust the bundle, load it with --unsafe-lambda (safe_mode=False)"
         )
     if "Could not locate" in text or "Unknown" in text:
-        return "a custom object is missing; pack it with the model or install the package defining it"
+        return (
+            "a custom object is missing; pack it with the model or install the package defining it"
+        )
     return "run 'kbundle doctor' on the bundle for a diagnosis"

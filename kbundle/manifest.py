@@ -352,7 +352,9 @@ def _custom_object_problems(obj: CustomObject, where: str) -> list[str]:
         parts = source.module.split(".")
         stem = "code/" + "/".join(parts)
         if not all(part.isidentifier() for part in parts):
-            problems.append(f"{where}.sources[{i}].module: not a dotted module name: {source.module!r}")
+            problems.append(
+                f"{where}.sources[{i}].module: not a dotted module name: {source.module!r}"
+            )
         elif source.path not in (f"{stem}.py", f"{stem}/__init__.py"):
             problems.append(
                 f"{where}.sources[{i}].path: module {source.module} must live at {stem}.py or "
@@ -409,7 +411,9 @@ def load_json_object(data: bytes, *, what: str, limit: int) -> dict[str, Any]:
             parse_float=_finite_float,
         )
     except (json.JSONDecodeError, ValueError) as exc:
-        raise BundleFormatError(f"{what} is not valid JSON: {exc}", hint="the bundle is corrupt") from None
+        raise BundleFormatError(
+            f"{what} is not valid JSON: {exc}", hint="the bundle is corrupt"
+        ) from None
     if not isinstance(raw, dict):
         raise BundleFormatError(f"{what} is not a JSON object", hint="the bundle is corrupt")
     return raw
@@ -500,7 +504,7 @@ def _type_error(location: str, expected: str, value: Any) -> BundleFormatError:
     )
 
 
-def _from_json(tp: Any, value: Any, location: str) -> Any:  # noqa: PLR0911 - one branch per type form
+def _from_json(tp: Any, value: Any, location: str) -> Any:
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         options = typing.get_args(tp)
@@ -519,7 +523,9 @@ def _from_json(tp: Any, value: Any, location: str) -> Any:  # noqa: PLR0911 - on
         if not isinstance(value, dict):
             raise _type_error(location, "an object", value)
         _, item_type = typing.get_args(tp)
-        return {key: _from_json(item_type, item, f"{location}.{key}") for key, item in value.items()}
+        return {
+            key: _from_json(item_type, item, f"{location}.{key}") for key, item in value.items()
+        }
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         return _dataclass_from_json(tp, value, location)
     if tp is Any:

@@ -264,7 +264,7 @@ def _keras_parameter_count(path: Path, fmt: str) -> int | None:
 
 def _h5py() -> Any:
     try:
-        import h5py  # noqa: PLC0415 - optional dependency, imported only to read HDF5
+        import h5py
     except ImportError:
         return None
     return h5py

@@ -28,7 +28,9 @@ SIGNATURE_NAME = "kbundle.sig"
 # Top-level directories a payload member may live under (spec: "Payload areas").
 PAYLOAD_AREAS = ("model", "code", "objects", "env", "probe")
 
-_WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {f"{p}{i}" for p in ("com", "lpt") for i in range(10)}
+_WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {
+    f"{p}{i}" for p in ("com", "lpt") for i in range(10)
+}
 
 
 def name_problem(name: str) -> str | None:

@@ -101,7 +101,9 @@ def _parse_level(level: int | str | None) -> int | None:
         return None
     if isinstance(level, str):
         if not level.lstrip("-").isdigit():
-            raise UsageError(f"compression level must be a number or 'none': {level!r}", hint="use --level 3")
+            raise UsageError(
+                f"compression level must be a number or 'none': {level!r}", hint="use --level 3"
+            )
         level = int(level)
     if not -7 <= level <= MAX_LEVEL or level == 0:
         raise UsageError(
@@ -133,7 +135,7 @@ def _probe_extras(
     probe: bool | None,
 ) -> Extras:
     """``probe/``: a deterministic input and the model's output on it (see kbundle.probe)."""
-    from kbundle.probe import probe_payload  # noqa: PLC0415 - Keras-side, imported when probing
+    from kbundle.probe import probe_payload
 
     inputs = description.get("inputs")
     info, files, notes = probe_payload(model, source, fmt, inputs, scratch, wanted=probe)
@@ -144,7 +146,7 @@ def _requirements_extras(
     environment: Environment, added: Extras, scratch: Path, lock: bool
 ) -> Extras:
     """``env/``: the pinned closure and, with ``lock``, its hashes (see kbundle.lock)."""
-    from kbundle.lock import requirements_payload  # noqa: PLC0415
+    from kbundle.lock import requirements_payload
 
     custom_objects = list((added.fields or {}).get("custom_objects") or [])
     requirements, files = requirements_payload(scratch, environment, custom_objects, lock=lock)
@@ -162,13 +164,17 @@ def _with_custom_objects(
     modules: Sequence[str],
 ) -> Extras:
     """``added`` plus the model's custom objects: their files, and the manifest's records."""
-    from kbundle import custom_objects as carry  # noqa: PLC0415 - the Keras side
-    from kbundle import keras_io  # noqa: PLC0415
+    from kbundle import custom_objects as carry
+    from kbundle import keras_io
 
     carry.import_modules(modules)
     carried = carry.collect_custom_objects(
-        source, fmt, custom_objects=given, scratch=scratch,
-        model=model if keras_io.is_keras_model(model) else None, modules=modules,
+        source,
+        fmt,
+        custom_objects=given,
+        scratch=scratch,
+        model=model if keras_io.is_keras_model(model) else None,
+        modules=modules,
     )
     fields = {"custom_objects": list(carried.records), **(added.fields or {})}
     return replace(added, payload=carried.payload + added.payload, fields=fields)
@@ -212,7 +218,7 @@ def pack(
     output_path = Path(output)
     check_destination(output_path, force=force, what="bundle")
     compression = _parse_level(level)
-    from kbundle import keras_io  # noqa: PLC0415 - imports nothing heavy until used
+    from kbundle import keras_io
 
     with tempfile.TemporaryDirectory(prefix="kbundle-pack-") as scratch:
         if keras_io.is_keras_model(model):
@@ -233,7 +239,9 @@ def pack(
             )
         payload = _model_payload(source, fmt)
         added = extras(model, Path(scratch), fmt) if extras else Extras()
-        added = _with_custom_objects(added, model, source, fmt, Path(scratch), custom_objects, custom_modules)
+        added = _with_custom_objects(
+            added, model, source, fmt, Path(scratch), custom_objects, custom_modules
+        )
         added = added.merged(_probe_extras(model, source, fmt, description, Path(scratch), probe))
         # After the probe: a TensorFlow it imported is recorded in full.
         environment = capture_environment()
@@ -272,7 +280,12 @@ def pack(
         reporter: ProgressCallback | None = advance if progress else None
         with atomic_file(output_path, force=force) as handle:
             manifest_bytes = write_bundle(
-                handle, payload, make_manifest, level=compression, threads=threads, mtime=mtime,
+                handle,
+                payload,
+                make_manifest,
+                level=compression,
+                threads=threads,
+                mtime=mtime,
                 progress=reporter,
                 sign=manifest_signer(signing_key) if signing_key else None,
                 signature_size=signature_member_size(1) if signing_key else 0,

@@ -545,7 +545,7 @@ def _check_h5(handle: IO[bytes], size: int, name: str) -> FileFindings:
     if findings:
         return findings
     try:
-        import h5py  # noqa: PLC0415 - optional dependency, imported only to read HDF5
+        import h5py
     except ImportError:
         return [
             Finding(

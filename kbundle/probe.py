@@ -80,7 +80,7 @@ def _numeric(dtype: str) -> bool:
 
 
 def _make_inputs(specs: Sequence[TensorSpec]) -> list[Any]:
-    import numpy as np  # noqa: PLC0415 - Keras-side module: heavy imports stay in functions
+    import numpy as np
 
     rng = np.random.default_rng(PROBE_SEED)
     arrays = []
@@ -110,8 +110,8 @@ def _tolerance(dtypes: Sequence[str]) -> tuple[float, float]:
 
 def _run(model: Any, inputs: list[Any]) -> list[Any]:
     """The model's outputs on ``inputs`` as a flat list of numpy arrays (inference mode)."""
-    import keras  # noqa: PLC0415 - the model is live, so Keras is already loaded
-    import numpy as np  # noqa: PLC0415 - Keras-side module: heavy imports stay in functions
+    import keras
+    import numpy as np
 
     feed = inputs[0] if len(inputs) == 1 else inputs
     result = model(feed, training=False)
@@ -119,7 +119,7 @@ def _run(model: Any, inputs: list[Any]) -> list[Any]:
 
 
 def _write_npz(path: Path, arrays: Sequence[Any], prefix: str) -> int:
-    import numpy as np  # noqa: PLC0415 - Keras-side module: heavy imports stay in functions
+    import numpy as np
 
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", compression=zipfile.ZIP_STORED) as archive:
@@ -134,7 +134,7 @@ def _write_npz(path: Path, arrays: Sequence[Any], prefix: str) -> int:
 
 
 def _read_npz(path: Path) -> list[Any]:
-    import numpy as np  # noqa: PLC0415 - Keras-side module: heavy imports stay in functions
+    import numpy as np
 
     with np.load(path, allow_pickle=False) as data:
         names = sorted(data.files, key=lambda n: int(n.rsplit("_", 1)[1].split(".")[0]))
@@ -189,7 +189,7 @@ def probe_payload(
     """
     if wanted is False:
         return None, [], ()
-    from kbundle import keras_io  # noqa: PLC0415 - imports Keras only when used
+    from kbundle import keras_io
 
     def skip(reason: str) -> tuple[ProbeInfo | None, list[PayloadFile], tuple[str, ...]]:
         if wanted:
@@ -235,7 +235,7 @@ class ProbeComparison:
 
 def compare_probe(model: Any, directory: Path, info: ProbeInfo) -> ProbeComparison:
     """Re-run the stored probe input through ``model`` and compare with the stored outputs."""
-    import numpy as np  # noqa: PLC0415 - Keras-side module: heavy imports stay in functions
+    import numpy as np
 
     try:
         inputs = _read_npz(directory / info.inputs)

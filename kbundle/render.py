@@ -52,18 +52,28 @@ def render_manifest(head: BundleHead) -> str:
         f"outputs     {_specs(model.outputs)}",
     ]
     if model.saved_by:
-        lines.append("saved by    " + ", ".join(f"{k}={v}" for k, v in sorted(model.saved_by.items())))
-    lines.append(f"python      {env.python.implementation} {env.python.version} (pickle protocol {env.python.pickle_protocol})")
-    lines.append(f"platform    {env.platform.system} {env.platform.machine} {env.platform.libc or ''}".rstrip())
+        lines.append(
+            "saved by    " + ", ".join(f"{k}={v}" for k, v in sorted(model.saved_by.items()))
+        )
+    lines.append(
+        f"python      {env.python.implementation} {env.python.version} (pickle protocol {env.python.pickle_protocol})"
+    )
+    lines.append(
+        f"platform    {env.platform.system} {env.platform.machine} {env.platform.libc or ''}".rstrip()
+    )
     if env.tensorflow:
         tf = env.tensorflow
         build = ", ".join(f"{k}={v}" for k, v in sorted(tf.build_info.items())) or "unknown"
-        lines.append(f"tensorflow  {tf.distribution} {tf.version} ({build}; captured {tf.captured})")
+        lines.append(
+            f"tensorflow  {tf.distribution} {tf.version} ({build}; captured {tf.captured})"
+        )
     else:
         lines.append("tensorflow  not installed")
     if env.keras:
         k = env.keras
-        lines.append(f"keras       {k.distribution} {k.version} (Keras {k.major}, backend {k.backend}, floatx {k.floatx})")
+        lines.append(
+            f"keras       {k.distribution} {k.version} (Keras {k.major}, backend {k.backend}, floatx {k.floatx})"
+        )
     lines.append(f"gpus        {', '.join(env.gpus) or 'none'}")
     lines.append(f"libraries   {', '.join(f'{n} {v}' for n, v in env.libraries.items())}")
     lines.append(f"installed   {len(env.distributions)} distributions")
@@ -71,12 +81,23 @@ def render_manifest(head: BundleHead) -> str:
         lines.append("custom objects:")
         for obj in manifest.custom_objects:
             where = obj.requirement or obj.source_digest or (obj.pickle.path if obj.pickle else "")
-            lines.append(f"  {obj.name:24} {obj.kind:12} {obj.transport:12} {obj.module}.{obj.qualname} {where}")
+            lines.append(
+                f"  {obj.name:24} {obj.kind:12} {obj.transport:12} {obj.module}.{obj.qualname} {where}"
+            )
     if manifest.requirements:
         req = manifest.requirements
-        lines.append(f"requirements {req.requirements}" + (f", lock {req.lock} ({'hashed' if req.lock_hashed else 'unhashed'})" if req.lock else ""))
+        lines.append(
+            f"requirements {req.requirements}"
+            + (
+                f", lock {req.lock} ({'hashed' if req.lock_hashed else 'unhashed'})"
+                if req.lock
+                else ""
+            )
+        )
     if manifest.probe:
-        lines.append(f"probe       {manifest.probe.inputs} (rtol {manifest.probe.rtol}, atol {manifest.probe.atol})")
+        lines.append(
+            f"probe       {manifest.probe.inputs} (rtol {manifest.probe.rtol}, atol {manifest.probe.atol})"
+        )
     lines.append(f"members     {len(manifest.members)} ({manifest.payload_size} bytes):")
     for member in manifest.members:
         if member.type == "dir":

@@ -74,7 +74,9 @@ def _raise_findings(report: VerifyReport, bundle: Path) -> None:
 
 
 def _expect_finding(report: VerifyReport, expect: str | None) -> None:
-    if expect is not None and report.head.digest != _DIGEST_PREFIX + expect.removeprefix(_DIGEST_PREFIX):
+    if expect is not None and report.head.digest != _DIGEST_PREFIX + expect.removeprefix(
+        _DIGEST_PREFIX
+    ):
         report.findings.insert(
             0,
             Finding(
@@ -191,8 +193,8 @@ def _custom_objects(directory: Path, report: VerifyReport) -> Iterator[dict[str,
     if not manifest.custom_objects:
         yield None
         return
-    from kbundle import bundled_code  # noqa: PLC0415 - runs only after trust
-    from kbundle.keras_registry import (  # noqa: PLC0415 - the Keras side
+    from kbundle import bundled_code
+    from kbundle.keras_registry import (
         preferred_objects,
         registered_object,
         registry_restored,
@@ -200,9 +202,13 @@ def _custom_objects(directory: Path, report: VerifyReport) -> Iterator[dict[str,
 
     bundled_code.check_runnable(manifest)
     label = report.head.digest.removeprefix(_DIGEST_PREFIX)[:12]
-    with registry_restored(), bundled_code.bundled_objects(
-        directory, manifest, label=label, registered=registered_object
-    ) as objects, preferred_objects(objects):
+    with (
+        registry_restored(),
+        bundled_code.bundled_objects(
+            directory, manifest, label=label, registered=registered_object
+        ) as objects,
+        preferred_objects(objects),
+    ):
         yield objects
 
 
@@ -212,7 +218,7 @@ def show_code(bundle: str | os.PathLike[str], name: str | None = None) -> list[C
     The bundle is verified into a private temporary directory and the files are read from
     there; nothing is imported or unpickled, and neither Keras nor TensorFlow is loaded.
     """
-    from kbundle.bundled_code import code_listings, select_objects  # noqa: PLC0415
+    from kbundle.bundled_code import code_listings, select_objects
 
     path = _as_path(bundle)
     select_objects(read_head(path).manifest, name)  # an unknown name fails before extracting
@@ -223,7 +229,9 @@ def show_code(bundle: str | os.PathLike[str], name: str | None = None) -> list[C
 
 def _require_trust(report: VerifyReport, options: LoadOptions) -> None:
     """Bundled code runs only with ``trust_code`` or a verified signature by a trusted key."""
-    carried = [o for o in report.head.manifest.custom_objects if o.transport in ("source", "pickle")]
+    carried = [
+        o for o in report.head.manifest.custom_objects if o.transport in ("source", "pickle")
+    ]
     signature = report.signature
     if not carried or options.trust_code or (signature is not None and signature.trusted):
         return
@@ -244,7 +252,7 @@ def _load_verified(
     The environment check runs first (errors refuse unless ``ignore_env``); the probe runs
     after loading. Returns the model and every environment finding, probe included.
     """
-    from kbundle import keras_io  # noqa: PLC0415 - Keras is imported only to load
+    from kbundle import keras_io
 
     manifest = report.head.manifest
     compat = environment_gate(manifest, options.env_policy, ignore=options.ignore_env, what=name)
@@ -253,7 +261,10 @@ def _load_verified(
     model_path = directory / model_info.path
     # The checksums prove the model is what was packed, not that it is harmless.
     require_sound_model(
-        model_path, model_info.format, error=ModelFileError, label=model_info.path,
+        model_path,
+        model_info.format,
+        error=ModelFileError,
+        label=model_info.path,
         hint="run 'kbundle doctor' on the bundle",
     )
     with _custom_objects(directory, report) as objects:
@@ -268,7 +279,7 @@ def _load_verified(
         except ModelLoadError as exc:
             raise compat.explain_load_failure(exc) from exc
         if options.probe and manifest.probe is not None:
-            from kbundle.probe import run_probe  # noqa: PLC0415 - Keras-side
+            from kbundle.probe import run_probe
 
             compat = run_probe(model, directory, manifest, compat, what=name)
     return model, compat

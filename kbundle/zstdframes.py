@@ -107,7 +107,7 @@ def xxh64(data: bytes, seed: int = 0) -> int:
             acc[1] = _round(acc[1], lanes[index + 1])
             acc[2] = _round(acc[2], lanes[index + 2])
             acc[3] = _round(acc[3], lanes[index + 3])
-        digest = (_rotl(acc[0], 1) + _rotl(acc[1], 7) + _rotl(acc[2], 12) + _rotl(acc[3], 18))
+        digest = _rotl(acc[0], 1) + _rotl(acc[1], 7) + _rotl(acc[2], 12) + _rotl(acc[3], 18)
         digest &= _MASK64
         for value in acc:
             digest = ((digest ^ _round(0, value)) * _P1 + _P4) & _MASK64

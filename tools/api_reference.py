@@ -56,7 +56,9 @@ def render() -> str:
         obj = getattr(kbundle, name)
         if inspect.ismodule(obj):
             continue
-        (classes if inspect.isclass(obj) else functions if callable(obj) else other).append((name, obj))
+        (classes if inspect.isclass(obj) else functions if callable(obj) else other).append(
+            (name, obj)
+        )
     lines = [INTRO, "## Functions", ""]
     for name, obj in functions:
         lines += _entry(name, obj)
@@ -72,5 +74,9 @@ if __name__ == "__main__":
     text = render()
     if "--check" in sys.argv:
         current = TARGET.read_text(encoding="utf-8") if TARGET.exists() else ""
-        sys.exit(0 if current == text else "docs/python-api.md is stale: run python tools/api_reference.py")
+        sys.exit(
+            0
+            if current == text
+            else "docs/python-api.md is stale: run python tools/api_reference.py"
+        )
     TARGET.write_text(text, encoding="utf-8")

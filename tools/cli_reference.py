@@ -1,7 +1,7 @@
 """Render docs/cli.md from the CLI itself, so the reference says what --help says.
 
-    python tools/cli_reference.py          # rewrite docs/cli.md
-    python tools/cli_reference.py --check  # exit 1 if docs/cli.md is stale (the tests do this)
+python tools/cli_reference.py          # rewrite docs/cli.md
+python tools/cli_reference.py --check  # exit 1 if docs/cli.md is stale (the tests do this)
 """
 
 from __future__ import annotations
@@ -20,7 +20,9 @@ TARGET = REPO / "docs" / "cli.md"
 
 
 def _help(command: click.Command, name: str, parent: click.Context | None) -> str:
-    context = click.Context(command, info_name=name, parent=parent, max_content_width=100, terminal_width=100)
+    context = click.Context(
+        command, info_name=name, parent=parent, max_content_width=100, terminal_width=100
+    )
     return command.get_help(context)
 
 
@@ -29,7 +31,9 @@ def _walk(group: click.Group, prefix: str, parent: click.Context) -> list[tuple[
     for name in sorted(group.commands):
         command = group.commands[name]
         full = f"{prefix} {name}"
-        context = click.Context(command, info_name=name, parent=parent, max_content_width=100, terminal_width=100)
+        context = click.Context(
+            command, info_name=name, parent=parent, max_content_width=100, terminal_width=100
+        )
         sections.append((full, command.get_help(context)))
         if isinstance(command, click.Group):
             sections.extend(_walk(command, full, context))
@@ -55,7 +59,11 @@ def render() -> str:
         if code not in seen:
             seen.add(code)
             lines.append(f"| {code} | {meaning} |")
-    lines += [f"| {EXIT_INTERNAL} | internal error: a bug in kbundle (`KBUNDLE_DEBUG=1` shows the traceback) |", f"| {EXIT_INTERRUPTED} | interrupted; no partial output is left behind |", ""]
+    lines += [
+        f"| {EXIT_INTERNAL} | internal error: a bug in kbundle (`KBUNDLE_DEBUG=1` shows the traceback) |",
+        f"| {EXIT_INTERRUPTED} | interrupted; no partial output is left behind |",
+        "",
+    ]
     lines += ["## kbundle", "", "```text", main.get_help(root), "```", ""]
     for name, text in _walk(main, "kbundle", root):
         lines += [f"## {name}", "", "```text", text, "```", ""]
@@ -66,5 +74,7 @@ if __name__ == "__main__":
     text = render()
     if "--check" in sys.argv:
         current = TARGET.read_text(encoding="utf-8") if TARGET.exists() else ""
-        sys.exit(0 if current == text else "docs/cli.md is stale: run python tools/cli_reference.py")
+        sys.exit(
+            0 if current == text else "docs/cli.md is stale: run python tools/cli_reference.py"
+        )
     TARGET.write_text(text, encoding="utf-8")
