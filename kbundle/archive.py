@@ -312,7 +312,8 @@ class _BoundedStream:
             self.total += len(data)
             if self.total > self.limit:
                 raise LimitExceededError(
-                    f"the archive holds more data than its manifest declares (over {self.limit} bytes)",
+                    "the archive holds more data than its manifest declares "
+                    f"(over {self.limit} bytes)",
                     hint="the bundle is damaged or hostile; refuse it",
                 )
             yield data
@@ -384,7 +385,8 @@ def _read_manifest_member(tar: TarReader, path: Path) -> BundleHead:
         if entry is None or entry.name != MANIFEST_NAME or entry.kind != "file":
             found = "an empty archive" if entry is None else repr(entry.name)
             raise NotABundleError(
-                f"{path} is not a kbundle bundle: its first member is {found}, not {MANIFEST_NAME!r}",
+                f"{path} is not a kbundle bundle: its first member is {found}, "
+                f"not {MANIFEST_NAME!r}",
                 hint="pass a file written by 'kbundle pack'",
             )
         if entry.size > MAX_MANIFEST_BYTES:

@@ -1,7 +1,8 @@
 """The code a bundle carries, after packing: shown for review, and run only when trusted.
 
 Review (``code_listings``, and ``render_listings`` for the text ``kbundle show-code``
-prints) reads the verified files and the manifest; it never imports nor unpickles anything. Running (``check_runnable`` then ``bundled_objects``) happens only after
+prints) reads the verified files and the manifest; it never imports nor unpickles anything.
+Running (``check_runnable`` then ``bundled_objects``) happens only after
 the caller has established trust (``kbundle.unpack._require_trust``):
 
 - ``check_runnable`` refuses, before anything runs, what cannot work here: a pickle written
@@ -149,7 +150,10 @@ def _object_line(obj: CustomObject) -> str:
         return f"from distribution {obj.requirement}; its code is not in the bundle"
     if obj.transport == "pickle" and obj.pickle:
         p = obj.pickle
-        return f"cloudpickled by value in {p.path} (Python {p.python}, cloudpickle {p.cloudpickle}, protocol {p.protocol})"
+        return (
+            f"cloudpickled by value in {p.path} (Python {p.python}, "
+            f"cloudpickle {p.cloudpickle}, protocol {p.protocol})"
+        )
     if obj.transport == "source":
         return f"bundled source, imported as {obj.module}"
     return "provided by Keras"
@@ -167,7 +171,8 @@ def render_listings(listings: list[CodeListing]) -> str:
             out.append(f"# definition {obj.source_digest}")
         if obj.transport == "pickle" and obj.review_source:
             out.append(
-                "# The pickle is what runs; this is its definition as captured at pack time, for review:"
+                "# The pickle is what runs; "
+                "this is its definition as captured at pack time, for review:"
             )
             out.append(obj.review_source.rstrip("\n"))
         elif obj.transport == "pickle":
@@ -242,13 +247,15 @@ def _pickle_findings(obj: CustomObject) -> list[Finding]:
         current = str(cloudpickle.__version__)
         if current.split(".")[0] != recorded.cloudpickle.split(".")[0]:
             refuse(
-                f"was pickled with cloudpickle {recorded.cloudpickle}, this is cloudpickle {current} (another major version)",
+                f"was pickled with cloudpickle {recorded.cloudpickle}, "
+                f"this is cloudpickle {current} (another major version)",
                 f"cloudpickle {recorded.cloudpickle}",
                 f"cloudpickle {current}",
             )
     if recorded.protocol > pickle.HIGHEST_PROTOCOL:
         refuse(
-            f"uses pickle protocol {recorded.protocol}, this Python reads up to {pickle.HIGHEST_PROTOCOL}"
+            f"uses pickle protocol {recorded.protocol}, "
+            f"this Python reads up to {pickle.HIGHEST_PROTOCOL}"
         )
     return findings
 
@@ -297,7 +304,8 @@ def _distribution_findings(obj: CustomObject, origins: ModuleOrigins) -> list[Fi
             Finding(
                 location=where,
                 problem=f"module {obj.module} is not part of distribution {wanted} here ({found})",
-                fix=f"remove what shadows {obj.module.split('.')[0]} from sys.path, or reinstall '{obj.requirement}'",
+                fix=f"remove what shadows {obj.module.split('.')[0]} from sys.path, "
+                f"or reinstall '{obj.requirement}'",
             )
         ]
     return []
@@ -485,8 +493,10 @@ def _installed_object(obj: CustomObject) -> Any:
 
 def _failure(obj: CustomObject, exc: BaseException, doing: str) -> ModelLoadError:
     return ModelLoadError(
-        f"{doing} custom object {obj.name} ({obj.module}.{obj.qualname}) failed: {exception_summary(exc)}",
-        hint="its code needs something this environment lacks; 'kbundle inspect' lists what it imports",
+        f"{doing} custom object {obj.name} ({obj.module}.{obj.qualname}) failed: "
+        f"{exception_summary(exc)}",
+        hint="its code needs something this environment lacks; "
+        "'kbundle inspect' lists what it imports",
     )
 
 

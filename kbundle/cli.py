@@ -338,7 +338,8 @@ Examples:
     "custom_modules",
     multiple=True,
     metavar="MODULE",
-    help="Import MODULE (from the current directory or PYTHONPATH) to find the model's custom objects; repeatable.",
+    help="Import MODULE (from the current directory or PYTHONPATH) "
+    "to find the model's custom objects; repeatable.",
 )
 @click.option(
     "-o",
@@ -438,7 +439,8 @@ def pack(
         _err(f"kbundle: note: {note}")
     if not quiet:
         _err(
-            f"packed {model} ({result.manifest.model.format}) into {result.path}: {_size(result.size)}, payload {_size(result.manifest.payload_size)}"
+            f"packed {model} ({result.manifest.model.format}) into {result.path}: "
+            f"{_size(result.size)}, payload {_size(result.manifest.payload_size)}"
         )
         if signing_key:
             _err(f"signed by {signing_key.key_id}")
@@ -507,7 +509,8 @@ def verify(
             else f"; {report.signature.describe()}"
         )
         _err(
-            f"OK: {_count(report.files_checked, 'file')}, {_size(report.bytes_checked)} verified{note}"
+            f"OK: {_count(report.files_checked, 'file')}, "
+            f"{_size(report.bytes_checked)} verified{note}"
         )
     click.echo(f"{report.head.digest}  {bundle}")
 
@@ -718,7 +721,8 @@ def unpack(
         _err(f"verified {_count(result.report.files_checked, 'file')} into {result.path}{signed}")
         if loaded is not None:
             _err(
-                f"model loads: {loaded['class_name']} {loaded['name']!r}, {loaded['parameter_count']} parameters"
+                f"model loads: {loaded['class_name']} {loaded['name']!r}, "
+                f"{loaded['parameter_count']} parameters"
             )
         for finding in result.environment:
             if finding.location == "probe" and finding.severity == Severity.OK:
@@ -954,10 +958,12 @@ def keygen(
         return
     protection = "passphrase-protected" if generated.encrypted else "not encrypted"
     _err(
-        f"wrote private key {generated.private_path} ({protection}; keep it secret) and public key {generated.public_path}"
+        f"wrote private key {generated.private_path} ({protection}; keep it secret) "
+        f"and public key {generated.public_path}"
     )
     _err(
-        f"trust it where bundles are verified: copy {generated.public_path} into {keys.trusted_keys_directory()}, or pass --key {generated.public_path}"
+        f"trust it where bundles are verified: copy {generated.public_path} "
+        f"into {keys.trusted_keys_directory()}, or pass --key {generated.public_path}"
     )
     click.echo(f"{generated.key_id}  {generated.public_path}")
 

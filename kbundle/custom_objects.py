@@ -270,13 +270,15 @@ class _Resolver:
         if candidates:
             self.problem(
                 ref.name,
-                f"{what} {ref.class_name!r} is defined in several places: {', '.join(sorted(candidates))}",
+                f"{what} {ref.class_name!r} is defined in several places: "
+                f"{', '.join(sorted(candidates))}",
                 hint,
             )
         else:
             self.problem(
                 ref.name,
-                f"{what} {ref.class_name!r} is not Keras's, not registered, and not found in the model or the modules named for it",
+                f"{what} {ref.class_name!r} is not Keras's, not registered, "
+                "and not found in the model or the modules named for it",
                 hint,
             )
         return None
@@ -285,8 +287,11 @@ class _Resolver:
         if ref.module is None:
             self.problem(
                 ref.name,
-                f"class {ref.class_name!r} comes from a __main__ module (a script or notebook) but is not a top-level name of the running one",
-                f"pack the live model where the class is defined (kbundle.pack(model, ...), or with custom_objects={{{ref.name!r}: {ref.class_name}}}): it travels as a pickle; or move it into a module and pass --custom-objects MODULE",
+                f"class {ref.class_name!r} comes from a __main__ module (a script or notebook) "
+                "but is not a top-level name of the running one",
+                "pack the live model where the class is defined (kbundle.pack(model, ...), "
+                f"or with custom_objects={{{ref.name!r}: {ref.class_name}}}): "
+                "it travels as a pickle; or move it into a module and pass --custom-objects MODULE",
             )
             return
         self.problem(
@@ -435,8 +440,10 @@ class _Capture:
             elif origin.kind == "compiled":
                 self.problem(
                     owner,
-                    f"needs {name}, a compiled module ({origin.file}) that no installed distribution provides",
-                    "kbundle carries Python source only: install that module as a distribution, or make it pure Python",
+                    f"needs {name}, a compiled module ({origin.file}) "
+                    "that no installed distribution provides",
+                    "kbundle carries Python source only: "
+                    "install that module as a distribution, or make it pure Python",
                 )
             else:
                 needs.add_external(name, origin)
@@ -516,15 +523,18 @@ def _travel(name: str, obj: Any, kind: str, capture: _Capture) -> CustomObject |
     if origin is not None and origin.kind == "installed":
         capture.problem(
             name,
-            f"is defined in {origin.file}, under the installation directories but listed by no installed distribution",
+            f"is defined in {origin.file}, under the installation directories "
+            "but listed by no installed distribution",
             "reinstall the package that provides it with pip, so that its version can be recorded",
         )
         return None
     if origin is not None and origin.kind == "compiled":
         capture.problem(
             name,
-            f"is defined in {origin.file}, a compiled module that no installed distribution provides",
-            "kbundle carries Python source only: install that module as a distribution, or make it pure Python",
+            f"is defined in {origin.file}, "
+            "a compiled module that no installed distribution provides",
+            "kbundle carries Python source only: "
+            "install that module as a distribution, or make it pure Python",
         )
         return None
     return _pickled(obj, text, common, capture)
@@ -539,7 +549,8 @@ def _pickled(
     except ImportError:
         capture.problem(
             name,
-            f"is defined in {common['module']} where no source file can be had, so it must be cloudpickled, but cloudpickle is not installed",
+            f"is defined in {common['module']} where no source file can be had, "
+            "so it must be cloudpickled, but cloudpickle is not installed",
             "pip install cloudpickle, or move the definition into a module of your project",
         )
         return None
@@ -654,7 +665,8 @@ def import_modules(names: Sequence[str]) -> None:
         except ModuleNotFoundError as exc:
             raise UsageError(
                 f"cannot import custom-objects module {name}: no module named {exc.name!r}",
-                hint="run kbundle from the directory that contains it, or add that directory to PYTHONPATH",
+                hint="run kbundle from the directory that contains it, "
+                "or add that directory to PYTHONPATH",
             ) from None
         except Exception as exc:
             raise PackError(

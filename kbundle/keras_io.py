@@ -195,7 +195,8 @@ def _load_keras2_fallback(
     if safe_mode and marshalled_code(read_model_config(path, fmt) or {}):
         # tf-keras ignores safe_mode for .h5 files: it would unmarshal the Lambda's bytecode.
         raise ModelLoadError(
-            f"this model was {written}; Keras 3 cannot load it ({first_sentence(str(keras3_error))}) and "
+            f"this model was {written}; Keras 3 cannot load it "
+            f"({first_sentence(str(keras3_error))}) and "
             "tf-keras would run its Lambda layer's Python bytecode, which safe mode forbids",
             hint="if you trust the file, load it with --unsafe-lambda (safe_mode=False)",
         ) from keras3_error
@@ -203,7 +204,8 @@ def _load_keras2_fallback(
         import tf_keras
     except ImportError:
         raise ModelLoadError(
-            f"this model was {written} and Keras 3 cannot load it: {first_sentence(str(keras3_error))}; "
+            f"this model was {written} and Keras 3 cannot load it: "
+            f"{first_sentence(str(keras3_error))}; "
             "tf-keras (Keras 2) is not installed",
             hint=f"install tf-keras to load Keras 2 files: {_tf_keras_requirement()}",
         ) from keras3_error
@@ -219,7 +221,10 @@ def _load_keras2_fallback(
             "could load it",
             hint=_load_hint(exc),
         ) from exc
-    note = f"Keras 3 could not load this Keras 2 file ({first_sentence(str(keras3_error))}); loaded with tf-keras"
+    note = (
+        f"Keras 3 could not load this Keras 2 file ({first_sentence(str(keras3_error))}); "
+        "loaded with tf-keras"
+    )
     return LoadedModel(model, "tf-keras", note)
 
 
@@ -247,12 +252,14 @@ def _load_saved_model(path: Path) -> LoadedModel:
         raise ModelLoadError(
             f"the SavedModel has no serving signature to call (signatures: "
             f"{', '.join(info.signatures) or 'none'})",
-            hint="unpack it with 'kbundle unpack --no-load' and use tf.saved_model.load() on the directory",
+            hint="unpack it with 'kbundle unpack --no-load' "
+            "and use tf.saved_model.load() on the directory",
         )
     keras = _keras()
     if keras.backend.backend() != "tensorflow":
         raise EnvironmentMismatchError(
-            f"a SavedModel loads only with the TensorFlow backend; KERAS_BACKEND is {keras.backend.backend()}",
+            "a SavedModel loads only with the TensorFlow backend; "
+            f"KERAS_BACKEND is {keras.backend.backend()}",
             hint="set KERAS_BACKEND=tensorflow",
         )
     try:

@@ -67,7 +67,8 @@ TRANSPORTS = ("distribution", "source", "pickle", "builtin")
 
 
 class NewerFormatWarning(UserWarning):
-    """The bundle uses a newer minor format version; fields this reader does not know are ignored."""
+    """The bundle uses a newer minor format version; fields this reader does not know are
+    ignored."""
 
 
 def format_digest(hex_digest: str) -> str:
@@ -296,7 +297,8 @@ class Manifest:
             key = collision_key(member.path)
             if key in seen:
                 problems.append(
-                    f"{where}.path: duplicate of {seen[key]!r} (after case folding): {member.path!r}"
+                    f"{where}.path: duplicate of {seen[key]!r} (after case folding): "
+                    f"{member.path!r}"
                 )
             seen[key] = member.path
             if member.type not in MEMBER_TYPES:

@@ -22,8 +22,10 @@ __all__ = ["filtered_native_stderr", "is_noise"]
 _NOISE = re.compile(
     r"^(WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
     r"|I\d{4} .*"  # absl INFO lines
-    r"|[EW]\d{4} .*(cuInit|cuda_platform|cudart_stub|cuda_dnn|cuda_fft|cuda_blas|cpu_feature_guard).*"
-    r"|To enable the following instructions: .*rebuild TensorFlow with the appropriate compiler flags\."
+    r"|[EW]\d{4} .*(cuInit|cuda_platform|cudart_stub|cuda_dnn|cuda_fft|cuda_blas"
+    r"|cpu_feature_guard).*"
+    r"|To enable the following instructions: "
+    r".*rebuild TensorFlow with the appropriate compiler flags\."
     r")$"
 )
 

@@ -25,6 +25,7 @@ checks may grow; a file refused by one release stays refused by the next.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import math
@@ -162,11 +163,12 @@ def _zip_open(archive: zipfile.ZipFile, member: str) -> tuple[IO[bytes], int] | 
     if info.compress_type == zipfile.ZIP_STORED and archive.filename:
         # h5py seeks back and forth; ZipExtFile answers a backward seek by reading the member
         # again from its start, which made checking a 1 GiB weights file take seconds.
-        raw = Path(archive.filename).open("rb")
-        start = _data_offset(raw, info)
-        if start is not None:
-            return cast(IO[bytes], _Window(raw, start, info.file_size)), info.file_size
-        raw.close()
+        with contextlib.ExitStack() as stack:
+            raw = stack.enter_context(Path(archive.filename).open("rb"))
+            start = _data_offset(raw, info)
+            if start is not None:
+                stack.pop_all()  # the window owns the handle now and closes it
+                return cast(IO[bytes], _Window(raw, start, info.file_size)), info.file_size
     return archive.open(info), info.file_size
 
 

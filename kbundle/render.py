@@ -44,9 +44,13 @@ def render_manifest(head: BundleHead) -> str:
     env = manifest.environment
     lines = [
         f"bundle      {head.digest}",
-        f"format      kbundle {manifest.format_version}, written by {manifest.generator} at {manifest.created}",
+        f"format      kbundle {manifest.format_version}, "
+        f"written by {manifest.generator} at {manifest.created}",
         f"signed      {_signers(head.signature)}",
-        f"model       {model.class_name or '?'} {model.name or ''} ({model.format}, {model.path})".rstrip(),
+        (
+            f"model       {model.class_name or '?'} {model.name or ''} "
+            f"({model.format}, {model.path})"
+        ).rstrip(),
         f"parameters  {model.parameter_count if model.parameter_count is not None else 'unknown'}",
         f"inputs      {_specs(model.inputs)}",
         f"outputs     {_specs(model.outputs)}",
@@ -56,10 +60,13 @@ def render_manifest(head: BundleHead) -> str:
             "saved by    " + ", ".join(f"{k}={v}" for k, v in sorted(model.saved_by.items()))
         )
     lines.append(
-        f"python      {env.python.implementation} {env.python.version} (pickle protocol {env.python.pickle_protocol})"
+        f"python      {env.python.implementation} {env.python.version} "
+        f"(pickle protocol {env.python.pickle_protocol})"
     )
     lines.append(
-        f"platform    {env.platform.system} {env.platform.machine} {env.platform.libc or ''}".rstrip()
+        (
+            f"platform    {env.platform.system} {env.platform.machine} {env.platform.libc or ''}"
+        ).rstrip()
     )
     if env.tensorflow:
         tf = env.tensorflow
@@ -72,7 +79,8 @@ def render_manifest(head: BundleHead) -> str:
     if env.keras:
         k = env.keras
         lines.append(
-            f"keras       {k.distribution} {k.version} (Keras {k.major}, backend {k.backend}, floatx {k.floatx})"
+            f"keras       {k.distribution} {k.version} "
+            f"(Keras {k.major}, backend {k.backend}, floatx {k.floatx})"
         )
     lines.append(f"gpus        {', '.join(env.gpus) or 'none'}")
     lines.append(f"libraries   {', '.join(f'{n} {v}' for n, v in env.libraries.items())}")
@@ -82,7 +90,8 @@ def render_manifest(head: BundleHead) -> str:
         for obj in manifest.custom_objects:
             where = obj.requirement or obj.source_digest or (obj.pickle.path if obj.pickle else "")
             lines.append(
-                f"  {obj.name:24} {obj.kind:12} {obj.transport:12} {obj.module}.{obj.qualname} {where}"
+                f"  {obj.name:24} {obj.kind:12} {obj.transport:12} "
+                f"{obj.module}.{obj.qualname} {where}"
             )
     if manifest.requirements:
         req = manifest.requirements
@@ -96,7 +105,8 @@ def render_manifest(head: BundleHead) -> str:
         )
     if manifest.probe:
         lines.append(
-            f"probe       {manifest.probe.inputs} (rtol {manifest.probe.rtol}, atol {manifest.probe.atol})"
+            f"probe       {manifest.probe.inputs} "
+            f"(rtol {manifest.probe.rtol}, atol {manifest.probe.atol})"
         )
     lines.append(f"members     {len(manifest.members)} ({manifest.payload_size} bytes):")
     for member in manifest.members:

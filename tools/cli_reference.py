@@ -60,7 +60,8 @@ def render() -> str:
             seen.add(code)
             lines.append(f"| {code} | {meaning} |")
     lines += [
-        f"| {EXIT_INTERNAL} | internal error: a bug in kbundle (`KBUNDLE_DEBUG=1` shows the traceback) |",
+        f"| {EXIT_INTERNAL} | internal error: "
+        "a bug in kbundle (`KBUNDLE_DEBUG=1` shows the traceback) |",
         f"| {EXIT_INTERRUPTED} | interrupted; no partial output is left behind |",
         "",
     ]
