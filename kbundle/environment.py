@@ -125,17 +125,18 @@ def _tensorflow(distributions: dict[str, str], *, runtime: bool) -> TensorFlowIn
 def _static_build_info(distribution: str) -> dict[str, Any]:
     """TensorFlow's generated ``build_info`` dict, read as a literal from its source file."""
     try:
-        files = metadata.distribution(distribution).files or []
+        located = metadata.distribution(distribution).locate_file(
+            "tensorflow/python/platform/build_info.py"
+        )
     except metadata.PackageNotFoundError:
         return {}
-    for file in files:
-        if str(file).replace("\\", "/").endswith("tensorflow/python/platform/build_info.py"):
-            try:
-                tree = ast.parse(Path(str(file.locate())).read_text(encoding="utf-8"))
-            except (OSError, SyntaxError, ValueError):
-                return {}
-            return _build_info_literal(tree)
-    return {}
+    # locate_file builds the path directly; listing the distribution's files would parse a
+    # RECORD of some 20,000 lines.
+    try:
+        tree = ast.parse(Path(str(located)).read_text(encoding="utf-8"))
+    except (OSError, SyntaxError, ValueError):
+        return {}
+    return _build_info_literal(tree)
 
 
 def _build_info_literal(tree: ast.Module) -> dict[str, Any]:

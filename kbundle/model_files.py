@@ -26,6 +26,7 @@ from typing import IO, Any
 from kbundle.errors import UsageError
 from kbundle.manifest import TensorSpec
 from kbundle.protowire import WireError, messages, read_fields, strings, varints
+from kbundle.zipmember import open_zip_member
 
 __all__ = [
     "HDF5_SIGNATURE",
@@ -238,11 +239,11 @@ def open_keras_member(path: Path, fmt: str, name: str) -> Iterator[IO[bytes] | N
         return
     with zipfile.ZipFile(path) as archive:
         try:
-            entry = archive.open(name)
+            info = archive.getinfo(name)
         except KeyError:
             yield None
             return
-        with entry:
+        with open_zip_member(archive, info) as entry:
             yield entry
 
 

@@ -25,7 +25,6 @@ checks may grow; a file refused by one release stays refused by the next.
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import math
@@ -35,7 +34,7 @@ import zipfile
 import zlib
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import IO, Any, cast
+from typing import IO, Any
 
 from kbundle.errors import KbundleError, first_sentence
 from kbundle.findings import Finding, Severity
@@ -51,6 +50,7 @@ from kbundle.model_files import (
     saved_model_file,
 )
 from kbundle.protowire import WireError
+from kbundle.zipmember import data_offset, open_zip_member
 
 __all__ = [
     "MAX_H5_EXPANSION",
@@ -160,63 +160,7 @@ def _zip_open(archive: zipfile.ZipFile, member: str) -> tuple[IO[bytes], int] | 
         info = archive.getinfo(member)
     except KeyError:
         return None
-    if info.compress_type == zipfile.ZIP_STORED and archive.filename:
-        # h5py seeks back and forth; ZipExtFile answers a backward seek by reading the member
-        # again from its start, which made checking a 1 GiB weights file take seconds.
-        with contextlib.ExitStack() as stack:
-            raw = stack.enter_context(Path(archive.filename).open("rb"))
-            start = _data_offset(raw, info)
-            if start is not None:
-                stack.pop_all()  # the window owns the handle now and closes it
-                return cast(IO[bytes], _Window(raw, start, info.file_size)), info.file_size
-    return archive.open(info), info.file_size
-
-
-class _Window(io.RawIOBase):
-    """A read-only, seekable view of ``size`` bytes of ``raw`` from ``start`` (a stored member)."""
-
-    def __init__(self, raw: IO[bytes], start: int, size: int) -> None:
-        super().__init__()
-        self._raw, self._start, self._size, self._pos = raw, start, size, 0
-
-    def readable(self) -> bool:
-        return True
-
-    def seekable(self) -> bool:
-        return True
-
-    def tell(self) -> int:
-        return self._pos
-
-    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
-        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: self._size}[whence]
-        self._pos = max(0, base + offset)
-        return self._pos
-
-    def readinto(self, buffer: Any) -> int:
-        count = max(0, min(len(buffer), self._size - self._pos))
-        if count == 0:
-            return 0
-        self._raw.seek(self._start + self._pos)
-        data = self._raw.read(count)
-        buffer[: len(data)] = data
-        self._pos += len(data)
-        return len(data)
-
-    def close(self) -> None:
-        self._raw.close()
-        super().close()
-
-
-def _data_offset(handle: IO[bytes], info: zipfile.ZipInfo) -> int | None:
-    """Where a member's data starts: after its local header, whose name and extra field
-    lengths may differ from the central directory's."""
-    handle.seek(info.header_offset)
-    header = handle.read(30)
-    if len(header) < 30 or header[:4] != ZIP_SIGNATURE:
-        return None
-    name_len, extra_len = struct.unpack("<HH", header[26:30])
-    return int(info.header_offset) + 30 + int(name_len) + int(extra_len)
+    return open_zip_member(archive, info), info.file_size
 
 
 def _zip_structure_finding(path: Path, name: str, size: int, exc: Exception) -> Finding:
@@ -440,7 +384,7 @@ def _recompute_crc(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> int | Non
     if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED) or archive.fp is None:
         return None
     handle = archive.fp
-    start = _data_offset(handle, info)
+    start = data_offset(handle, info)
     if start is None:
         return None
     handle.seek(start)
