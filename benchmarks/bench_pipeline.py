@@ -73,6 +73,21 @@ def median_seconds(action: Callable[[], None], repeat: int, before: Callable[[],
     return statistics.median(times)
 
 
+_TIMED_CHILD = """
+import sys, time
+import keras, kbundle
+keras.ops.convert_to_numpy(keras.ops.ones((2, 2)) @ keras.ops.ones((2, 2)))  # TF warm
+start = time.perf_counter()
+exec(sys.argv[1])
+print(time.perf_counter() - start)
+"""
+
+
+def _timed_in_child(statement: str) -> float:
+    out = subprocess.run([sys.executable, "-c", _TIMED_CHILD, statement], capture_output=True, text=True, env=_env(), check=True)
+    return float(out.stdout.strip().splitlines()[-1])
+
+
 def peak_rss_mib(cmd: list[str]) -> float:
     out = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, *cmd], capture_output=True, text=True, env=_env(), check=True)
     kib, code = out.stdout.split()
@@ -136,9 +151,12 @@ def bench_model(name: str, model_file: Path, work: Path, repeat: int) -> dict[st
         run(kbundle_cmd("unpack", str(bundle), "-d", str(unpacked), "--no-load", "--quiet"))
 
     unpacked_model = unpacked / "model" / "model.keras"
-    keras.saving.load_model(unpacked_model)  # TF imported and warm for both sides
-    results["load"] = median_seconds(lambda: kbundle.load(bundle), repeat)
-    results["load_baseline"] = median_seconds(lambda: keras.saving.load_model(unpacked_model), repeat)
+    # Each load in a fresh process with TensorFlow imported and warm before the clock starts:
+    # in one long-lived process the time of a 1 GiB load depends on what was freed before it.
+    results["load"] = statistics.median(_timed_in_child(f"kbundle.load({str(bundle)!r})") for _ in range(repeat))
+    results["load_baseline"] = statistics.median(
+        _timed_in_child(f"keras.saving.load_model({str(unpacked_model)!r})") for _ in range(repeat)
+    )
 
     live = keras.saving.load_model(unpacked_model)
     live_bundle = work / f"{name}-live.kbundle"
