@@ -16,10 +16,10 @@ Importing kbundle never imports TensorFlow or Keras; ``load`` and packing a live
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from kbundle import errors
 from kbundle._version import __version__
-from kbundle.compat import CompatReport, check
-from kbundle.doctor import Diagnosis, diagnose
 from kbundle.errors import (
     EnvironmentMismatchError,
     IntegrityError,
@@ -30,9 +30,39 @@ from kbundle.errors import (
     UsageError,
 )
 from kbundle.findings import Finding, Severity
+
+# pack and unpack are both a function and a submodule: binding the functions here, after their
+# modules are imported, is what keeps kbundle.pack / kbundle.unpack the functions.
 from kbundle.pack import PackResult, pack
-from kbundle.sign import SignResult, sign_bundle
 from kbundle.unpack import UnpackResult, inspect, load, unpack, verify
+
+# The rest is imported on first use (PEP 562), so `kbundle verify` does not pay for the
+# compatibility rules, doctor or signing modules.
+_LAZY = {
+    "CompatReport": "kbundle.compat",
+    "check": "kbundle.compat",
+    "Diagnosis": "kbundle.doctor",
+    "diagnose": "kbundle.doctor",
+    "SignResult": "kbundle.sign",
+    "sign_bundle": "kbundle.sign",
+}
+
+if TYPE_CHECKING:
+    from kbundle.compat import CompatReport, check
+    from kbundle.doctor import Diagnosis, diagnose
+    from kbundle.sign import SignResult, sign_bundle
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'kbundle' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
 
 __all__ = [
     "CompatReport",

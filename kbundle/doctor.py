@@ -727,10 +727,7 @@ def render_diagnosis(diagnosis: Diagnosis) -> str:
         lines.append(f"{name:<14}{summary}")
         for finding in items:
             lines.append(f"  - [{finding.severity}] {finding.describe()}")
-            if finding.why:
-                lines.append(f"      why: {finding.why}")
-            if finding.fix:
-                lines.append(f"      fix: {finding.fix}")
+            lines.extend(finding.explanation("      "))
     load = diagnosis.load
     if load.ok:
         outcome = f"OK with {load.loader}" + (

@@ -68,6 +68,14 @@ class Finding:
             fix=data.get("fix"),
         )
 
+    def explanation(self, indent: str) -> list[str]:
+        """The ``why:`` and ``fix:`` lines that follow a finding in a report, indented."""
+        return [
+            f"{indent}{label}: {text}"
+            for label, text in (("why", self.why), ("fix", self.fix))
+            if text
+        ]
+
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready mapping; ``None`` fields are omitted."""
         data: dict[str, Any] = {

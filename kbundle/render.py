@@ -141,10 +141,7 @@ def render_compat(report: CompatReport) -> str:
         lines.append("")
     for finding in differences:
         lines.append(f"{finding.location} [{finding.severity}]: {finding.problem}")
-        if finding.why:
-            lines.append(f"  why: {finding.why}")
-        if finding.fix:
-            lines.append(f"  fix: {finding.fix}")
+        lines.extend(finding.explanation("  "))
     policy = report.policy
     source = f" from {policy.config}" if policy.config else ""
     lines.append("")

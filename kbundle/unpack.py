@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from kbundle.archive import BundleHead, VerifyReport, read_head, scan_bundle
 from kbundle.atomic import atomic_directory
-from kbundle.compat import CompatReport, Policy, environment_gate, resolve_policy
 from kbundle.errors import (
     IntegrityError,
     ModelFileError,
@@ -30,6 +29,9 @@ from kbundle.findings import Finding
 from kbundle.names import MANIFEST_NAME, SIGNATURE_NAME
 from kbundle.preload import require_sound_model
 from kbundle.signing import SignaturePolicy, TrustedKeys, check_signatures
+
+if TYPE_CHECKING:
+    from kbundle.compat import CompatReport, Policy
 
 if TYPE_CHECKING:
     from kbundle.bundled_code import CodeListing
@@ -255,6 +257,8 @@ def _load_verified(
     from kbundle import keras_io
 
     manifest = report.head.manifest
+    from kbundle.compat import environment_gate
+
     compat = environment_gate(manifest, options.env_policy, ignore=options.ignore_env, what=name)
     _require_trust(report, options)
     model_info = manifest.model
@@ -315,6 +319,8 @@ def unpack(
         if load_model:
             model, compat = _load_verified(staging, report, chosen, str(path))
         else:  # nothing runs here, so differences are reported but refuse nothing
+            from kbundle.compat import environment_gate
+
             model, compat = None, environment_gate(report.head.manifest, chosen.env_policy)
     return UnpackResult(Path(destination), report, model, list(compat.findings))
 
@@ -376,6 +382,8 @@ def load(
     path = _as_path(bundle)
     _check_expected(expect)
     policy = SignaturePolicy.create(trusted_keys, require_signature)
+    from kbundle.compat import resolve_policy
+
     env = resolve_policy(env_policy, env_severity, origin="env_severity")
     options = LoadOptions(
         trust_code=trust_code,
