@@ -25,6 +25,7 @@ import click
 from kbundle import errors
 from kbundle._version import __version__
 from kbundle.findings import Finding, Severity
+from kbundle.pack import DEFAULT_LEVEL
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -350,7 +351,7 @@ Examples:
 )
 @click.option(
     "--level",
-    default="3",
+    default=str(DEFAULT_LEVEL),
     show_default=True,
     metavar="1..22|none",
     help="zstd compression level, or 'none' to store.",
