@@ -595,6 +595,8 @@ def show_code(bundle: Path, name: str | None, as_json: bool) -> None:
     from kbundle.unpack import show_code as bundled_code
 
     listings = bundled_code(bundle, name)
+    if not listings and not as_json:
+        _err(f"{bundle} carries no custom-object code: nothing would run when it is loaded")
     if as_json:
         _json_out(
             {

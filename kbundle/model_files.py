@@ -111,6 +111,11 @@ def identify_format(path: Path) -> str:
         return "keras"
     if magic == HDF5_SIGNATURE:
         return "h5"
+    if magic.startswith(b"\x28\xb5\x2f\xfd"):  # a zstd frame: most likely a bundle already
+        raise UsageError(
+            f"{path} is a zstd file (a kbundle bundle?), not a Keras model",
+            hint="pack the model file itself; 'kbundle inspect' shows what a bundle holds",
+        )
     raise UsageError(
         f"{path} is not a Keras model file (starts with {magic[:4].hex() or 'nothing'})",
         hint="pass a .keras or .h5 file, or a SavedModel directory; "

@@ -227,3 +227,17 @@ def test_progress_is_drawn_on_a_terminal_and_quiet_otherwise(keras: Any, tmp_pat
     assert code == 0 and terminal == ""
     piped = run_cli("verify", bundle)
     assert "verifying" not in piped.stderr and "\x1b[" not in piped.stderr
+
+
+def test_pack_of_a_bundle_says_it_is_one(saved_keras_file: Path, tmp_path: Path) -> None:
+    bundle = tmp_path / "m.kbundle"
+    assert run_cli("pack", saved_keras_file, "-o", bundle, "--no-probe").returncode == 0
+    again = run_cli("pack", bundle, "-o", tmp_path / "again.kbundle")
+    assert_clean_failure(again, 2)
+    assert again.stderr == (
+        f"kbundle: error: {bundle} is a zstd file (a kbundle bundle?), not a Keras model; "
+        "pack the model file itself; 'kbundle inspect' shows what a bundle holds\n"
+    )
+    shown = run_cli("show-code", bundle)
+    assert shown.returncode == 0 and shown.stdout == ""
+    assert shown.stderr == f"{bundle} carries no custom-object code: nothing would run when it is loaded\n"
