@@ -49,9 +49,11 @@ EXIT_OS_ERROR = 2  # the system refused a read or write: unreadable input or unw
 F = TypeVar("F", bound=Callable[..., Any])
 
 
-def exit_code_for(exc: BaseException) -> int:
-    for kind, code, _ in EXIT_CODES:
-        if isinstance(exc, kind):
+def exit_code_for(error: BaseException | type[BaseException]) -> int:
+    """The exit code for an error, given as an instance or as its class."""
+    kind = error if isinstance(error, type) else type(error)
+    for base, code, _ in EXIT_CODES:
+        if issubclass(kind, base):
             return code
     return EXIT_INTERNAL
 
@@ -737,10 +739,6 @@ def unpack(
 # Environment: check, env export, env create
 
 
-def _exit_code_of(kind: type[errors.KbundleError]) -> int:
-    return next(code for error, code, _ in EXIT_CODES if issubclass(kind, error))
-
-
 @main.command(
     epilog="""\b
 Examples:
@@ -766,7 +764,7 @@ def check(bundle: Path, policy: str | None, severity: tuple[str, ...], as_json: 
 
     report = check_bundle(bundle, policy=policy, severity=severity)
     if as_json:
-        code = EXIT_OK if report.ok else _exit_code_of(errors.EnvironmentMismatchError)
+        code = EXIT_OK if report.ok else exit_code_for(errors.EnvironmentMismatchError)
         _json_out({"bundle": str(bundle), **report.to_dict(), "exit_code": code})
         if code:
             sys.exit(code)
