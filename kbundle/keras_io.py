@@ -20,6 +20,7 @@ __all__ = [
     "is_keras_model",
     "load_model",
     "load_model_file",
+    "loads_unzipped_keras",
     "save_model",
 ]
 
@@ -44,6 +45,15 @@ def _keras() -> Any:
         import keras
 
     return keras
+
+
+def loads_unzipped_keras() -> bool:
+    """True when ``keras.saving.load_model`` reads the unzipped ``.keras`` directory form
+    (Keras 3 since ``save_model(..., zipped=False)`` exists; not Keras 2 or tf-keras)."""
+    import inspect
+
+    keras = _keras()
+    return "zipped" in inspect.signature(keras.saving.save_model).parameters
 
 
 def is_keras_model(obj: object) -> bool:

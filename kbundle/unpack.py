@@ -26,15 +26,15 @@ from kbundle.errors import (
     UsageError,
 )
 from kbundle.findings import Finding
+from kbundle.manifest import ModelInfo
+from kbundle.model_files import keras_major
 from kbundle.names import MANIFEST_NAME, SIGNATURE_NAME
-from kbundle.preload import require_sound_model
+from kbundle.preload import require_sound_model, unzip_sound_keras
 from kbundle.signing import SignaturePolicy, TrustedKeys, check_signatures
 
 if TYPE_CHECKING:
-    from kbundle.compat import CompatReport, Policy
-
-if TYPE_CHECKING:
     from kbundle.bundled_code import CodeListing
+    from kbundle.compat import CompatReport, Policy
 
 __all__ = ["LoadOptions", "UnpackResult", "inspect", "load", "show_code", "unpack", "verify"]
 
@@ -246,6 +246,29 @@ def _require_trust(report: VerifyReport, options: LoadOptions) -> None:
     )
 
 
+@contextmanager
+def _sound_model(directory: Path, info: ModelInfo) -> Iterator[tuple[Path, str]]:
+    """The verified model file checked for Keras (its path and format, inside the block).
+
+    The checksums prove the model is what was packed, not that it is harmless, so the
+    pre-load checks run again. A Keras 3 ``.keras`` zip is unzipped while it is checked
+    (into a directory inside ``directory``, removed after the block) and loaded from there:
+    Keras reads the weights from the file instead of copying them into memory first."""
+    from kbundle import keras_io
+
+    path = directory / info.path
+    hint = "run 'kbundle doctor' on the bundle"
+    unzip = info.format == "keras" and keras_major(info.saved_by) == 3
+    if not unzip or not keras_io.loads_unzipped_keras():
+        require_sound_model(path, info.format, error=ModelFileError, label=info.path, hint=hint)
+        yield path, info.format
+        return
+    with tempfile.TemporaryDirectory(prefix="kbundle-unzip-", dir=directory) as scratch:
+        unzipped = Path(scratch) / "keras_model"
+        unzip_sound_keras(path, unzipped, label=info.path, hint=hint)
+        yield unzipped, "keras-dir"
+
+
 def _load_verified(
     directory: Path, report: VerifyReport, options: LoadOptions, name: str = "the bundle"
 ) -> tuple[Any, CompatReport]:
@@ -261,21 +284,14 @@ def _load_verified(
 
     compat = environment_gate(manifest, options.env_policy, ignore=options.ignore_env, what=name)
     _require_trust(report, options)
-    model_info = manifest.model
-    model_path = directory / model_info.path
-    # The checksums prove the model is what was packed, not that it is harmless.
-    require_sound_model(
-        model_path,
-        model_info.format,
-        error=ModelFileError,
-        label=model_info.path,
-        hint="run 'kbundle doctor' on the bundle",
-    )
-    with _custom_objects(directory, report) as objects:
+    with (
+        _sound_model(directory, manifest.model) as (model_path, fmt),
+        _custom_objects(directory, report) as objects,
+    ):
         try:
             model = keras_io.load_model(
                 model_path,
-                fmt=model_info.format,
+                fmt=fmt,
                 custom_objects=objects,
                 safe_mode=options.safe_mode,
                 compile=options.compile,

@@ -43,7 +43,9 @@ def tar_entry(entry: Entry) -> bytes:
     info.type = entry.type
     info.size = len(entry.data) if entry.size is None else entry.size
     info.linkname = entry.linkname
-    info.mode = entry.mode if entry.mode is not None else 0o755 if entry.type == tarfile.DIRTYPE else 0o644
+    info.mode = (
+        entry.mode if entry.mode is not None else 0o755 if entry.type == tarfile.DIRTYPE else 0o644
+    )
     header = info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
     return header + entry.data + padding(len(entry.data))
 
@@ -55,15 +57,30 @@ def manifest_for(entries: Sequence[Entry], base: dict[str, Any]) -> dict[str, An
         if entry.type == tarfile.DIRTYPE:
             members.append({"path": entry.name, "type": "dir", "size": None, "digest": None})
         else:
-            members.append({"path": entry.name, "type": "file", "size": len(entry.data), "digest": digest(entry.data)})
+            members.append(
+                {
+                    "path": entry.name,
+                    "type": "file",
+                    "size": len(entry.data),
+                    "digest": digest(entry.data),
+                }
+            )
     return {**base, "members": members}
 
 
-def assemble(manifest: dict[str, Any] | bytes, payload_frames: bytes, signature: bytes | None = None) -> bytes:
+def assemble(
+    manifest: dict[str, Any] | bytes, payload_frames: bytes, signature: bytes | None = None
+) -> bytes:
     """A whole bundle file: header region with ``manifest`` (and ``signature``), the frames,
     and their trailer."""
-    manifest_bytes = manifest if isinstance(manifest, bytes) else json.dumps(manifest, indent=2).encode()
-    return header_region(manifest_bytes, signature) + payload_frames + trailer_frame(hashlib.sha256(payload_frames).digest())
+    manifest_bytes = (
+        manifest if isinstance(manifest, bytes) else json.dumps(manifest, indent=2).encode()
+    )
+    return (
+        header_region(manifest_bytes, signature)
+        + payload_frames
+        + trailer_frame(hashlib.sha256(payload_frames).digest())
+    )
 
 
 def forge(
@@ -92,7 +109,11 @@ def real_manifest(bundle: Path) -> dict[str, Any]:
 
 def payload_entries(bundle: Path) -> list[Entry]:
     """The payload of an existing bundle as entries (read with the standard tarfile)."""
-    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(bundle.read_bytes()), read_across_frames=True).read()
+    raw = (
+        zstandard.ZstdDecompressor()
+        .stream_reader(io.BytesIO(bundle.read_bytes()), read_across_frames=True)
+        .read()
+    )
     entries = []
     with tarfile.open(fileobj=io.BytesIO(raw)) as archive:
         for info in archive.getmembers():

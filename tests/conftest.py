@@ -33,7 +33,12 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
-def run_cli(*args: str | os.PathLike[str], cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str | os.PathLike[str],
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    timeout: float = 600,
+) -> subprocess.CompletedProcess[str]:
     """Run ``python -m kbundle ARGS`` in a subprocess and return the completed process."""
     return run_python("-m", "kbundle", *args, cwd=cwd, env=env, timeout=timeout)
 
@@ -76,7 +81,11 @@ def sequential_model(keras: Any) -> Any:
     """A small Sequential model with deterministic weights."""
     keras.utils.set_random_seed(0)
     return keras.Sequential(
-        [keras.Input((10,), name="features"), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1, activation="sigmoid")],
+        [
+            keras.Input((10,), name="features"),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ],
         name="tiny_sequential",
     )
 
@@ -87,7 +96,9 @@ def functional_model(keras: Any) -> Any:
     keras.utils.set_random_seed(1)
     left = keras.Input((8,), name="left")
     right = keras.Input((4, 3), name="right")
-    merged = keras.layers.Concatenate()([keras.layers.Dense(6)(left), keras.layers.Flatten()(right)])
+    merged = keras.layers.Concatenate()(
+        [keras.layers.Dense(6)(left), keras.layers.Flatten()(right)]
+    )
     hidden = keras.layers.Dense(12, activation="tanh")(merged)
     score = keras.layers.Dense(1, name="score")(hidden)
     label = keras.layers.Dense(3, activation="softmax", name="label")(hidden)
@@ -101,7 +112,10 @@ def sample_inputs() -> Callable[[Any], Any]:
 
     def make(model: Any) -> Any:
         rng = np.random.default_rng(42)
-        arrays = [rng.standard_normal((4, *[d or 1 for d in t.shape[1:]])).astype("float32") for t in model.inputs]
+        arrays = [
+            rng.standard_normal((4, *[d or 1 for d in t.shape[1:]])).astype("float32")
+            for t in model.inputs
+        ]
         return arrays[0] if len(arrays) == 1 else arrays
 
     return make
@@ -201,7 +215,10 @@ def keras2_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     marker = out / "lambda-ran"
     done = subprocess.run(
         [sys.executable, "-c", _KERAS2_SCRIPT, str(out), str(marker), json.dumps(KERAS2_INPUT)],
-        capture_output=True, text=True, env=child_env(TF_USE_LEGACY_KERAS="1"), timeout=600,
+        capture_output=True,
+        text=True,
+        env=child_env(TF_USE_LEGACY_KERAS="1"),
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     marker.unlink(missing_ok=True)  # building the Lambda model ran its code once, by design

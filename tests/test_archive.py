@@ -40,7 +40,9 @@ def _manifest_bytes(payload: list[PayloadFile], digests: dict[str, str]) -> byte
         created="2026-01-01T00:00:00Z",
         model=ModelInfo(format="savedmodel", path="model/saved_model"),
         members=[
-            Member(path=p.path, type="dir") if p.source is None else Member(path=p.path, size=p.size, digest=digests[p.path])
+            Member(path=p.path, type="dir")
+            if p.source is None
+            else Member(path=p.path, size=p.size, digest=digests[p.path])
             for p in payload
         ],
         environment=capture_environment(),
@@ -67,11 +69,20 @@ def payload_files(tmp_path: Path) -> list[PayloadFile]:
 
 def _write(path: Path, payload: list[PayloadFile], level: int | None) -> bytes:
     with path.open("w+b") as handle:
-        return write_bundle(handle, payload, lambda d: _manifest_bytes(payload, dict(d)), level=level, threads=0, mtime=0)
+        return write_bundle(
+            handle,
+            payload,
+            lambda d: _manifest_bytes(payload, dict(d)),
+            level=level,
+            threads=0,
+            mtime=0,
+        )
 
 
 @pytest.fixture(params=[3, None], ids=["zstd3", "stored"])
-def bundle(request: pytest.FixtureRequest, tmp_path: Path, payload_files: list[PayloadFile]) -> Path:
+def bundle(
+    request: pytest.FixtureRequest, tmp_path: Path, payload_files: list[PayloadFile]
+) -> Path:
     path = tmp_path / f"b-{request.param}.kbundle"
     _write(path, payload_files, request.param)
     return path
@@ -81,7 +92,9 @@ def bundle(request: pytest.FixtureRequest, tmp_path: Path, payload_files: list[P
 # Round trips
 
 
-def test_round_trip_extracts_identical_files(bundle: Path, payload_files: list[PayloadFile], tmp_path: Path) -> None:
+def test_round_trip_extracts_identical_files(
+    bundle: Path, payload_files: list[PayloadFile], tmp_path: Path
+) -> None:
     result = kbundle.unpack(bundle, tmp_path / "out")
     assert result.report.findings == []
     for item in payload_files:
@@ -91,7 +104,9 @@ def test_round_trip_extracts_identical_files(bundle: Path, payload_files: list[P
         else:
             assert target.read_bytes() == item.source.read_bytes()
             assert target.stat().st_mode & 0o777 == 0o644 & ~_umask()
-    assert (tmp_path / "out" / "kbundle.json").read_bytes() == kbundle.inspect(bundle).manifest_bytes
+    assert (tmp_path / "out" / "kbundle.json").read_bytes() == kbundle.inspect(
+        bundle
+    ).manifest_bytes
 
 
 def _umask() -> int:
@@ -108,12 +123,18 @@ def test_bundle_opens_with_standard_tools(bundle: Path, tmp_path: Path) -> None:
     subprocess.run(["tar", "--zstd", "-xf", str(bundle), "-C", str(out)], check=True)
     assert json.loads((out / "kbundle.json").read_bytes())["format_version"] == FORMAT_VERSION
     subprocess.run(["zstd", "-q", "-t", str(bundle)], check=True)
-    raw = zstandard.ZstdDecompressor().stream_reader(io.BytesIO(bundle.read_bytes()), read_across_frames=True).read()
+    raw = (
+        zstandard.ZstdDecompressor()
+        .stream_reader(io.BytesIO(bundle.read_bytes()), read_across_frames=True)
+        .read()
+    )
     with tarfile.open(fileobj=io.BytesIO(raw)) as archive_file:
         assert archive_file.getnames()[0] == "kbundle.json"
 
 
-def test_digest_does_not_depend_on_compression(tmp_path: Path, payload_files: list[PayloadFile], monkeypatch: pytest.MonkeyPatch) -> None:
+def test_digest_does_not_depend_on_compression(
+    tmp_path: Path, payload_files: list[PayloadFile], monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("SOURCE_DATE_EPOCH", "1700000000")
     stored, fast = tmp_path / "s.kbundle", tmp_path / "f.kbundle"
     assert _write(stored, payload_files, None) == _write(fast, payload_files, 19)
@@ -159,7 +180,9 @@ def _content_ranges(data: bytes, payload: list[PayloadFile]) -> list[range]:
     return ranges
 
 
-def test_every_byte_flip_is_caught(bundle: Path, tmp_path: Path, payload_files: list[PayloadFile]) -> None:
+def test_every_byte_flip_is_caught(
+    bundle: Path, tmp_path: Path, payload_files: list[PayloadFile]
+) -> None:
     """No flipped byte verifies. In the stored bundle every byte outside member contents is
     flipped (headers, padding, frames, manifest, trailer), and every 61st inside them (a flip
     there is a digest mismatch, see the next test); in the compressed one every 5th byte."""
@@ -199,13 +222,25 @@ def test_flip_in_manifest_is_caught_by_frame_checksum(bundle: Path, tmp_path: Pa
 
 def test_every_truncation_is_caught(bundle: Path, tmp_path: Path) -> None:
     data = bundle.read_bytes()
-    offsets = sorted({*range(1, len(data), max(1, len(data) // 97)), len(data) - 1, len(data) - 4, len(data) - 5, 13})
+    offsets = sorted(
+        {
+            *range(1, len(data), max(1, len(data) // 97)),
+            len(data) - 1,
+            len(data) - 4,
+            len(data) - 5,
+            13,
+        }
+    )
     for offset in offsets:
         error = _verify_bytes(tmp_path, data[:offset])
         assert isinstance(error, (IntegrityError, NotABundleError)), (offset, error)
 
 
-@pytest.mark.parametrize("garbage", [b"x", b"garbage!", os.urandom(4096), b"\0" * 7, zstdframes.raw_frame(b"evil data")], ids=["1 byte", "text", "random", "zeros", "zstd frame"])
+@pytest.mark.parametrize(
+    "garbage",
+    [b"x", b"garbage!", os.urandom(4096), b"\0" * 7, zstdframes.raw_frame(b"evil data")],
+    ids=["1 byte", "text", "random", "zeros", "zstd frame"],
+)
 def test_appended_garbage_is_caught(bundle: Path, tmp_path: Path, garbage: bytes) -> None:
     error = _verify_bytes(tmp_path, bundle.read_bytes() + garbage)
     assert isinstance(error, IntegrityError), error
@@ -236,7 +271,9 @@ def base_manifest(tmp_path: Path, payload_files: list[PayloadFile]) -> dict[str,
 MODEL = Entry("model/saved_model/saved_model.pb", b"model bytes")
 
 
-def _forged_findings(tmp_path: Path, manifest: dict[str, Any] | bytes, entries: list[Entry], **kwargs: Any) -> list[tuple[str, str]]:
+def _forged_findings(
+    tmp_path: Path, manifest: dict[str, Any] | bytes, entries: list[Entry], **kwargs: Any
+) -> list[tuple[str, str]]:
     path = forge(tmp_path / "forged.kbundle", manifest, entries, **kwargs)
     with pytest.raises(IntegrityError) as caught:
         kbundle.verify(path)
@@ -263,15 +300,23 @@ def test_missing_member_refused(tmp_path: Path, base_manifest: dict[str, Any]) -
     second = Entry("model/saved_model/variables.data", b"weights")
     manifest = _honest(base_manifest, [MODEL, second])
     findings = _forged_findings(tmp_path, manifest, [MODEL])
-    assert findings == [("model/saved_model/variables.data", "member listed in the manifest is missing")]
+    assert findings == [
+        ("model/saved_model/variables.data", "member listed in the manifest is missing")
+    ]
 
 
 @pytest.mark.parametrize(
     "second",
-    ["model/saved_model/saved_model.pb", "model/saved_model/SAVED_MODEL.pb", "model/saved_model/saved_model.pb".replace("a", "a", 1)],
+    [
+        "model/saved_model/saved_model.pb",
+        "model/saved_model/SAVED_MODEL.pb",
+        "model/saved_model/saved_model.pb".replace("a", "a", 1),
+    ],
     ids=["exact", "case-folded", "same"],
 )
-def test_duplicate_member_refused(tmp_path: Path, base_manifest: dict[str, Any], second: str) -> None:
+def test_duplicate_member_refused(
+    tmp_path: Path, base_manifest: dict[str, Any], second: str
+) -> None:
     manifest = _honest(base_manifest, [MODEL])
     findings = _forged_findings(tmp_path, manifest, [MODEL, Entry(second, b"evil twin")])
     assert len(findings) == 1
@@ -282,27 +327,48 @@ def test_duplicate_member_refused(tmp_path: Path, base_manifest: dict[str, Any],
 def test_nfc_duplicate_in_manifest_refused(tmp_path: Path, base_manifest: dict[str, Any]) -> None:
     composed, decomposed = "model/caf\u00e9.bin", "model/cafe\u0301.bin"
     manifest = _honest(base_manifest, [MODEL, Entry(composed, b"a")])
-    manifest["members"].append({"path": decomposed, "type": "file", "size": 1, "digest": digest(b"b")})
+    manifest["members"].append(
+        {"path": decomposed, "type": "file", "size": 1, "digest": digest(b"b")}
+    )
     with pytest.raises(BundleFormatError, match="not NFC-normalised"):
         kbundle.verify(forge(tmp_path / "nfc.kbundle", manifest, [MODEL]))
 
 
-HOSTILE_NAMES = ["../evil", "model/../../evil", "/etc/passwd", "C:/evil", "model\\evil", "", "model//x", "model/./x", "evil/top", "model/con", "model/x ", "model/new\nline"]
+HOSTILE_NAMES = [
+    "../evil",
+    "model/../../evil",
+    "/etc/passwd",
+    "C:/evil",
+    "model\\evil",
+    "",
+    "model//x",
+    "model/./x",
+    "evil/top",
+    "model/con",
+    "model/x ",
+    "model/new\nline",
+]
 
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
-def test_hostile_tar_name_refused_not_stripped(tmp_path: Path, base_manifest: dict[str, Any], name: str) -> None:
+def test_hostile_tar_name_refused_not_stripped(
+    tmp_path: Path, base_manifest: dict[str, Any], name: str
+) -> None:
     manifest = _honest(base_manifest, [MODEL])
     try:
         findings = _forged_findings(tmp_path, manifest, [MODEL, Entry(name, b"x")])
     except ValueError:  # tarfile itself cannot encode a NUL in a name; the manifest test covers it
         return
-    assert len(findings) == 1 and findings[0][1].startswith("unsafe member name refused: "), findings
+    assert len(findings) == 1 and findings[0][1].startswith("unsafe member name refused: "), (
+        findings
+    )
     assert not (tmp_path / "evil").exists()
 
 
 @pytest.mark.parametrize("name", HOSTILE_NAMES)
-def test_hostile_manifest_name_refused(tmp_path: Path, base_manifest: dict[str, Any], name: str) -> None:
+def test_hostile_manifest_name_refused(
+    tmp_path: Path, base_manifest: dict[str, Any], name: str
+) -> None:
     manifest = _honest(base_manifest, [MODEL])
     manifest["members"].append({"path": name, "type": "file", "size": 1, "digest": digest(b"x")})
     with pytest.raises(BundleFormatError, match=r"manifest breaks \d+ format rule"):
@@ -311,14 +377,27 @@ def test_hostile_manifest_name_refused(tmp_path: Path, base_manifest: dict[str, 
 
 @pytest.mark.parametrize(
     ("kind", "label"),
-    [(tarfile.SYMTYPE, "symbolic link"), (tarfile.LNKTYPE, "hard link"), (tarfile.CHRTYPE, "character device"), (tarfile.FIFOTYPE, "FIFO"), (tarfile.GNUTYPE_SPARSE, "GNU sparse file")],
+    [
+        (tarfile.SYMTYPE, "symbolic link"),
+        (tarfile.LNKTYPE, "hard link"),
+        (tarfile.CHRTYPE, "character device"),
+        (tarfile.FIFOTYPE, "FIFO"),
+        (tarfile.GNUTYPE_SPARSE, "GNU sparse file"),
+    ],
 )
-def test_link_and_device_members_refused(tmp_path: Path, base_manifest: dict[str, Any], kind: bytes, label: str) -> None:
+def test_link_and_device_members_refused(
+    tmp_path: Path, base_manifest: dict[str, Any], kind: bytes, label: str
+) -> None:
     manifest = _honest(base_manifest, [MODEL])
-    manifest["members"].append({"path": "model/link", "type": "file", "size": 0, "digest": digest(b"")})
+    manifest["members"].append(
+        {"path": "model/link", "type": "file", "size": 0, "digest": digest(b"")}
+    )
     entries = [MODEL, Entry("model/link", type=kind, linkname="/etc/passwd")]
     findings = _forged_findings(tmp_path, manifest, entries)
-    assert ("model/link", f"{label} members are not allowed; only regular files and directories") in findings
+    assert (
+        "model/link",
+        f"{label} members are not allowed; only regular files and directories",
+    ) in findings
     destination = tmp_path / "dest"
     with pytest.raises(IntegrityError):
         kbundle.unpack(forge(tmp_path / "l.kbundle", manifest, entries), destination)
@@ -329,13 +408,19 @@ def test_link_and_device_members_refused(tmp_path: Path, base_manifest: dict[str
 def test_weak_hash_algorithm_refused(tmp_path: Path, base_manifest: dict[str, Any]) -> None:
     manifest = _honest(base_manifest, [MODEL])
     manifest["members"][0]["digest"] = "md5:" + "0" * 32
-    with pytest.raises(BundleFormatError, match=r"members\[0\]\.digest: must be 'sha256:' and 64 lowercase hex digits: 'md5:0+'"):
+    with pytest.raises(
+        BundleFormatError,
+        match=r"members\[0\]\.digest: must be 'sha256:' and 64 lowercase hex digits: 'md5:0+'",
+    ):
         kbundle.verify(forge(tmp_path / "md5.kbundle", manifest, [MODEL]))
 
 
 def test_unknown_major_version_refused(tmp_path: Path, base_manifest: dict[str, Any]) -> None:
     manifest = {**_honest(base_manifest, [MODEL]), "format_version": "2.0"}
-    with pytest.raises(UnsupportedFormatVersionError, match=r"bundle format 2\.0 is not readable by this kbundle \(reads 1\.x\)"):
+    with pytest.raises(
+        UnsupportedFormatVersionError,
+        match=r"bundle format 2\.0 is not readable by this kbundle \(reads 1\.x\)",
+    ):
         kbundle.verify(forge(tmp_path / "v2.kbundle", manifest, [MODEL]))
 
 
@@ -343,24 +428,38 @@ def test_manifest_must_come_first(tmp_path: Path, base_manifest: dict[str, Any])
     """kbundle's frame layout, but the first tar member is not the manifest."""
     path = tmp_path / "late.kbundle"
     manifest = json.dumps(_honest(base_manifest, [MODEL])).encode()
-    rest = zstandard.ZstdCompressor(write_checksum=True).compress(tar_entry(Entry("kbundle.json", manifest)) + b"\0" * 1024)
+    rest = zstandard.ZstdCompressor(write_checksum=True).compress(
+        tar_entry(Entry("kbundle.json", manifest)) + b"\0" * 1024
+    )
     path.write_bytes(zstdframes.raw_frame(tar_entry(MODEL)) + rest)
-    with pytest.raises(NotABundleError, match="its first member is 'model/saved_model/saved_model.pb', not 'kbundle.json'"):
+    with pytest.raises(
+        NotABundleError,
+        match="its first member is 'model/saved_model/saved_model.pb', not 'kbundle.json'",
+    ):
         kbundle.verify(path)
 
 
-def test_tar_zst_from_another_tool_is_refused(tmp_path: Path, base_manifest: dict[str, Any]) -> None:
+def test_tar_zst_from_another_tool_is_refused(
+    tmp_path: Path, base_manifest: dict[str, Any]
+) -> None:
     path = tmp_path / "other.tar.zst"
     path.write_bytes(zstandard.ZstdCompressor().compress(tar_entry(MODEL) + b"\0" * 1024))
-    with pytest.raises(IntegrityError, match="the first frame is not single-segment with a content size and checksum"):
+    with pytest.raises(
+        IntegrityError,
+        match="the first frame is not single-segment with a content size and checksum",
+    ):
         kbundle.verify(path)
 
 
-def test_oversized_manifest_refused_before_reading(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base_manifest: dict[str, Any]) -> None:
+def test_oversized_manifest_refused_before_reading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base_manifest: dict[str, Any]
+) -> None:
     monkeypatch.setattr(archive, "MAX_MANIFEST_BYTES", 4096)
     manifest = _honest(base_manifest, [MODEL])
     manifest["padding"] = "x" * 5000
-    with pytest.raises(LimitExceededError, match=r"manifest is \d+ bytes, more than the limit of 4096"):
+    with pytest.raises(
+        LimitExceededError, match=r"manifest is \d+ bytes, more than the limit of 4096"
+    ):
         kbundle.inspect(forge(tmp_path / "big.kbundle", manifest, [MODEL]))
 
 
@@ -377,7 +476,9 @@ def test_duplicate_json_keys_refused(tmp_path: Path, base_manifest: dict[str, An
         kbundle.inspect(forge(tmp_path / "dup.kbundle", doubled.encode(), [MODEL]))
 
 
-def test_size_bomb_stops_at_the_declared_total(tmp_path: Path, base_manifest: dict[str, Any]) -> None:
+def test_size_bomb_stops_at_the_declared_total(
+    tmp_path: Path, base_manifest: dict[str, Any]
+) -> None:
     """A member declared small in the manifest whose tar header claims 256 MiB of zeros (a
     ~10 KB compressed frame): reading stops at the manifest's total, not after 256 MiB."""
     small = Entry("model/saved_model/saved_model.pb", b"tiny")
@@ -397,19 +498,28 @@ def test_size_bomb_stops_at_the_declared_total(tmp_path: Path, base_manifest: di
     report = scan_bundle(path)
     problems = [f.problem for f in report.findings]
     assert "size differs from the manifest" in problems
-    assert any(p.startswith("the archive holds more data than its manifest declares") for p in problems)
+    assert any(
+        p.startswith("the archive holds more data than its manifest declares") for p in problems
+    )
 
 
-def test_zstd_window_bomb_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base_manifest: dict[str, Any]) -> None:
+def test_zstd_window_bomb_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base_manifest: dict[str, Any]
+) -> None:
     monkeypatch.setattr(zstdframes, "MAX_WINDOW_SIZE", 1 << 20)
     # No content size in the header, so the frame declares its window (not single-segment).
-    params = zstandard.ZstdCompressionParameters.from_level(19, window_log=24, write_content_size=0, write_checksum=1)
+    params = zstandard.ZstdCompressionParameters.from_level(
+        19, window_log=24, write_content_size=0, write_checksum=1
+    )
     payload = tar_entry(MODEL) + b"\0" * 1024
     stream = zstandard.ZstdCompressor(compression_params=params).compressobj()  # size unknown
     frame = stream.compress(payload) + stream.flush()
     path = tmp_path / "window.kbundle"
     path.write_bytes(assemble(_honest(base_manifest, [MODEL]), frame))
-    with pytest.raises(LimitExceededError, match="zstd frame 2 asks for a 16777216-byte window, more than the limit of 1048576"):
+    with pytest.raises(
+        LimitExceededError,
+        match="zstd frame 2 asks for a 16777216-byte window, more than the limit of 1048576",
+    ):
         kbundle.verify(path)
 
 
@@ -424,7 +534,8 @@ def test_limits_are_named_with_reasons() -> None:
 def test_not_a_bundle_inputs(tmp_path: Path, saved_keras_file: Path) -> None:
     cases = {
         saved_keras_file: "is not a kbundle bundle: it is a zip file (a .keras model?); make a bundle with 'kbundle pack', or diagnose the model with 'kbundle doctor'",
-        tmp_path / "empty.kbundle": "is not a kbundle bundle: it is empty; pass a file written by 'kbundle pack'",
+        tmp_path
+        / "empty.kbundle": "is not a kbundle bundle: it is empty; pass a file written by 'kbundle pack'",
         tmp_path / "nothere.kbundle": "does not exist; check the path",
         tmp_path: "is a directory, not a bundle; pass a .kbundle file",
     }

@@ -29,18 +29,28 @@ runpy.run_module("kbundle", run_name="__main__")
 
 
 def _heavy_modules(*args: str | os.PathLike[str]) -> tuple[subprocess.CompletedProcess[str], str]:
-    result = subprocess.run([sys.executable, "-c", NO_TF_PROBE, *map(str, args)], capture_output=True, text=True, env=child_env(), timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-c", NO_TF_PROBE, *map(str, args)],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+    )
     line = [entry for entry in result.stderr.splitlines() if entry.startswith("HEAVY:")]
     return result, line[-1] if line else "HEAVY:?"
 
 
 def test_import_kbundle_does_not_import_tensorflow() -> None:
     code = "import sys, kbundle; print(sorted(m for m in ('tensorflow', 'keras', 'tf_keras', 'h5py') if m in sys.modules))"
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=60)
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=child_env(), timeout=60
+    )
     assert result.stdout.strip() == "[]", result.stderr
 
 
-def test_pack_verify_inspect_of_a_file_do_not_import_tensorflow(saved_keras_file: Path, tmp_path: Path) -> None:
+def test_pack_verify_inspect_of_a_file_do_not_import_tensorflow(
+    saved_keras_file: Path, tmp_path: Path
+) -> None:
     """verify and inspect import nothing heavy; pack of a file reads its HDF5 weights with
     h5py (the pre-load checks) but never imports TensorFlow or Keras without --probe."""
     bundle = tmp_path / "m.kbundle"
@@ -54,12 +64,17 @@ def test_pack_verify_inspect_of_a_file_do_not_import_tensorflow(saved_keras_file
         assert heavy == expected[str(args[0])], (args, heavy)
 
 
-def test_pack_refuses_to_overwrite_and_keeps_the_original(saved_keras_file: Path, tmp_path: Path) -> None:
+def test_pack_refuses_to_overwrite_and_keeps_the_original(
+    saved_keras_file: Path, tmp_path: Path
+) -> None:
     bundle = tmp_path / "m.kbundle"
     bundle.write_bytes(b"precious")
     result = run_cli("pack", saved_keras_file, "-o", bundle)
     assert_clean_failure(result, 2)
-    assert result.stderr == f"kbundle: error: bundle {bundle} already exists; pass --force to replace it\n"
+    assert (
+        result.stderr
+        == f"kbundle: error: bundle {bundle} already exists; pass --force to replace it\n"
+    )
     assert bundle.read_bytes() == b"precious"
     forced = run_cli("pack", saved_keras_file, "-o", bundle, "--force")
     assert forced.returncode == 0, forced.stderr
@@ -74,17 +89,32 @@ def test_unpack_refuses_existing_destination(saved_keras_file: Path, tmp_path: P
     (destination / "keep.txt").write_text("mine")
     result = run_cli("unpack", bundle, "-d", destination, "--no-load")
     assert_clean_failure(result, 2)
-    assert result.stderr == f"kbundle: error: destination {destination} already exists; pass --force to replace it\n"
+    assert (
+        result.stderr
+        == f"kbundle: error: destination {destination} already exists; pass --force to replace it\n"
+    )
     assert (destination / "keep.txt").read_text() == "mine"
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["pack", "missing.keras", "-o", "x.kbundle"], "kbundle: error: missing.keras does not exist; check the model path"),
-        (["pack", "notes.txt", "-o", "x.kbundle"], "kbundle: error: notes.txt is not a Keras model file (starts with 68656c6c); pass a .keras or .h5 file, or a SavedModel directory; 'kbundle doctor' diagnoses damaged files"),
-        (["pack", "notes.txt", "-o", "nodir/x.kbundle"], "kbundle: error: the directory nodir does not exist; create it first"),
-        (["verify", "x.kbundle", "--expect", "abc"], "kbundle: error: --expect must be 'sha256:' followed by 64 lowercase hex digits: 'abc'; copy the digest that 'kbundle pack' printed"),
+        (
+            ["pack", "missing.keras", "-o", "x.kbundle"],
+            "kbundle: error: missing.keras does not exist; check the model path",
+        ),
+        (
+            ["pack", "notes.txt", "-o", "x.kbundle"],
+            "kbundle: error: notes.txt is not a Keras model file (starts with 68656c6c); pass a .keras or .h5 file, or a SavedModel directory; 'kbundle doctor' diagnoses damaged files",
+        ),
+        (
+            ["pack", "notes.txt", "-o", "nodir/x.kbundle"],
+            "kbundle: error: the directory nodir does not exist; create it first",
+        ),
+        (
+            ["verify", "x.kbundle", "--expect", "abc"],
+            "kbundle: error: --expect must be 'sha256:' followed by 64 lowercase hex digits: 'abc'; copy the digest that 'kbundle pack' printed",
+        ),
     ],
 )
 def test_bad_input_gives_one_line(tmp_path: Path, args: list[str], message: str) -> None:
@@ -129,15 +159,37 @@ def test_pack_killed_mid_write_leaves_nothing(keras: Any, tmp_path: Path) -> Non
     out_dir = tmp_path / "out"
     out_dir.mkdir()
     for delay in (0.3, 0.6, 1.0):
-        process = subprocess.Popen([sys.executable, "-m", "kbundle", "pack", str(model), "-o", str(out_dir / "m.kbundle"), "--level", "19", "--threads", "0", "--quiet"], env=child_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "kbundle",
+                "pack",
+                str(model),
+                "-o",
+                str(out_dir / "m.kbundle"),
+                "--level",
+                "19",
+                "--threads",
+                "0",
+                "--quiet",
+            ],
+            env=child_env(),
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         time.sleep(delay)
         process.send_signal(signal.SIGKILL)
         process.wait()
-        assert process.returncode == -signal.SIGKILL, "pack finished before it was killed; make the model bigger"
+        assert process.returncode == -signal.SIGKILL, (
+            "pack finished before it was killed; make the model bigger"
+        )
         assert list(out_dir.iterdir()) == [], f"left behind after SIGKILL at {delay}s"
 
 
-def test_pack_onto_a_full_file_system_leaves_nothing(saved_keras_file: Path, tmp_path: Path) -> None:
+def test_pack_onto_a_full_file_system_leaves_nothing(
+    saved_keras_file: Path, tmp_path: Path
+) -> None:
     """RLIMIT_FSIZE makes writes past 4 KiB fail as they would on a full disk."""
 
     def limit() -> None:
@@ -147,11 +199,28 @@ def test_pack_onto_a_full_file_system_leaves_nothing(saved_keras_file: Path, tmp
     out = tmp_path / "out"
     out.mkdir()
     result = subprocess.run(
-        [sys.executable, "-m", "kbundle", "pack", str(saved_keras_file), "-o", str(out / "m.kbundle"), "--level", "none"],
-        capture_output=True, text=True, env=child_env(), preexec_fn=limit, timeout=120,
+        [
+            sys.executable,
+            "-m",
+            "kbundle",
+            "pack",
+            str(saved_keras_file),
+            "-o",
+            str(out / "m.kbundle"),
+            "--level",
+            "none",
+        ],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        preexec_fn=limit,
+        timeout=120,
     )
     assert_clean_failure(result, 2)
-    assert result.stderr == f"kbundle: error: file size limit reached while writing {out / 'm.kbundle'}; free space or write the output elsewhere; nothing was left behind\n"
+    assert (
+        result.stderr
+        == f"kbundle: error: file size limit reached while writing {out / 'm.kbundle'}; free space or write the output elsewhere; nothing was left behind\n"
+    )
     assert list(out.iterdir()) == []
 
 
@@ -163,7 +232,12 @@ def test_json_outputs_are_machine_readable(saved_keras_file: Path, tmp_path: Pat
     assert packed["digest"] == verified["digest"] == inspected["digest"]
     members = inspected["manifest"]["members"]
     assert verified == {
-        "ok": True, "digest": packed["digest"], "files": len(members), "bytes": sum(m["size"] for m in members), "signed": False, "findings": [],
+        "ok": True,
+        "digest": packed["digest"],
+        "files": len(members),
+        "bytes": sum(m["size"] for m in members),
+        "signed": False,
+        "findings": [],
         "signature": {"signers": [], "state": "unsigned", "trusted_signers": []},
     }
     assert inspected["manifest"]["model"]["format"] == "keras"
@@ -177,12 +251,18 @@ def test_native_tensorflow_chatter_is_filtered_but_real_errors_are_not() -> None
         "I0000 00:00:1795240808.517151   10327 port.cc:153] oneDNN custom operations are on.",
         "E0000 00:00:1795239294.297846    2574 cuda_platform.cc:52] failed call to cuInit: INTERNAL: CUDA error",
     ]
-    kept = ["kbundle: error: the verified model failed to load", "E0000 00:00:1.0 op_kernel.cc:1] OOM when allocating tensor", "Traceback (most recent call last):"]
+    kept = [
+        "kbundle: error: the verified model failed to load",
+        "E0000 00:00:1.0 op_kernel.cc:1] OOM when allocating tensor",
+        "Traceback (most recent call last):",
+    ]
     assert [is_noise(line) for line in noise] == [True, True, True]
     assert [is_noise(line) for line in kept] == [False, False, False]
 
 
-def test_unpack_output_has_no_tensorflow_startup_chatter(saved_keras_file: Path, tmp_path: Path) -> None:
+def test_unpack_output_has_no_tensorflow_startup_chatter(
+    saved_keras_file: Path, tmp_path: Path
+) -> None:
     bundle = tmp_path / "m.kbundle"
     assert run_cli("pack", saved_keras_file, "-o", bundle).returncode == 0
     result = run_cli("unpack", bundle, "-d", tmp_path / "out")
@@ -199,7 +279,13 @@ def _stderr_on_a_terminal(args: list[str]) -> tuple[int, str]:
     import pty
 
     leader, follower = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "kbundle", *args], stdout=subprocess.DEVNULL, stderr=follower, stdin=subprocess.DEVNULL, env=child_env(COLUMNS="100"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "kbundle", *args],
+        stdout=subprocess.DEVNULL,
+        stderr=follower,
+        stdin=subprocess.DEVNULL,
+        env=child_env(COLUMNS="100"),
+    )
     os.close(follower)
     chunks = []
     while True:
@@ -218,7 +304,9 @@ def test_progress_is_drawn_on_a_terminal_and_quiet_otherwise(keras: Any, tmp_pat
     model = keras.Sequential([keras.Input((1500,)), keras.layers.Dense(1500, use_bias=False)])
     model.save(tmp_path / "m.keras")
     bundle = tmp_path / "m.kbundle"
-    code, terminal = _stderr_on_a_terminal(["pack", str(tmp_path / "m.keras"), "-o", str(bundle), "--level", "19"])
+    code, terminal = _stderr_on_a_terminal(
+        ["pack", str(tmp_path / "m.keras"), "-o", str(bundle), "--level", "19"]
+    )
     assert code == 0, terminal
     assert "packing" in terminal and "MB" in terminal
     code, terminal = _stderr_on_a_terminal(["verify", str(bundle)])
@@ -240,4 +328,7 @@ def test_pack_of_a_bundle_says_it_is_one(saved_keras_file: Path, tmp_path: Path)
     )
     shown = run_cli("show-code", bundle)
     assert shown.returncode == 0 and shown.stdout == ""
-    assert shown.stderr == f"{bundle} carries no custom-object code: nothing would run when it is loaded\n"
+    assert (
+        shown.stderr
+        == f"{bundle} carries no custom-object code: nothing would run when it is loaded\n"
+    )

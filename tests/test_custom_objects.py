@@ -82,11 +82,18 @@ class Workspace:
         return json.loads((self.out / "results.json").read_text())  # type: ignore[no-any-return]
 
 
-def _python(script: Path, *args: str | Path, cwd: Path, pythonpath: list[Path], **env: str) -> subprocess.CompletedProcess[str]:
+def _python(
+    script: Path, *args: str | Path, cwd: Path, pythonpath: list[Path], **env: str
+) -> subprocess.CompletedProcess[str]:
     environment = child_env(PYTHONPATH=os.pathsep.join(map(str, pythonpath)), **env)
     return subprocess.run(
         [sys.executable, str(script), *map(str, args)],
-        capture_output=True, text=True, cwd=cwd, env=environment, timeout=600, stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        env=environment,
+        timeout=600,
+        stdin=subprocess.DEVNULL,
     )
 
 
@@ -104,7 +111,10 @@ def packed(tmp_path_factory: pytest.TempPathFactory) -> Workspace:
     shutil.copytree(PROJECT / "site", ws.site, ignore=shutil.ignore_patterns("__pycache__"))
     shutil.copytree(DEPLOY, ws.deploy, ignore=shutil.ignore_patterns("__pycache__"))
     result = _python(
-        ws.project / "train.py", ws.out, cwd=ws.project, pythonpath=[REPO, ws.site],
+        ws.project / "train.py",
+        ws.out,
+        cwd=ws.project,
+        pythonpath=[REPO, ws.site],
         **{MARKER_VARIABLE: str(root / "pack-marker")},
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -116,8 +126,12 @@ def loaded(packed: Workspace) -> dict[str, Any]:
     """Every case loaded with trust in a process without the project's code."""
     marker = packed.root / "load-marker"
     result = _python(
-        packed.deploy / "load_all.py", packed.out, ",".join(CASES), cwd=packed.deploy,
-        pythonpath=[REPO, packed.site], **{MARKER_VARIABLE: str(marker)},
+        packed.deploy / "load_all.py",
+        packed.out,
+        ",".join(CASES),
+        cwd=packed.deploy,
+        pythonpath=[REPO, packed.site],
+        **{MARKER_VARIABLE: str(marker)},
     )
     assert result.returncode == 0, result.stderr[-4000:]
     report: dict[str, Any] = json.loads((packed.out / "loaded.json").read_text())
@@ -134,16 +148,37 @@ def test_each_object_travels_the_way_its_definition_allows(packed: Workspace) ->
     results = packed.results()
 
     def source(name: str, kind: str, module: str, *files: str) -> dict[str, Any]:
-        return {"name": name, "kind": kind, "transport": "source", "module": module, "sources": list(files), "requirement": None}
+        return {
+            "name": name,
+            "kind": kind,
+            "transport": "source",
+            "module": module,
+            "sources": list(files),
+            "requirement": None,
+        }
 
     layers = ("code/mypkg/__init__.py", "code/mypkg/layers.py")
     assert results["build_weights"] == [source("MyCustomLayer", "layer", "mypkg.layers", *layers)]
     assert results["init_weights"] == [source("EagerWeights", "layer", "mypkg.layers", *layers)]
     assert results["nested"] == [
-        source("Residual", "layer", "mypkg.blocks", "code/mypkg/__init__.py", "code/mypkg/blocks.py", "code/mypkg/layers.py")
+        source(
+            "Residual",
+            "layer",
+            "mypkg.blocks",
+            "code/mypkg/__init__.py",
+            "code/mypkg/blocks.py",
+            "code/mypkg/layers.py",
+        )
     ]
     assert results["subclassed"] == [
-        source("TinyModel", "model", "mypkg.models", "code/mypkg/__init__.py", "code/mypkg/layers.py", "code/mypkg/models.py")
+        source(
+            "TinyModel",
+            "model",
+            "mypkg.models",
+            "code/mypkg/__init__.py",
+            "code/mypkg/layers.py",
+            "code/mypkg/models.py",
+        )
     ]
     assert results["loss_metric"] == [
         source("MyLoss", "loss", "mypkg.layers", *layers),
@@ -156,23 +191,50 @@ def test_each_object_travels_the_way_its_definition_allows(packed: Workspace) ->
         source("acme>soft_sign", "activation", "mypkg.acme", *acme),
     ]
     assert results["two_modules"] == [
-        source("Shifted", "layer", "twomod.a", "code/twomod/__init__.py", "code/twomod/a.py", "code/twomod/b.py")
+        source(
+            "Shifted",
+            "layer",
+            "twomod.a",
+            "code/twomod/__init__.py",
+            "code/twomod/a.py",
+            "code/twomod/b.py",
+        )
     ]
     assert results["side_effect"] == [source("Tripled", "layer", "sidefx", "code/sidefx.py")]
     assert results["main_script"] == [
-        {"name": "MainScale", "kind": "layer", "transport": "pickle", "module": "__main__", "sources": [], "requirement": None}
+        {
+            "name": "MainScale",
+            "kind": "layer",
+            "transport": "pickle",
+            "module": "__main__",
+            "sources": [],
+            "requirement": None,
+        }
     ]
     assert results["distribution"] == [
-        {"name": "acme_layers>Clip", "kind": "layer", "transport": "distribution", "module": "acme_layers.layers", "sources": [], "requirement": "acme-layers==1.2.0"}
+        {
+            "name": "acme_layers>Clip",
+            "kind": "layer",
+            "transport": "distribution",
+            "module": "acme_layers.layers",
+            "sources": [],
+            "requirement": "acme-layers==1.2.0",
+        }
     ]
     assert results["lambda"] == []  # marshalled code is safe_mode's business, not a custom object
     # Defined inside a function: no module holds them by name, the live model does.
     assert results["local_class"] == [{"name": "Doubler", "transport": "pickle"}]
     assert results["local_function"] == [{"name": "clipped", "transport": "pickle"}]
-    assert results["given"] == [{"name": "EagerWeights", "transport": "source"}, {"name": "scaled_tanh", "transport": "source"}]
+    assert results["given"] == [
+        {"name": "EagerWeights", "transport": "source"},
+        {"name": "scaled_tanh", "transport": "source"},
+    ]
     # A legacy .h5 config names classes without modules: the registry and the modules named
     # with custom_modules= (CLI --custom-objects) say which.
-    assert results["legacy_h5"] == [{"name": "MyCustomLayer", "transport": "source"}, {"name": "acme>Scale", "transport": "source"}]
+    assert results["legacy_h5"] == [
+        {"name": "MyCustomLayer", "transport": "source"},
+        {"name": "acme>Scale", "transport": "source"},
+    ]
 
 
 @pytest.mark.slow
@@ -186,7 +248,9 @@ def test_manifest_records_pickle_versions_digests_and_imports(packed: Workspace)
         cloudpickle=__import__("cloudpickle").__version__,
     )
     expected_text = definition_source((PROJECT / "train.py").read_text(), "MainScale")
-    assert expected_text is not None and expected_text.startswith("class MainScale(keras.layers.Layer):")
+    assert expected_text is not None and expected_text.startswith(
+        "class MainScale(keras.layers.Layer):"
+    )
     assert obj.review_source == expected_text
     assert obj.source_digest == definition_digest(expected_text)
     carried = [m.path for m in manifest.members if m.path.startswith(("code/", "objects/"))]
@@ -205,9 +269,19 @@ def test_manifest_records_pickle_versions_digests_and_imports(packed: Workspace)
 
 
 @pytest.mark.slow
-def test_cli_pack_of_a_model_file_imports_the_named_modules(packed: Workspace, tmp_path: Path) -> None:
+def test_cli_pack_of_a_model_file_imports_the_named_modules(
+    packed: Workspace, tmp_path: Path
+) -> None:
     model_file = packed.out / "files" / "build_weights.keras"
-    refused = run_cli("pack", model_file, "-o", tmp_path / "no.kbundle", "--quiet", cwd=packed.project, env=_deploy_env())
+    refused = run_cli(
+        "pack",
+        model_file,
+        "-o",
+        tmp_path / "no.kbundle",
+        "--quiet",
+        cwd=packed.project,
+        env=_deploy_env(),
+    )
     assert_clean_failure(refused, 2)
     assert refused.stderr.strip() == (
         "kbundle: error: cannot capture custom object MyCustomLayer: class 'MyCustomLayer' "
@@ -218,7 +292,15 @@ def test_cli_pack_of_a_model_file_imports_the_named_modules(packed: Workspace, t
     assert not (tmp_path / "no.kbundle").exists()
 
     # Every object that cannot be found is named at once.
-    both = run_cli("pack", packed.out / "files" / "registered.keras", "-o", tmp_path / "no.kbundle", "--quiet", cwd=packed.project, env=_deploy_env())
+    both = run_cli(
+        "pack",
+        packed.out / "files" / "registered.keras",
+        "-o",
+        tmp_path / "no.kbundle",
+        "--quiet",
+        cwd=packed.project,
+        env=_deploy_env(),
+    )
     assert_clean_failure(both, 2)
     assert both.stderr.splitlines() == [
         "kbundle: error: cannot capture custom object acme>Scale: class 'Scale' (module mypkg.acme) "
@@ -232,13 +314,22 @@ def test_cli_pack_of_a_model_file_imports_the_named_modules(packed: Workspace, t
     ]
 
     packed_file = run_cli(
-        "pack", model_file, "-o", tmp_path / "file.kbundle", "--quiet", "--custom-objects", "mypkg.layers",
-        cwd=packed.project, env=_deploy_env(),
+        "pack",
+        model_file,
+        "-o",
+        tmp_path / "file.kbundle",
+        "--quiet",
+        "--custom-objects",
+        "mypkg.layers",
+        cwd=packed.project,
+        env=_deploy_env(),
     )
     assert packed_file.returncode == 0, packed_file.stderr
     (obj,) = read_head(tmp_path / "file.kbundle").manifest.custom_objects
     assert (obj.name, obj.transport, [s.path for s in obj.sources]) == (
-        "MyCustomLayer", "source", ["code/mypkg/__init__.py", "code/mypkg/layers.py"]
+        "MyCustomLayer",
+        "source",
+        ["code/mypkg/__init__.py", "code/mypkg/layers.py"],
     )
 
 
@@ -248,7 +339,9 @@ def test_cli_pack_of_a_model_file_imports_the_named_modules(packed: Workspace, t
 
 @pytest.mark.slow
 @pytest.mark.parametrize("case", CASES)
-def test_loads_bit_identical_where_its_code_is_absent(packed: Workspace, loaded: dict[str, Any], case: str) -> None:
+def test_loads_bit_identical_where_its_code_is_absent(
+    packed: Workspace, loaded: dict[str, Any], case: str
+) -> None:
     assert loaded["absent_before"] == dict.fromkeys(PROJECT_MODULES, True)
     expected = np.load(packed.out / "expected" / f"{case}.npy")
     actual = np.load(packed.out / "loaded" / f"{case}.npy")
@@ -267,7 +360,9 @@ def test_loaded_models_use_the_bundled_classes(loaded: dict[str, Any]) -> None:
     doubler = cases["local_class"]["layers"][0]  # cloudpickle may shorten a local qualname
     assert doubler.startswith("__main__.") and doubler.endswith("Doubler")
     assert cases["loss_metric"]["loss"] == "MyLoss"
-    assert loaded["marker"] is not None and loaded["marker"].startswith("sidefx imported by process")
+    assert loaded["marker"] is not None and loaded["marker"].startswith(
+        "sidefx imported by process"
+    )
 
 
 @pytest.mark.slow
@@ -280,14 +375,21 @@ def test_loading_leaves_sys_path_and_sys_modules_as_they_were(loaded: dict[str, 
 
 
 @pytest.mark.slow
-def test_lambda_layer_error_explains_safe_mode_and_the_flag(packed: Workspace, loaded: dict[str, Any]) -> None:
+def test_lambda_layer_error_explains_safe_mode_and_the_flag(
+    packed: Workspace, loaded: dict[str, Any]
+) -> None:
     message = loaded["lambda_safe_mode_error"]
-    assert message.startswith("the verified model failed to load in Keras: ValueError: Requested the deserialization of a `Lambda` layer")
+    assert message.startswith(
+        "the verified model failed to load in Keras: ValueError: Requested the deserialization of a `Lambda` layer"
+    )
     assert message.endswith(
         "; the model contains a Lambda layer or other marshalled code, which Keras refuses in "
         "safe mode; if you trust the bundle, load it with --unsafe-lambda (safe_mode=False)"
     )
-    assert np.array_equal(np.load(packed.out / "loaded" / "lambda.npy"), np.load(packed.out / "expected" / "lambda.npy"))
+    assert np.array_equal(
+        np.load(packed.out / "loaded" / "lambda.npy"),
+        np.load(packed.out / "expected" / "lambda.npy"),
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -296,7 +398,12 @@ def test_lambda_layer_error_explains_safe_mode_and_the_flag(packed: Workspace, l
 
 def _review_commands(bundle: Path, files: Path) -> list[list[str | Path]]:
     """Every command that reads a bundle without loading it: none may run its code."""
-    return [["inspect", bundle], ["verify", bundle], ["show-code", bundle], ["unpack", bundle, "-d", files, "--no-load"]]
+    return [
+        ["inspect", bundle],
+        ["verify", bundle],
+        ["show-code", bundle],
+        ["unpack", bundle, "-d", files, "--no-load"],
+    ]
 
 
 @pytest.mark.slow
@@ -313,13 +420,17 @@ def test_untrusted_load_is_refused_and_runs_nothing(packed: Workspace, tmp_path:
     assert not (tmp_path / "out").exists()
     for args in _review_commands(bundle, tmp_path / "files"):
         assert run_cli(*args, cwd=tmp_path, env=env).returncode == 0
-    with pytest.raises(kbundle.UntrustedCodeError, match=r"^loading would run bundled code nobody trusted: Tripled"):
+    with pytest.raises(
+        kbundle.UntrustedCodeError, match=r"^loading would run bundled code nobody trusted: Tripled"
+    ):
         kbundle.load(bundle)
     assert not marker.exists()
     assert "sidefx" not in sys.modules
 
 
-def _rebundle(source: Path, target: Path, work: Path, edit: Callable[[Manifest, Path], Manifest]) -> None:
+def _rebundle(
+    source: Path, target: Path, work: Path, edit: Callable[[Manifest, Path], Manifest]
+) -> None:
     """Write ``source`` again as ``target`` after ``edit`` changed its manifest or files.
 
     This is what an attacker (or a newer kbundle) can do: the bundle is intact and
@@ -328,13 +439,17 @@ def _rebundle(source: Path, target: Path, work: Path, edit: Callable[[Manifest, 
     kbundle.unpack(source, work)
     manifest = edit(parse_manifest((work / "kbundle.json").read_bytes()), work)
     payload = [
-        PayloadFile(m.path, None) if m.type == "dir" else PayloadFile(m.path, work / m.path, (work / m.path).stat().st_size)
+        PayloadFile(m.path, None)
+        if m.type == "dir"
+        else PayloadFile(m.path, work / m.path, (work / m.path).stat().st_size)
         for m in manifest.members
     ]
 
     def make_manifest(digests: dict[str, str]) -> bytes:
         members = [
-            m if m.type == "dir" else dataclasses.replace(m, size=(work / m.path).stat().st_size, digest=digests[m.path])
+            m
+            if m.type == "dir"
+            else dataclasses.replace(m, size=(work / m.path).stat().st_size, digest=digests[m.path])
             for m in manifest.members
         ]
         return serialize_manifest(dataclasses.replace(manifest, members=members))
@@ -374,14 +489,18 @@ def test_a_malicious_pickle_does_nothing_without_trust(packed: Workspace, tmp_pa
         kbundle.load(bundle)
     assert not marker.exists()
     # The same bundle with trust: the pickle runs (and is no layer, so Keras fails after).
-    trusted = run_cli("unpack", bundle, "-d", tmp_path / "trusted", "--trust-code", cwd=tmp_path, env=env)
+    trusted = run_cli(
+        "unpack", bundle, "-d", tmp_path / "trusted", "--trust-code", cwd=tmp_path, env=env
+    )
     assert_clean_failure(trusted, 5)
     assert marker.exists()
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("field", ["python", "cloudpickle"])
-def test_a_pickle_from_another_python_or_cloudpickle_is_refused(packed: Workspace, tmp_path: Path, field: str) -> None:
+def test_a_pickle_from_another_python_or_cloudpickle_is_refused(
+    packed: Workspace, tmp_path: Path, field: str
+) -> None:
     here = f"{sys.version_info.major}.{sys.version_info.minor}"
     other_python = f"3.{sys.version_info.minor - 1}.4"
     cloudpickle_version = __import__("cloudpickle").__version__
@@ -394,11 +513,15 @@ def test_a_pickle_from_another_python_or_cloudpickle_is_refused(packed: Workspac
             changed = dataclasses.replace(obj.pickle, python=other_python)
         else:
             changed = dataclasses.replace(obj.pickle, cloudpickle=other_cloudpickle)
-        return dataclasses.replace(manifest, custom_objects=[dataclasses.replace(obj, pickle=changed)])
+        return dataclasses.replace(
+            manifest, custom_objects=[dataclasses.replace(obj, pickle=changed)]
+        )
 
     bundle = tmp_path / "old.kbundle"
     _rebundle(packed.bundle("main_script"), bundle, tmp_path / "work", relabel)
-    refused = run_cli("unpack", bundle, "-d", tmp_path / "out", "--trust-code", cwd=tmp_path, env=_deploy_env())
+    refused = run_cli(
+        "unpack", bundle, "-d", tmp_path / "out", "--trust-code", cwd=tmp_path, env=_deploy_env()
+    )
     assert_clean_failure(refused, 3)
     fallback = "no source fallback: the bundle holds only its definition's text, for review ('kbundle show-code')"
     if field == "python":
@@ -414,15 +537,26 @@ def test_a_pickle_from_another_python_or_cloudpickle_is_refused(packed: Workspac
 
 
 @pytest.mark.slow
-def test_a_missing_distribution_is_named_before_keras_loads(packed: Workspace, tmp_path: Path) -> None:
-    refused = run_cli("unpack", packed.bundle("distribution"), "-d", tmp_path / "out", cwd=tmp_path, env=_deploy_env())
+def test_a_missing_distribution_is_named_before_keras_loads(
+    packed: Workspace, tmp_path: Path
+) -> None:
+    refused = run_cli(
+        "unpack",
+        packed.bundle("distribution"),
+        "-d",
+        tmp_path / "out",
+        cwd=tmp_path,
+        env=_deploy_env(),
+    )
     assert_clean_failure(refused, 3)
     assert "acme-layers" in refused.stderr and "1.2.0" in refused.stderr
     assert not (tmp_path / "out").exists()
     # The custom-object check's own words (an environment check may speak first in the CLI).
     (clip,) = read_head(packed.bundle("distribution")).manifest.custom_objects
     with pytest.raises(EnvironmentMismatchError) as caught:
-        check_runnable(_manifest([dataclasses.replace(clip, requirement="acme-layers-absent==1.2.0")]))
+        check_runnable(
+            _manifest([dataclasses.replace(clip, requirement="acme-layers-absent==1.2.0")])
+        )
     assert str(caught.value) == (
         "acme_layers>Clip cannot be loaded here: comes from distribution "
         "acme-layers-absent==1.2.0, which is not installed; pip install 'acme-layers-absent==1.2.0'"
@@ -435,10 +569,20 @@ def test_a_missing_distribution_is_named_before_keras_loads(packed: Workspace, t
 
 def _changed_project(packed: Workspace, target: Path) -> Path:
     """A later version of the user's mypkg: Scale and MyCustomLayer compute other things."""
-    shutil.copytree(packed.project / "mypkg", target / "mypkg", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copytree(
+        packed.project / "mypkg", target / "mypkg", ignore=shutil.ignore_patterns("__pycache__")
+    )
     for name, old, new in (
-        ("acme.py", "return inputs * self.gain * self.factor", "return inputs * self.gain * self.factor + 1.0"),
-        ("layers.py", "return ops.matmul(inputs, self.kernel) + self.bias", "return ops.matmul(inputs, self.kernel) - self.bias"),
+        (
+            "acme.py",
+            "return inputs * self.gain * self.factor",
+            "return inputs * self.gain * self.factor + 1.0",
+        ),
+        (
+            "layers.py",
+            "return ops.matmul(inputs, self.kernel) + self.bias",
+            "return ops.matmul(inputs, self.kernel) - self.bias",
+        ),
     ):
         path = target / "mypkg" / name
         text = path.read_text()
@@ -448,25 +592,38 @@ def _changed_project(packed: Workspace, target: Path) -> Path:
 
 
 @pytest.mark.slow
-def test_a_changed_local_definition_is_reported_and_the_bundled_one_used(packed: Workspace, tmp_path: Path) -> None:
+def test_a_changed_local_definition_is_reported_and_the_bundled_one_used(
+    packed: Workspace, tmp_path: Path
+) -> None:
     changed = _changed_project(packed, tmp_path / "changed")
-    result = _python(packed.deploy / "check_changed.py", packed.out, cwd=packed.deploy, pythonpath=[REPO, changed])
+    result = _python(
+        packed.deploy / "check_changed.py",
+        packed.out,
+        cwd=packed.deploy,
+        pythonpath=[REPO, changed],
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads((packed.out / "changed.json").read_text())
     bundled = read_head(packed.bundle("registered")).manifest.custom_objects[0]
     own_text = definition_source((changed / "mypkg" / "acme.py").read_text(), "Scale")
     assert own_text is not None
     assert report["warnings"] == [
-        {"category": "CodeConflictWarning", "message": (
-            f"the bundle's module 'mypkg' has the same name as 'mypkg' in this environment "
-            f"({changed / 'mypkg' / '__init__.py'}); the bundled one is used to load the model "
-            "and this environment's 'mypkg' is left as it was"
-        )},
-        {"category": "CodeConflictWarning", "message": (
-            f"acme>Scale: this environment already defines it (mypkg.acme.Scale, definition "
-            f"{definition_digest(own_text)}), which differs from the bundle's (mypkg.acme.Scale, "
-            f"definition {bundled.source_digest}); the bundled one is used"
-        )},
+        {
+            "category": "CodeConflictWarning",
+            "message": (
+                f"the bundle's module 'mypkg' has the same name as 'mypkg' in this environment "
+                f"({changed / 'mypkg' / '__init__.py'}); the bundled one is used to load the model "
+                "and this environment's 'mypkg' is left as it was"
+            ),
+        },
+        {
+            "category": "CodeConflictWarning",
+            "message": (
+                f"acme>Scale: this environment already defines it (mypkg.acme.Scale, definition "
+                f"{definition_digest(own_text)}), which differs from the bundle's (mypkg.acme.Scale, "
+                f"definition {bundled.source_digest}); the bundled one is used"
+            ),
+        },
     ]
     assert report["bundled_definition_used"] is True
     assert report["loaded_class_is_own"] is False
@@ -475,8 +632,13 @@ def test_a_changed_local_definition_is_reported_and_the_bundled_one_used(packed:
 
     # The CLI says the same, for a definition that is importable here but not imported.
     cli = run_cli(
-        "unpack", packed.bundle("build_weights"), "-d", tmp_path / "out", "--trust-code",
-        cwd=tmp_path, env=child_env(PYTHONPATH=os.pathsep.join([str(REPO), str(changed)])),
+        "unpack",
+        packed.bundle("build_weights"),
+        "-d",
+        tmp_path / "out",
+        "--trust-code",
+        cwd=tmp_path,
+        env=child_env(PYTHONPATH=os.pathsep.join([str(REPO), str(changed)])),
     )
     assert cli.returncode == 0, cli.stderr
     own_layer = definition_source((changed / "mypkg" / "layers.py").read_text(), "MyCustomLayer")
@@ -504,25 +666,41 @@ def test_show_code_prints_the_bundled_source(packed: Workspace, tmp_path: Path) 
     digest = {m.path: m.digest for m in manifest.members}
     project = packed.project / "twomod"
     (obj,) = manifest.custom_objects
-    assert result.stdout == "\n".join([
-        "# ==== Shifted (layer): twomod.a.Shifted",
-        "# bundled source, imported as twomod.a",
-        f"# definition {obj.source_digest}",
-        f"# ---- code/twomod/__init__.py (module twomod) {digest['code/twomod/__init__.py']}",
-        "# (empty file)",
-        f"# ---- code/twomod/a.py (module twomod.a) {digest['code/twomod/a.py']}",
-        (project / "a.py").read_text().rstrip("\n"),
-        f"# ---- code/twomod/b.py (module twomod.b) {digest['code/twomod/b.py']}",
-        (project / "b.py").read_text().rstrip("\n"),
-        "",
-    ]) + "\n"
+    assert (
+        result.stdout
+        == "\n".join(
+            [
+                "# ==== Shifted (layer): twomod.a.Shifted",
+                "# bundled source, imported as twomod.a",
+                f"# definition {obj.source_digest}",
+                f"# ---- code/twomod/__init__.py (module twomod) {digest['code/twomod/__init__.py']}",
+                "# (empty file)",
+                f"# ---- code/twomod/a.py (module twomod.a) {digest['code/twomod/a.py']}",
+                (project / "a.py").read_text().rstrip("\n"),
+                f"# ---- code/twomod/b.py (module twomod.b) {digest['code/twomod/b.py']}",
+                (project / "b.py").read_text().rstrip("\n"),
+                "",
+            ]
+        )
+        + "\n"
+    )
 
-    as_json = json.loads(run_cli("show-code", packed.bundle("main_script"), "--json", cwd=tmp_path, env=_deploy_env()).stdout)
+    as_json = json.loads(
+        run_cli(
+            "show-code", packed.bundle("main_script"), "--json", cwd=tmp_path, env=_deploy_env()
+        ).stdout
+    )
     (listing,) = as_json["objects"]
-    assert (listing["name"], listing["transport"], listing["pickle"]["path"]) == ("MainScale", "pickle", "objects/MainScale.pkl")
+    assert (listing["name"], listing["transport"], listing["pickle"]["path"]) == (
+        "MainScale",
+        "pickle",
+        "objects/MainScale.pkl",
+    )
     assert listing["files"] == []
     assert listing["review_source"].startswith("class MainScale(keras.layers.Layer):")
-    text = run_cli("show-code", packed.bundle("main_script"), cwd=tmp_path, env=_deploy_env()).stdout
+    text = run_cli(
+        "show-code", packed.bundle("main_script"), cwd=tmp_path, env=_deploy_env()
+    ).stdout
     assert text.splitlines()[3:5] == [
         "# The pickle is what runs; this is its definition as captured at pack time, for review:",
         "class MainScale(keras.layers.Layer):",
@@ -549,17 +727,25 @@ def test_inspect_lists_objects_transports_and_digests(packed: Workspace, tmp_pat
         f"  acme>Scale               layer        source       mypkg.acme.Scale {scale.source_digest}",
         f"  acme>soft_sign           activation   source       mypkg.acme.soft_sign {soft_sign.source_digest}",
     ]
-    for path in ("code/mypkg/__init__.py", "code/mypkg/acme.py"):  # each bundled file, with its digest
+    for path in (
+        "code/mypkg/__init__.py",
+        "code/mypkg/acme.py",
+    ):  # each bundled file, with its digest
         member = manifest.member(path)
         assert member is not None
         assert f"  {member.size:>12}  {member.digest}  {path}" in lines
     (pickled,) = read_head(packed.bundle("main_script")).manifest.custom_objects
     shown = run_cli("inspect", packed.bundle("main_script"), cwd=tmp_path, env=_deploy_env()).stdout
-    assert f"  MainScale                layer        pickle       __main__.MainScale {pickled.source_digest}" in shown.splitlines()
+    assert (
+        f"  MainScale                layer        pickle       __main__.MainScale {pickled.source_digest}"
+        in shown.splitlines()
+    )
 
 
 @pytest.mark.slow
-def test_review_commands_import_neither_tensorflow_nor_keras(packed: Workspace, tmp_path: Path) -> None:
+def test_review_commands_import_neither_tensorflow_nor_keras(
+    packed: Workspace, tmp_path: Path
+) -> None:
     script = (
         "import sys\n"
         "from kbundle.cli import main\n"
@@ -570,7 +756,11 @@ def test_review_commands_import_neither_tensorflow_nor_keras(packed: Workspace, 
     )
     result = subprocess.run(
         [sys.executable, "-c", script, str(packed.bundle("registered"))],
-        capture_output=True, text=True, cwd=tmp_path, env=_deploy_env(), timeout=120,
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=_deploy_env(),
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "HEAVY []"
@@ -582,13 +772,19 @@ def test_review_commands_import_neither_tensorflow_nor_keras(packed: Workspace, 
 
 def _manifest(objects: list[CustomObject]) -> Manifest:
     return Manifest(
-        format_version="1.0", generator="test", created="2025-01-01T00:00:00Z",
-        model=ModelInfo(format="keras", path="model/model.keras"), members=[],
-        environment=capture_environment(), custom_objects=objects,
+        format_version="1.0",
+        generator="test",
+        created="2025-01-01T00:00:00Z",
+        model=ModelInfo(format="keras", path="model/model.keras"),
+        members=[],
+        environment=capture_environment(),
+        custom_objects=objects,
     )
 
 
-def test_bundled_source_is_imported_in_isolation(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bundled_source_is_imported_in_isolation(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     installed = tmp_path / "installed" / "shadowpkg"
     installed.mkdir(parents=True)
     (installed / "__init__.py").write_text("def thing():\n    return 'installed'\n")
@@ -599,13 +795,19 @@ def test_bundled_source_is_imported_in_isolation(tmp_path: Path, monkeypatch: py
     try:
         verified = tmp_path / "verified" / "code" / "shadowpkg"
         verified.mkdir(parents=True)
-        bundled_init = "from shadowpkg.helpers import twice\n\n\ndef thing():\n    return twice('bundled')\n"
+        bundled_init = (
+            "from shadowpkg.helpers import twice\n\n\ndef thing():\n    return twice('bundled')\n"
+        )
         (verified / "__init__.py").write_text(bundled_init)
         (verified / "helpers.py").write_text("def twice(text):\n    return text * 2\n")
         thing_text = definition_source(bundled_init, "thing")
         assert thing_text is not None
         obj = CustomObject(
-            name="thing", kind="function", module="shadowpkg", qualname="thing", transport="source",
+            name="thing",
+            kind="function",
+            module="shadowpkg",
+            qualname="thing",
+            transport="source",
             source_digest=definition_digest(thing_text),
             sources=[
                 SourceFile(module="shadowpkg", path="code/shadowpkg/__init__.py"),
@@ -615,11 +817,15 @@ def test_bundled_source_is_imported_in_isolation(tmp_path: Path, monkeypatch: py
         path_before, meta_before = list(sys.path), list(sys.meta_path)
         with (
             pytest.warns(CodeConflictWarning) as caught,
-            bundled_objects(tmp_path / "verified", _manifest([obj]), label="t", registered=lambda name: None) as objects,
+            bundled_objects(
+                tmp_path / "verified", _manifest([obj]), label="t", registered=lambda name: None
+            ) as objects,
         ):
             assert objects["thing"]() == "bundledbundled"
             assert sys.modules["shadowpkg"] is not own
-            with pytest.raises(ModuleNotFoundError):  # the installed package's other modules are hidden
+            with pytest.raises(
+                ModuleNotFoundError
+            ):  # the installed package's other modules are hidden
                 __import__("shadowpkg.other")
         assert sys.modules["shadowpkg"] is own and sys.modules["shadowpkg.other"] is own_other
         assert "shadowpkg.helpers" not in sys.modules
@@ -644,22 +850,72 @@ def test_bundled_source_is_imported_in_isolation(tmp_path: Path, monkeypatch: py
 
 def test_config_references_find_every_custom_kind() -> None:
     config = {
-        "module": "keras", "class_name": "Sequential", "registered_name": None, "config": {"layers": [
-            {"module": "keras.layers", "class_name": "Dense", "registered_name": None, "config": {
-                "activation": {"module": "builtins", "class_name": "function", "config": "acme>swish2", "registered_name": "function"},
-                "kernel_initializer": {"module": "mypkg.init", "class_name": "MyInit", "registered_name": "MyInit", "config": {}},
-                "kernel_regularizer": {"module": "builtins", "class_name": "function", "config": "l3", "registered_name": "function"},
-            }},
-            {"module": None, "class_name": "MainLayer", "registered_name": "MainLayer", "config": {}},
-            {"module": "keras.layers", "class_name": "Lambda", "registered_name": None, "config": {
-                "function": {"class_name": "__lambda__", "config": {"value": "..."}}}},
-        ]},
+        "module": "keras",
+        "class_name": "Sequential",
+        "registered_name": None,
+        "config": {
+            "layers": [
+                {
+                    "module": "keras.layers",
+                    "class_name": "Dense",
+                    "registered_name": None,
+                    "config": {
+                        "activation": {
+                            "module": "builtins",
+                            "class_name": "function",
+                            "config": "acme>swish2",
+                            "registered_name": "function",
+                        },
+                        "kernel_initializer": {
+                            "module": "mypkg.init",
+                            "class_name": "MyInit",
+                            "registered_name": "MyInit",
+                            "config": {},
+                        },
+                        "kernel_regularizer": {
+                            "module": "builtins",
+                            "class_name": "function",
+                            "config": "l3",
+                            "registered_name": "function",
+                        },
+                    },
+                },
+                {
+                    "module": None,
+                    "class_name": "MainLayer",
+                    "registered_name": "MainLayer",
+                    "config": {},
+                },
+                {
+                    "module": "keras.layers",
+                    "class_name": "Lambda",
+                    "registered_name": None,
+                    "config": {
+                        "function": {"class_name": "__lambda__", "config": {"value": "..."}}
+                    },
+                },
+            ]
+        },
         "compile_config": {
-            "loss": {"module": "mypkg.losses", "class_name": "MyLoss", "registered_name": "acme>MyLoss", "config": {}},
-            "metrics": [{"module": "builtins", "class_name": "function", "config": "my_metric", "registered_name": "function"}],
+            "loss": {
+                "module": "mypkg.losses",
+                "class_name": "MyLoss",
+                "registered_name": "acme>MyLoss",
+                "config": {},
+            },
+            "metrics": [
+                {
+                    "module": "builtins",
+                    "class_name": "function",
+                    "config": "my_metric",
+                    "registered_name": "function",
+                }
+            ],
         },
     }
-    found = [(r.name, r.class_name, r.module, r.function, r.kind_hint) for r in config_references(config)]
+    found = [
+        (r.name, r.class_name, r.module, r.function, r.kind_hint) for r in config_references(config)
+    ]
     assert found == [
         ("acme>swish2", "acme>swish2", None, True, "activation"),
         ("MyInit", "MyInit", "mypkg.init", False, None),
@@ -684,11 +940,22 @@ def test_definitions_and_imports_are_read_without_running() -> None:
         "def first():\n    return 2\n"
     )
     assert definition_source(source, "Outer.Inner") == "    class Inner:\n        x = 1\n"
-    assert definition_source(source, "Outer") == "@decorate(1)\n@decorate(2)\nclass Outer:\n    class Inner:\n        x = 1\n"
+    assert (
+        definition_source(source, "Outer")
+        == "@decorate(1)\n@decorate(2)\nclass Outer:\n    class Inner:\n        x = 1\n"
+    )
     assert definition_source(source, "first") == "def first():\n    return 2\n"  # the last one wins
     assert definition_source(source, "f.<locals>.g") is None
     assert imported_modules(source, "pkg.sub.mod", is_package=False) == {
-        "os", "keras", "keras.ops", "pkg.sub", "pkg.sub.helpers", "pkg", "pkg.shared", "pkg.shared.util", "pkg.shared.util.tool",
+        "os",
+        "keras",
+        "keras.ops",
+        "pkg.sub",
+        "pkg.sub.helpers",
+        "pkg",
+        "pkg.shared",
+        "pkg.shared.util",
+        "pkg.shared.util.tool",
     }
 
 
@@ -696,11 +963,14 @@ def test_definitions_and_imports_are_read_without_running() -> None:
 def test_manifest_refuses_code_outside_its_canonical_place(packed: Workspace) -> None:
     data = read_head(packed.bundle("build_weights")).manifest.to_dict()
     data["custom_objects"][0]["sources"][1]["path"] = "code/mypkg/__init__.py"
-    with pytest.raises(BundleFormatError, match=(
-        r"^the manifest breaks 1 format rule\(s\): custom_objects\[0\]\.sources\[1\]\.path: module "
-        r"mypkg\.layers must live at code/mypkg/layers\.py or code/mypkg/layers/__init__\.py: "
-        r"'code/mypkg/__init__\.py'"
-    )):
+    with pytest.raises(
+        BundleFormatError,
+        match=(
+            r"^the manifest breaks 1 format rule\(s\): custom_objects\[0\]\.sources\[1\]\.path: module "
+            r"mypkg\.layers must live at code/mypkg/layers\.py or code/mypkg/layers/__init__\.py: "
+            r"'code/mypkg/__init__\.py'"
+        ),
+    ):
         Manifest.from_dict(data)
 
 
@@ -709,14 +979,21 @@ def test_distribution_objects_load_from_the_installed_distribution() -> None:
 
     installed = __import__("importlib.metadata").metadata.version("packaging")
     recorded = CustomObject(
-        name="Version", kind="class", module="packaging.version", qualname="Version",
-        transport="distribution", requirement="packaging==0.0.1", distributions={"packaging": "0.0.1"},
+        name="Version",
+        kind="class",
+        module="packaging.version",
+        qualname="Version",
+        transport="distribution",
+        requirement="packaging==0.0.1",
+        distributions={"packaging": "0.0.1"},
     )
     manifest = _manifest([recorded])
     check_runnable(manifest)  # installed, and the module is part of it: nothing to refuse
     with (
         pytest.warns(CodeConflictWarning) as caught,
-        bundled_objects(Path("unused"), manifest, label="t", registered=lambda name: None) as objects,
+        bundled_objects(
+            Path("unused"), manifest, label="t", registered=lambda name: None
+        ) as objects,
     ):
         assert objects == {"Version": Version}
     assert [str(w.message) for w in caught] == [
@@ -733,10 +1010,24 @@ def test_distribution_objects_load_from_the_installed_distribution() -> None:
     )
 
 
-@pytest.mark.parametrize(("module", "reason"), [("json.decoder", "a standard-library module"), ("keras", "part of keras"), ("kbundle.cli", "part of kbundle")])
+@pytest.mark.parametrize(
+    ("module", "reason"),
+    [
+        ("json.decoder", "a standard-library module"),
+        ("keras", "part of keras"),
+        ("kbundle.cli", "part of kbundle"),
+    ],
+)
 def test_a_bundle_may_not_replace_stdlib_keras_or_kbundle(module: str, reason: str) -> None:
     path = f"code/{module.replace('.', '/')}.py"
-    obj = CustomObject(name="X", kind="layer", module=module, qualname="X", transport="source", sources=[SourceFile(module=module, path=path)])
+    obj = CustomObject(
+        name="X",
+        kind="layer",
+        module=module,
+        qualname="X",
+        transport="source",
+        sources=[SourceFile(module=module, path=path)],
+    )
     with pytest.raises(BundleFormatError) as refused:
         check_runnable(_manifest([obj]))
     assert str(refused.value) == (
@@ -753,8 +1044,13 @@ def test_loading_the_same_bundle_twice_reports_no_conflict(tmp_path: Path) -> No
     text = "class Thing:\n    def value(self):\n        return 42\n"
     (verified / "code" / "lonepkg" / "__init__.py").write_text(text)
     obj = CustomObject(
-        name="lone>Thing", kind="class", module="lonepkg", qualname="Thing", transport="source",
-        source_digest=definition_digest(text), sources=[SourceFile(module="lonepkg", path="code/lonepkg/__init__.py")],
+        name="lone>Thing",
+        kind="class",
+        module="lonepkg",
+        qualname="Thing",
+        transport="source",
+        source_digest=definition_digest(text),
+        sources=[SourceFile(module="lonepkg", path="code/lonepkg/__init__.py")],
     )
     manifest = _manifest([obj])
     with bundled_objects(verified, manifest, label="first", registered=lambda name: None) as first:
@@ -763,6 +1059,8 @@ def test_loading_the_same_bundle_twice_reports_no_conflict(tmp_path: Path) -> No
     (verified / "code" / "lonepkg").mkdir(parents=True)
     (verified / "code" / "lonepkg" / "__init__.py").write_text(text)
     # Any warning fails this test (filterwarnings = error).
-    with bundled_objects(verified, manifest, label="second", registered=lambda name: first[name]) as second:
+    with bundled_objects(
+        verified, manifest, label="second", registered=lambda name: first[name]
+    ) as second:
         assert second["lone>Thing"] is not first["lone>Thing"]
     assert first["lone>Thing"]().value() == 42 and "lonepkg" not in sys.modules

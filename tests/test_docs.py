@@ -12,13 +12,24 @@ from conftest import REPO, child_env
 
 
 def test_cli_reference_matches_help() -> None:
-    result = subprocess.run([sys.executable, str(REPO / "tools" / "cli_reference.py"), "--check"], capture_output=True, text=True, env=child_env(), timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "cli_reference.py"), "--check"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
 
 
 def test_relative_links_resolve() -> None:
     broken = []
-    for document in [REPO / "README.md", *sorted((REPO / "docs").glob("*.md")), *sorted((REPO / "spec").glob("*.md")), *sorted((REPO / "examples").glob("*.md"))]:
+    for document in [
+        REPO / "README.md",
+        *sorted((REPO / "docs").glob("*.md")),
+        *sorted((REPO / "spec").glob("*.md")),
+        *sorted((REPO / "examples").glob("*.md")),
+    ]:
         text = document.read_text(encoding="utf-8")
         for target in re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text):
             if "://" in target or target.startswith("mailto:"):
@@ -37,27 +48,74 @@ def test_every_exit_code_in_the_table_is_documented_in_the_readme() -> None:
 
 
 def test_python_api_reference_matches_the_code() -> None:
-    result = subprocess.run([sys.executable, str(REPO / "tools" / "api_reference.py"), "--check"], capture_output=True, text=True, env=child_env(), timeout=120)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "api_reference.py"), "--check"],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=120,
+    )
     assert result.returncode == 0, result.stderr
 
 
 def test_demo_example_runs_end_to_end(tmp_path: Path) -> None:
     """examples/demo.py is what `make demo` runs: it must succeed and report identical outputs."""
-    result = subprocess.run([sys.executable, str(REPO / "examples" / "demo.py"), str(tmp_path / "demo")], capture_output=True, text=True, env=child_env(), timeout=600)
+    result = subprocess.run(
+        [sys.executable, str(REPO / "examples" / "demo.py"), str(tmp_path / "demo")],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        timeout=600,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "predictions bit-identical" in result.stdout
 
 
-def test_archive_example_reports_a_clean_environment(tmp_path: Path, saved_keras_file: Path) -> None:
+def test_archive_example_reports_a_clean_environment(
+    tmp_path: Path, saved_keras_file: Path
+) -> None:
     bundle = tmp_path / "m.kbundle"
-    subprocess.run([sys.executable, "-m", "kbundle", "pack", str(saved_keras_file), "-o", str(bundle), "--no-probe", "-q"], check=True, env=child_env(), capture_output=True)
-    digest = subprocess.run([sys.executable, "-m", "kbundle", "inspect", str(bundle), "--json"], check=True, env=child_env(), capture_output=True, text=True).stdout
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "kbundle",
+            "pack",
+            str(saved_keras_file),
+            "-o",
+            str(bundle),
+            "--no-probe",
+            "-q",
+        ],
+        check=True,
+        env=child_env(),
+        capture_output=True,
+    )
+    digest = subprocess.run(
+        [sys.executable, "-m", "kbundle", "inspect", str(bundle), "--json"],
+        check=True,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+    ).stdout
     import json
 
     pinned = json.loads(digest)["digest"]
-    result = subprocess.run(["bash", str(REPO / "examples" / "archive.sh"), str(bundle), pinned], capture_output=True, text=True, env=child_env(PATH=f"{Path(sys.executable).parent}:{__import__('os').environ['PATH']}"), timeout=300)
+    result = subprocess.run(
+        ["bash", str(REPO / "examples" / "archive.sh"), str(bundle), pinned],
+        capture_output=True,
+        text=True,
+        env=child_env(PATH=f"{Path(sys.executable).parent}:{__import__('os').environ['PATH']}"),
+        timeout=300,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
     corrupt = tmp_path / "corrupt.kbundle"
     corrupt.write_bytes(bundle.read_bytes()[:-100])
-    damaged = subprocess.run(["bash", str(REPO / "examples" / "archive.sh"), str(corrupt)], capture_output=True, text=True, env=child_env(PATH=f"{Path(sys.executable).parent}:{__import__('os').environ['PATH']}"), timeout=300)
+    damaged = subprocess.run(
+        ["bash", str(REPO / "examples" / "archive.sh"), str(corrupt)],
+        capture_output=True,
+        text=True,
+        env=child_env(PATH=f"{Path(sys.executable).parent}:{__import__('os').environ['PATH']}"),
+        timeout=300,
+    )
     assert damaged.returncode == 1, damaged.stdout + damaged.stderr

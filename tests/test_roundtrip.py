@@ -34,14 +34,21 @@ def _assert_bit_identical(expected: list[np.ndarray], actual: list[np.ndarray]) 
 
 
 @pytest.mark.parametrize("fixture", ["sequential_model", "functional_model"])
-def test_live_model_round_trip_is_bit_identical(request: pytest.FixtureRequest, tmp_path: Path, sample_inputs: Any, fixture: str) -> None:
+def test_live_model_round_trip_is_bit_identical(
+    request: pytest.FixtureRequest, tmp_path: Path, sample_inputs: Any, fixture: str
+) -> None:
     model = request.getfixturevalue(fixture)
     inputs = sample_inputs(model)
     before = _predict(model, inputs)
     result = kbundle.pack(model, tmp_path / "m.kbundle")
     assert result.digest.startswith("sha256:") and len(result.digest) == 71
     files = [m.path for m in result.manifest.members if m.type == "file"]
-    assert files == ["model/model.keras", "probe/inputs.npz", "probe/outputs.npz", "env/requirements.txt"]
+    assert files == [
+        "model/model.keras",
+        "probe/inputs.npz",
+        "probe/outputs.npz",
+        "env/requirements.txt",
+    ]
     assert kbundle.verify(result.path, expect=result.digest).files_checked == len(files)
     loaded = kbundle.load(result.path, expect=result.digest)
     _assert_bit_identical(before, _predict(loaded, inputs))
@@ -63,7 +70,9 @@ def test_mobilenet_round_trip_is_bit_identical(keras: Any, tmp_path: Path) -> No
     _assert_bit_identical(before, _predict(kbundle.load(result.path), inputs))
 
 
-def test_environment_is_recorded_at_runtime_for_a_live_model(sequential_model: Any, tmp_path: Path) -> None:
+def test_environment_is_recorded_at_runtime_for_a_live_model(
+    sequential_model: Any, tmp_path: Path
+) -> None:
     import keras
     import tensorflow as tf
 
@@ -75,7 +84,11 @@ def test_environment_is_recorded_at_runtime_for_a_live_model(sequential_model: A
     assert env.tensorflow.git_version == tf.version.GIT_VERSION
     assert env.tensorflow.build_info["is_cuda_build"] is False
     assert env.tensorflow.compile_flags == tf.sysconfig.get_compile_flags()
-    assert (env.keras.version, env.keras.major, env.keras.backend) == (keras.__version__, 3, "tensorflow")
+    assert (env.keras.version, env.keras.major, env.keras.backend) == (
+        keras.__version__,
+        3,
+        "tensorflow",
+    )
     assert env.libraries["numpy"] == np.__version__
     assert env.distributions["zstandard"]
     assert env.python.version == ".".join(map(str, sys.version_info[:3]))
@@ -92,7 +105,9 @@ print(json.dumps({"modules_with_model_code": [m for m in sys.modules if m.starts
 """
 
 
-def test_cli_round_trip_in_fresh_processes(saved_keras_file: Path, sequential_model: Any, tmp_path: Path) -> None:
+def test_cli_round_trip_in_fresh_processes(
+    saved_keras_file: Path, sequential_model: Any, tmp_path: Path
+) -> None:
     """pack, verify and unpack through the CLI; load in a child process that never saw the model."""
     bundle = tmp_path / "m.kbundle"
     packed = run_cli("pack", saved_keras_file, "-o", bundle, "--json")
@@ -101,16 +116,37 @@ def test_cli_round_trip_in_fresh_processes(saved_keras_file: Path, sequential_mo
     verified = run_cli("verify", bundle, "--expect", digest)
     assert verified.returncode == 0, verified.stderr
     assert verified.stdout == f"{digest}  {bundle}\n"
-    assert re.fullmatch(r"OK: 4 files, \d+\.\d KB verified \(integrity-checked, not signed\)\n", verified.stderr)
+    assert re.fullmatch(
+        r"OK: 4 files, \d+\.\d KB verified \(integrity-checked, not signed\)\n", verified.stderr
+    )
     unpacked = run_cli("unpack", bundle, "-d", tmp_path / "out", "--expect", digest)
     assert unpacked.returncode == 0, unpacked.stderr
     assert "model loads: Sequential 'tiny_sequential', 193 parameters" in unpacked.stderr
-    assert (tmp_path / "out" / "model" / "model.keras").read_bytes() == saved_keras_file.read_bytes()
+    assert (
+        tmp_path / "out" / "model" / "model.keras"
+    ).read_bytes() == saved_keras_file.read_bytes()
+    # The load unzipped the model elsewhere in the staging directory; none of that remains.
+    out = tmp_path / "out"
+    extracted = {str(p.relative_to(out)) for p in out.rglob("*") if not p.is_dir()}
+    members = {m.path for m in kbundle.inspect(bundle).manifest.members}
+    assert extracted == {"kbundle.json", *members}
     inputs = np.random.default_rng(5).standard_normal((6, 10)).astype("float32")
     np.save(tmp_path / "x.npy", inputs)
     child = subprocess.run(
-        [sys.executable, "-c", CHILD_PREDICT, str(bundle), digest, str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-        capture_output=True, text=True, env=child_env(), cwd=tmp_path, timeout=300,
+        [
+            sys.executable,
+            "-c",
+            CHILD_PREDICT,
+            str(bundle),
+            digest,
+            str(tmp_path / "x.npy"),
+            str(tmp_path / "y.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        env=child_env(),
+        cwd=tmp_path,
+        timeout=300,
     )
     assert child.returncode == 0, child.stderr
     assert np.array_equal(np.load(tmp_path / "y.npy"), sequential_model.predict(inputs, verbose=0))

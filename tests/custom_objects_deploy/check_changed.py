@@ -29,10 +29,14 @@ def main(out):
             for w in caught
             if w.category.__name__ == "CodeConflictWarning"
         ],
-        "bundled_definition_used": bool(np.array_equal(prediction, np.load(out / "expected" / "registered.npy"))),
+        "bundled_definition_used": bool(
+            np.array_equal(prediction, np.load(out / "expected" / "registered.npy"))
+        ),
         "loaded_class_is_own": type(model.layers[0]) is own_acme.Scale,
         "own_module_kept": sys.modules["mypkg.acme"] is own_acme,
-        "own_registration_kept": keras.saving.get_registered_object("acme>Scale") is own_scale is own_acme.Scale,
+        "own_registration_kept": keras.saving.get_registered_object("acme>Scale")
+        is own_scale
+        is own_acme.Scale,
     }
     (out / "changed.json").write_text(json.dumps(report, indent=2))
 

@@ -31,7 +31,9 @@ def main(out, cases):
         np.save(out / "loaded" / f"{case}.npy", model.predict(x, verbose=0))
         report["cases"][case] = {
             "model": type(model).__name__,
-            "layers": [f"{type(layer).__module__}.{type(layer).__qualname__}" for layer in model.layers],
+            "layers": [
+                f"{type(layer).__module__}.{type(layer).__qualname__}" for layer in model.layers
+            ],
             "loss": type(model.loss).__name__ if getattr(model, "loss", None) is not None else None,
             "metrics": [type(m).__name__ for m in getattr(model, "metrics", [])],
         }
@@ -40,10 +42,15 @@ def main(out, cases):
     except kbundle.ModelLoadError as exc:
         report["lambda_safe_mode_error"] = str(exc)
     model = kbundle.load(out / "bundles" / "lambda.kbundle", safe_mode=False)
-    np.save(out / "loaded" / "lambda.npy", model.predict(np.load(out / "inputs" / "lambda.npy"), verbose=0))
+    np.save(
+        out / "loaded" / "lambda.npy",
+        model.predict(np.load(out / "inputs" / "lambda.npy"), verbose=0),
+    )
     report["sys_path_unchanged"] = sys.path == path_before
     report["meta_path_unchanged"] = sys.meta_path == meta_path_before
-    report["leftover_modules"] = sorted(m for m in sys.modules if m.split(".")[0] in PROJECT_MODULES)
+    report["leftover_modules"] = sorted(
+        m for m in sys.modules if m.split(".")[0] in PROJECT_MODULES
+    )
     report["registered_after"] = sorted(keras.saving.get_custom_objects())
     (out / "loaded.json").write_text(json.dumps(report, indent=2))
 

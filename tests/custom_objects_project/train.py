@@ -31,7 +31,9 @@ class MainScale(keras.layers.Layer):
         self.offset = offset
 
     def build(self, input_shape):
-        self.gain = self.add_weight(shape=(input_shape[-1],), initializer="random_normal", name="gain")
+        self.gain = self.add_weight(
+            shape=(input_shape[-1],), initializer="random_normal", name="gain"
+        )
 
     def call(self, inputs):
         return ops.sin(inputs * self.gain) + self.offset
@@ -65,7 +67,10 @@ def build_cases():
     add("two_modules", lambda: sequential(Shifted(), keras.layers.Dense(2)))
     add("side_effect", lambda: sequential(Tripled(), keras.layers.Dense(2)))
     add("distribution", lambda: sequential(keras.layers.Dense(3), Clip(0.3)))
-    add("lambda", lambda: sequential(keras.layers.Lambda(lambda t: t * 2.0 + 1.0), keras.layers.Dense(2)))
+    add(
+        "lambda",
+        lambda: sequential(keras.layers.Lambda(lambda t: t * 2.0 + 1.0), keras.layers.Dense(2)),
+    )
 
     def compiled():
         model = sequential(keras.layers.Dense(2))
@@ -116,25 +121,47 @@ def main(out):
         model.save(out / "files" / f"{name}.keras")
         result = kbundle.pack(model, out / "bundles" / f"{name}.kbundle")
         results[name] = [
-            {"name": o.name, "kind": o.kind, "transport": o.transport, "module": o.module, "sources": [s.path for s in o.sources], "requirement": o.requirement}
+            {
+                "name": o.name,
+                "kind": o.kind,
+                "transport": o.transport,
+                "module": o.module,
+                "sources": [s.path for s in o.sources],
+                "requirement": o.requirement,
+            }
             for o in result.manifest.custom_objects
         ]
 
-    for name, model in (("local_class", local_class_model()), ("local_function", local_function_model())):
+    for name, model in (
+        ("local_class", local_class_model()),
+        ("local_function", local_function_model()),
+    ):
         keras.utils.set_random_seed(99)
         x = np.random.default_rng(99).standard_normal((6, 4)).astype("float32")
         model(x)
         np.save(out / "inputs" / f"{name}.npy", x)
         np.save(out / "expected" / f"{name}.npy", model.predict(x, verbose=0))
         result = kbundle.pack(model, out / "bundles" / f"{name}.kbundle")
-        results[name] = [{"name": o.name, "transport": o.transport} for o in result.manifest.custom_objects]
+        results[name] = [
+            {"name": o.name, "transport": o.transport} for o in result.manifest.custom_objects
+        ]
 
     # Objects given in custom_objects= travel even when the config does not name them.
-    result = kbundle.pack(sequential(EagerWeights(4, 3)), out / "bundles" / "given.kbundle", custom_objects={"scaled_tanh": scaled_tanh})
-    results["given"] = [{"name": o.name, "transport": o.transport} for o in result.manifest.custom_objects]
+    result = kbundle.pack(
+        sequential(EagerWeights(4, 3)),
+        out / "bundles" / "given.kbundle",
+        custom_objects={"scaled_tanh": scaled_tanh},
+    )
+    results["given"] = [
+        {"name": o.name, "transport": o.transport} for o in result.manifest.custom_objects
+    ]
 
-    result = kbundle.pack(legacy_h5_file(out), out / "bundles" / "legacy_h5.kbundle", custom_modules=["mypkg.layers"])
-    results["legacy_h5"] = [{"name": o.name, "transport": o.transport} for o in result.manifest.custom_objects]
+    result = kbundle.pack(
+        legacy_h5_file(out), out / "bundles" / "legacy_h5.kbundle", custom_modules=["mypkg.layers"]
+    )
+    results["legacy_h5"] = [
+        {"name": o.name, "transport": o.transport} for o in result.manifest.custom_objects
+    ]
     (out / "results.json").write_text(json.dumps(results, indent=2))
 
 

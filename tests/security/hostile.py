@@ -11,6 +11,7 @@ import functools
 import os
 import tarfile
 from collections.abc import Mapping
+from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -33,22 +34,35 @@ def _environment() -> Any:
 
 
 def manifest_record(
-    members: list[Member], *, fmt: str = "keras", model_path: str = MODEL_PATH
+    members: list[Member],
+    *,
+    fmt: str = "keras",
+    model_path: str = MODEL_PATH,
+    keras_version: str | None = None,
 ) -> Manifest:
-    """A well-formed manifest listing ``members``, with this machine's environment."""
+    """A well-formed manifest listing ``members``, with this machine's environment. A
+    ``.keras`` model says this Keras saved it (as pack records it) unless ``keras_version``
+    names another; that choice decides how load reads the zip (unzipped for Keras 3)."""
+    saved_by = (
+        {"keras_version": keras_version or metadata.version("keras")} if fmt == "keras" else {}
+    )
     return Manifest(
         format_version=FORMAT_VERSION,
         generator="kbundle security tests",
         created="2026-01-01T00:00:00Z",
-        model=ModelInfo(format=fmt, path=model_path),
+        model=ModelInfo(format=fmt, path=model_path, saved_by=saved_by),
         members=members,
         environment=_environment(),
     )
 
 
-def base_manifest(*, fmt: str = "keras", model_path: str = MODEL_PATH) -> dict[str, Any]:
+def base_manifest(
+    *, fmt: str = "keras", model_path: str = MODEL_PATH, keras_version: str | None = None
+) -> dict[str, Any]:
     """A well-formed manifest as a dict; forgeries replace its ``members`` (manifest_for)."""
-    return manifest_record([], fmt=fmt, model_path=model_path).to_dict()
+    return manifest_record(
+        [], fmt=fmt, model_path=model_path, keras_version=keras_version
+    ).to_dict()
 
 
 def model_bundle(
@@ -59,11 +73,14 @@ def model_bundle(
     model_path: str = MODEL_PATH,
     level: int = 3,
     custom_objects: list[dict[str, Any]] | None = None,
+    keras_version: str | None = None,
 ) -> Path:
     """An honest bundle of ``files`` (member path -> bytes): every digest matches, so only
     what the bytes *are* can make it hostile."""
     entries = [Entry(name, data) for name, data in files.items()]
-    manifest = manifest_for(entries, base_manifest(fmt=fmt, model_path=model_path))
+    manifest = manifest_for(
+        entries, base_manifest(fmt=fmt, model_path=model_path, keras_version=keras_version)
+    )
     if custom_objects is not None:
         manifest["custom_objects"] = custom_objects
     return forge(path, manifest, entries, level=level)

@@ -272,10 +272,20 @@ def _code_and_pickles(draw: st.DrawFn, taken: list[str]) -> tuple[list[str], lis
 
     def usable(path: str) -> bool:
         key = collision_key(path)
-        return name_problem(path) is None and key not in keys and not any(k.startswith(key + "/") or key.startswith(k + "/") for k in keys)
+        return (
+            name_problem(path) is None
+            and key not in keys
+            and not any(k.startswith(key + "/") or key.startswith(k + "/") for k in keys)
+        )
 
-    modules = [m for m in draw(st.lists(_identifier, max_size=2, unique=True)) if usable(f"code/{m}.py")]
-    pickles = [n for n in draw(st.lists(_identifier, max_size=2, unique=True)) if usable(f"objects/{n}.pkl")]
+    modules = [
+        m for m in draw(st.lists(_identifier, max_size=2, unique=True)) if usable(f"code/{m}.py")
+    ]
+    pickles = [
+        n
+        for n in draw(st.lists(_identifier, max_size=2, unique=True))
+        if usable(f"objects/{n}.pkl")
+    ]
     return modules, pickles
 
 
@@ -283,22 +293,42 @@ def _custom_objects(modules: list[str], pickles: list[str]) -> st.SearchStrategy
     """Custom-object records that keep the manifest's rules: each transport with the field it
     needs, source files at code/<module>.py, pickles under objects/."""
     common = {
-        "name": _text, "kind": _text, "module": _text, "qualname": _text,
-        "source_digest": st.none() | _digest, "review_source": st.none() | _text,
-        "imports": st.lists(_text, max_size=3), "distributions": st.dictionaries(_text, _text, max_size=2),
+        "name": _text,
+        "kind": _text,
+        "module": _text,
+        "qualname": _text,
+        "source_digest": st.none() | _digest,
+        "review_source": st.none() | _text,
+        "imports": st.lists(_text, max_size=3),
+        "distributions": st.dictionaries(_text, _text, max_size=2),
     }
     options = [
         st.builds(CustomObject, transport=st.just("builtin"), **common),
-        st.builds(CustomObject, transport=st.just("distribution"), requirement=_text.filter(bool), **common),
+        st.builds(
+            CustomObject,
+            transport=st.just("distribution"),
+            requirement=_text.filter(bool),
+            **common,
+        ),
     ]
     if modules:
         sources = st.lists(st.sampled_from(modules), min_size=1, max_size=2, unique=True).map(
             lambda chosen: [SourceFile(module=m, path=f"code/{m}.py") for m in chosen]
         )
-        options.append(st.builds(CustomObject, transport=st.just("source"), sources=sources, **common))
+        options.append(
+            st.builds(CustomObject, transport=st.just("source"), sources=sources, **common)
+        )
     if pickles:
-        pickled = st.builds(PickleInfo, path=st.sampled_from([f"objects/{n}.pkl" for n in pickles]), python=_text, protocol=st.integers(0, 5), cloudpickle=_text)
-        options.append(st.builds(CustomObject, transport=st.just("pickle"), pickle=pickled, **common))
+        pickled = st.builds(
+            PickleInfo,
+            path=st.sampled_from([f"objects/{n}.pkl" for n in pickles]),
+            python=_text,
+            protocol=st.integers(0, 5),
+            cloudpickle=_text,
+        )
+        options.append(
+            st.builds(CustomObject, transport=st.just("pickle"), pickle=pickled, **common)
+        )
     return st.one_of(options)
 
 
@@ -319,8 +349,14 @@ def manifests(draw: st.DrawFn) -> Manifest:
         }.values()
     )
     code_modules, pickle_names = draw(_code_and_pickles(paths))
-    files += [Member(path=f"code/{m}.py", size=draw(st.integers(0, 2**53)), digest=draw(_digest)) for m in code_modules]
-    files += [Member(path=f"objects/{n}.pkl", size=draw(st.integers(0, 2**53)), digest=draw(_digest)) for n in pickle_names]
+    files += [
+        Member(path=f"code/{m}.py", size=draw(st.integers(0, 2**53)), digest=draw(_digest))
+        for m in code_modules
+    ]
+    files += [
+        Member(path=f"objects/{n}.pkl", size=draw(st.integers(0, 2**53)), digest=draw(_digest))
+        for n in pickle_names
+    ]
     members = draw(st.permutations(files + directories))
     file_paths = st.sampled_from(paths)
     environment = draw(

@@ -76,13 +76,24 @@ def _declare_size(path: Path, member: str, size: int) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_row09_keras_zip_with_bad_crc(saved_keras_file: Path, tmp_path: Path) -> None:
+# Load reads a Keras 3 zip by unzipping it while checking it, a Keras 2 one in place: both
+# paths must refuse. The manifest's saved_by (which a hostile bundle controls) picks the path.
+SAVERS = pytest.mark.parametrize("saver", [None, "2.15.0"], ids=["keras3-unzipped", "keras2-zip"])
+
+
+@SAVERS
+@pytest.mark.parametrize("member", ["config.json", "model.weights.h5"])
+def test_row09_keras_zip_with_bad_crc(
+    saved_keras_file: Path, tmp_path: Path, member: str, saver: str | None
+) -> None:
     raw = saved_keras_file.read_bytes()
     with zipfile.ZipFile(saved_keras_file) as archive:
-        config = archive.read("config.json")
+        data = archive.read(member)
     damaged = bytearray(raw)
-    damaged[raw.index(config) + len(config) // 2] ^= 0x01
-    bundle = model_bundle(tmp_path / "crc.kbundle", {MODEL_PATH: bytes(damaged)})
+    damaged[raw.index(data) + len(data) // 2] ^= 0x01
+    bundle = model_bundle(
+        tmp_path / "crc.kbundle", {MODEL_PATH: bytes(damaged)}, keras_version=saver
+    )
     kbundle.verify(bundle)  # the bundle's digests cover exactly these (damaged) bytes
     _refused_before_keras(bundle, MODEL_PATH)
 
@@ -95,14 +106,16 @@ def test_row09_keras_zip_bomb(saved_keras_file: Path, tmp_path: Path) -> None:
     )
 
 
+@SAVERS
 @pytest.mark.parametrize("name", ["../../evil.py", "/abs/evil.py", "assets\\..\\..\\evil.py"])
 def test_row09_keras_zip_with_traversal_names(
-    saved_keras_file: Path, tmp_path: Path, name: str
+    saved_keras_file: Path, tmp_path: Path, name: str, saver: str | None
 ) -> None:
     hostile = _rezip(saved_keras_file, tmp_path / "names.keras", {name: b"import os\n"})
-    _refused_before_keras(
-        model_bundle(tmp_path / "names.kbundle", {MODEL_PATH: hostile.read_bytes()}), MODEL_PATH
+    bundle = model_bundle(
+        tmp_path / "names.kbundle", {MODEL_PATH: hostile.read_bytes()}, keras_version=saver
     )
+    _refused_before_keras(bundle, MODEL_PATH)
     assert not (tmp_path.parent / "evil.py").exists()
 
 
@@ -178,6 +191,27 @@ def test_row10_h5_with_links_virtual_datasets_and_shape_bombs(
     _refused_before_keras(bundle, H5_PATH)
 
 
+def test_row10_keras_weights_with_an_external_link(saved_keras_file: Path, tmp_path: Path) -> None:
+    """The weights inside a .keras zip get the same HDF5 checks once load has unzipped them."""
+    import h5py
+
+    with zipfile.ZipFile(saved_keras_file) as archive:
+        weights = tmp_path / "model.weights.h5"
+        weights.write_bytes(archive.read("model.weights.h5"))
+    with h5py.File(weights, "a") as handle:
+        _external_link(handle, _outside_file(tmp_path))
+    hostile = tmp_path / "linked.keras"
+    with (
+        zipfile.ZipFile(saved_keras_file) as old,
+        zipfile.ZipFile(hostile, "w") as new,
+    ):
+        for info in old.infolist():
+            data = weights.read_bytes() if info.filename == weights.name else old.read(info)
+            new.writestr(info.filename, data)
+    bundle = model_bundle(tmp_path / "linked.kbundle", {MODEL_PATH: hostile.read_bytes()})
+    _refused_before_keras(bundle, MODEL_PATH)
+
+
 # --------------------------------------------------------------------------------------------
 # Row 11: Lambda code in the model config
 
@@ -240,6 +274,19 @@ def _tiny_model_file(keras: Any, path: Path, seed: int) -> Path:
     return path
 
 
+def _content_digest(model: Path) -> str:
+    """One digest over the member names and bytes of a .keras zip or its unzipped directory."""
+    if model.is_dir():
+        files = {str(f.relative_to(model)): f.read_bytes() for f in model.rglob("*") if f.is_file()}
+    else:
+        with zipfile.ZipFile(model) as archive:
+            files = {i.filename: archive.read(i) for i in archive.infolist() if not i.is_dir()}
+    digest = hashlib.sha256()
+    for name in sorted(files):
+        digest.update(name.encode() + b"\0" + hashlib.sha256(files[name]).digest())
+    return digest.hexdigest()
+
+
 def test_row15_files_swapped_after_verification_are_never_loaded(
     keras: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -261,14 +308,9 @@ def test_row15_files_swapped_after_verification_are_never_loaded(
     real_load = keras_io.load_model
 
     def swap_then_load(path: Path, *args: Any, **kwargs: Any) -> Any:
-        private = path.parents[1]
-        seen.append(
-            (
-                private,
-                stat.S_IMODE(private.stat().st_mode),
-                "sha256:" + hashlib.sha256(path.read_bytes()).hexdigest(),
-            )
-        )
+        # A .keras zip is loaded from its unzipped form, a directory inside the private one.
+        private = next(p for p in path.parents if p.name.startswith("kbundle-load-"))
+        seen.append((private, stat.S_IMODE(private.stat().st_mode), _content_digest(path)))
         bundle.write_bytes(swapped.path.read_bytes())  # the attacker's move, mid-load
         return real_load(path, *args, **kwargs)
 
@@ -277,7 +319,7 @@ def test_row15_files_swapped_after_verification_are_never_loaded(
 
     [(private, mode, loaded_digest)] = seen
     assert private.name.startswith("kbundle-load-") and mode == 0o700
-    assert loaded_digest == released.manifest.member(MODEL_PATH).digest  # type: ignore[union-attr]
+    assert loaded_digest == _content_digest(tmp_path / "a.keras")
     assert not private.exists()
     assert all(np.array_equal(a, b) for a, b in zip(model.get_weights(), expected, strict=True))
 

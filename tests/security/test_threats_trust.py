@@ -33,7 +33,6 @@ from kbundle.manifest import parse_manifest
 from kbundle.sign import sign_bundle
 
 
-
 @pytest.fixture
 def trusted_dir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return empty_trusted_keys(tmp_path, monkeypatch)

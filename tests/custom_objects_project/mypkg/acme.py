@@ -11,7 +11,9 @@ class Scale(keras.layers.Layer):
         self.factor = factor
 
     def build(self, input_shape):
-        self.gain = self.add_weight(shape=(input_shape[-1],), initializer="random_normal", name="gain")
+        self.gain = self.add_weight(
+            shape=(input_shape[-1],), initializer="random_normal", name="gain"
+        )
 
     def call(self, inputs):
         return inputs * self.gain * self.factor

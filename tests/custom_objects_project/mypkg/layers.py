@@ -12,7 +12,9 @@ class MyCustomLayer(keras.layers.Layer):
         self.units = units
 
     def build(self, input_shape):
-        self.kernel = self.add_weight(shape=(input_shape[-1], self.units), initializer="glorot_uniform", name="kernel")
+        self.kernel = self.add_weight(
+            shape=(input_shape[-1], self.units), initializer="glorot_uniform", name="kernel"
+        )
         self.bias = self.add_weight(shape=(self.units,), initializer="random_normal", name="bias")
 
     def call(self, inputs):
@@ -29,7 +31,9 @@ class EagerWeights(keras.layers.Layer):
         super().__init__(**kwargs)
         self.input_dim = input_dim
         self.units = units
-        self.kernel = self.add_weight(shape=(input_dim, units), initializer="random_normal", name="kernel")
+        self.kernel = self.add_weight(
+            shape=(input_dim, units), initializer="random_normal", name="kernel"
+        )
 
     def call(self, inputs):
         return ops.tanh(ops.matmul(inputs, self.kernel))
