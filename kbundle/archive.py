@@ -90,11 +90,15 @@ _MAX_TRAILER = 20 * BLOCK
 
 @dataclass(frozen=True, slots=True)
 class PayloadFile:
-    """One payload member to write: a file (``source`` set) or a directory (``source`` None)."""
+    """One payload member to write: a file (``source`` set) or a directory (``source`` None).
+
+    ``watch``, when set, is given the file's bytes in order as they are packed (one read
+    serves the digest, the compressor and, say, a CRC check of a zip's members)."""
 
     path: str
     source: Path | None
     size: int = 0
+    watch: Callable[[bytes], object] | None = None
 
 
 def header_region(manifest_bytes: bytes, signature_bytes: bytes | None = None) -> bytes:
@@ -225,6 +229,8 @@ def _copy_member(
                 break
             hasher.update(chunk)
             stream.write(chunk)
+            if item.watch:
+                item.watch(chunk)
             if progress:
                 progress(len(chunk))
     if remaining != 0:

@@ -34,7 +34,7 @@ from kbundle.manifest import (
     serialize_manifest,
 )
 from kbundle.model_files import MODEL_FILE_NAMES, describe_model_file, identify_format
-from kbundle.preload import require_sound_model
+from kbundle.preload import ZipCrcWatch, require_sound_before_streaming
 from kbundle.signing import manifest_signer, signature_member_size
 
 __all__ = ["DEFAULT_LEVEL", "PackResult", "pack"]
@@ -68,11 +68,12 @@ def _utc_now() -> tuple[str, int]:
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ"), int(moment.timestamp())
 
 
-def _model_payload(source: Path, fmt: str) -> list[PayloadFile]:
-    """Payload entries for the model itself, under ``model/``."""
+def _model_payload(source: Path, fmt: str, watch: ZipCrcWatch | None) -> list[PayloadFile]:
+    """Payload entries for the model itself, under ``model/``; a model file's bytes are
+    shown to ``watch`` as they are packed."""
     target = f"model/{MODEL_FILE_NAMES[fmt]}"
     if not source.is_dir():
-        return [PayloadFile(target, source, source.stat().st_size)]
+        return [PayloadFile(target, source, source.stat().st_size, watch)]
     entries = [PayloadFile(target, None)]
     for root, dirs, files in os.walk(source, followlinks=False):
         dirs.sort()
@@ -222,6 +223,7 @@ def pack(
     from kbundle import keras_io
 
     with tempfile.TemporaryDirectory(prefix="kbundle-pack-") as scratch:
+        crc_watch: ZipCrcWatch | None = None  # Keras has just written a saved model
         if keras_io.is_keras_model(model):
             source = keras_io.save_model(model, Path(scratch))
             fmt = "keras"
@@ -231,14 +233,16 @@ def pack(
             source = Path(model)
             fmt = identify_format(source)
             # Refuse a corrupt or hostile file now, not when someone loads the bundle.
-            require_sound_model(source, fmt, error=PackError, hint=f"run 'kbundle doctor {source}'")
+            crc_watch = require_sound_before_streaming(
+                source, fmt, error=PackError, hint=f"run 'kbundle doctor {source}'"
+            )
             description = describe_model_file(source, fmt)
         else:
             raise UsageError(
                 f"cannot pack a {type(model).__name__}: expected a keras.Model or a model path",
                 hint="pass a .keras/.h5 file, a SavedModel directory or a keras.Model",
             )
-        payload = _model_payload(source, fmt)
+        payload = _model_payload(source, fmt, crc_watch)
         added = extras(model, Path(scratch), fmt) if extras else Extras()
         added = _with_custom_objects(
             added, model, source, fmt, Path(scratch), custom_objects, custom_modules
@@ -292,6 +296,9 @@ def pack(
                 signature_size=signature_member_size(1) if signing_key else 0,
             )
             size = handle.seek(0, os.SEEK_END)
-            # Inside the block: a manifest that breaks a format rule leaves no bundle behind.
+            # Inside the block: a damaged model or a manifest that breaks a format rule
+            # leaves no bundle behind.
+            if crc_watch:
+                crc_watch.require()
             manifest = parse_manifest(manifest_bytes)
     return PackResult(output_path, bundle_digest(manifest_bytes), manifest, size, added.notes)

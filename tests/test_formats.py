@@ -277,7 +277,26 @@ def test_keras3_h5_and_keras_files_describe_parameters(
 # Pre-load checks: pack refuses, and the load path refuses even inside an intact bundle
 
 
-def test_pack_refuses_keras_file_with_bad_crc(saved_keras_file: Path, tmp_path: Path) -> None:
+@pytest.fixture(params=["small", "streamed"])
+def keras_file_for_crc(request: Any, saved_keras_file: Path, keras: Any) -> Path:
+    """The tiny model, whose weights pack CRC-checks in a read of their own, or one whose
+    weights exceed STREAMED_CRC_MIN_BYTES, checked from the bytes pack streams."""
+    if request.param == "small":
+        return saved_keras_file
+    from kbundle.preload import STREAMED_CRC_MIN_BYTES
+
+    units = int((STREAMED_CRC_MIN_BYTES / 4) ** 0.5) + 8
+    model = keras.Sequential([keras.Input((units,)), keras.layers.Dense(units)], name="large")
+    path = saved_keras_file.with_name("large") / "model.keras"
+    path.parent.mkdir()
+    model.save(path)
+    assert zipfile.ZipFile(path).getinfo("model.weights.h5").file_size > STREAMED_CRC_MIN_BYTES
+    return path
+
+
+def test_pack_refuses_keras_file_with_bad_crc(keras_file_for_crc: Path, tmp_path: Path) -> None:
+    saved_keras_file = keras_file_for_crc
+    assert kbundle.pack(saved_keras_file, tmp_path / "intact.kbundle").size > 0
     data = bytearray(saved_keras_file.read_bytes())
     data[zip_member_data_offset(saved_keras_file, "model.weights.h5") + 2000] ^= 0x01
     saved_keras_file.write_bytes(bytes(data))
@@ -370,7 +389,7 @@ def test_hostile_model_inside_an_intact_bundle_is_refused_before_keras(
     path = _h5_with(tmp_path, _external_link)
     # A hostile packer: one that skips the pre-load checks.
     monkeypatch.setattr(
-        sys.modules["kbundle.pack"], "require_sound_model", lambda *args, **kwargs: None
+        sys.modules["kbundle.pack"], "require_sound_before_streaming", lambda *args, **kwargs: None
     )
     bundle = kbundle.pack(path, tmp_path / "m.kbundle").path
     kbundle.verify(bundle)  # the checksums are fine: they cover exactly what was packed
@@ -395,7 +414,7 @@ def test_keras_zip_with_bad_crc_inside_an_intact_bundle_is_refused(
     data[zip_member_data_offset(saved_keras_file, "config.json") + 10] ^= 0x01
     saved_keras_file.write_bytes(bytes(data))
     monkeypatch.setattr(
-        sys.modules["kbundle.pack"], "require_sound_model", lambda *args, **kwargs: None
+        sys.modules["kbundle.pack"], "require_sound_before_streaming", lambda *args, **kwargs: None
     )
     bundle = kbundle.pack(saved_keras_file, tmp_path / "m.kbundle").path
 
