@@ -320,8 +320,10 @@ Examples:
 def main() -> None:
     """Pack Keras/TensorFlow models into verified, self-describing bundles, and load them back."""
     from kbundle import keras_io
+    from kbundle.heap import retain_freed_memory
 
     keras_io.filter_native_logs = True
+    retain_freed_memory()
 
 
 @main.command(
