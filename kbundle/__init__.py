@@ -31,14 +31,16 @@ from kbundle.errors import (
 )
 from kbundle.findings import Finding, Severity
 
-# pack and unpack are both a function and a submodule: binding the functions here, after their
-# modules are imported, is what keeps kbundle.pack / kbundle.unpack the functions.
-from kbundle.pack import PackResult, pack
-from kbundle.unpack import UnpackResult, inspect, load, unpack, verify
-
-# The rest is imported on first use (PEP 562), so `kbundle verify` does not pay for the
-# compatibility rules, doctor or signing modules.
+# Everything else is imported on first use (PEP 562): `kbundle verify` pays neither for the
+# pack pipeline (environment capture, signing keys) nor for the compatibility rules.
 _LAZY = {
+    "PackResult": "kbundle.packing",
+    "pack": "kbundle.packing",
+    "UnpackResult": "kbundle.reading",
+    "inspect": "kbundle.reading",
+    "load": "kbundle.reading",
+    "unpack": "kbundle.reading",
+    "verify": "kbundle.reading",
     "CompatReport": "kbundle.compat",
     "check": "kbundle.compat",
     "Diagnosis": "kbundle.doctor",
@@ -50,6 +52,8 @@ _LAZY = {
 if TYPE_CHECKING:
     from kbundle.compat import CompatReport, check
     from kbundle.doctor import Diagnosis, diagnose
+    from kbundle.packing import PackResult, pack
+    from kbundle.reading import UnpackResult, inspect, load, unpack, verify
     from kbundle.sign import SignResult, sign_bundle
 
 

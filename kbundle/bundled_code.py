@@ -3,7 +3,7 @@
 Review (``code_listings``, and ``render_listings`` for the text ``kbundle show-code``
 prints) reads the verified files and the manifest; it never imports nor unpickles anything.
 Running (``check_runnable`` then ``bundled_objects``) happens only after
-the caller has established trust (``kbundle.unpack._require_trust``):
+the caller has established trust (``kbundle.reading._require_trust``):
 
 - ``check_runnable`` refuses, before anything runs, what cannot work here: a pickle written
   under another Python minor or another cloudpickle major version, a missing cloudpickle, a

@@ -24,8 +24,8 @@ import click
 
 from kbundle import errors
 from kbundle._version import __version__
+from kbundle.archive import DEFAULT_LEVEL
 from kbundle.findings import Finding, Severity
-from kbundle.pack import DEFAULT_LEVEL
 
 __all__ = ["EXIT_CODES", "main"]
 
@@ -410,7 +410,7 @@ def pack(
     Prints the bundle digest (sha256 of its manifest); pin it in deploy scripts with
     'kbundle verify --expect'. Nothing is written unless pack succeeds.
     """
-    from kbundle.pack import pack as pack_model
+    from kbundle.packing import pack as pack_model
 
     signing_key = _load_signing_key(sign_key, passphrase_file) if sign_key else None
     with _progress("packing", not quiet) as progress:
@@ -482,7 +482,7 @@ def verify(
     ($KBUNDLE_TRUSTED_KEYS, default ~/.config/kbundle/trusted-keys). Reports every problem at
     once. Never imports TensorFlow or Keras.
     """
-    from kbundle.unpack import verify as verify_bundle
+    from kbundle.reading import verify as verify_bundle
 
     with _progress("verifying", not quiet and not as_json) as progress:
         report = verify_bundle(
@@ -532,7 +532,7 @@ Examples:
 @_handle_errors("as_json")
 def inspect(bundle: Path, as_json: bool) -> None:
     """Summarise BUNDLE's manifest. Reads only the manifest; runs and imports nothing."""
-    from kbundle.unpack import inspect as inspect_bundle
+    from kbundle.reading import inspect as inspect_bundle
 
     head = inspect_bundle(bundle)
     if as_json:
@@ -596,7 +596,7 @@ def show_code(bundle: Path, name: str | None, as_json: bool) -> None:
     Keras or TensorFlow. A pickled object is shown by the definition text captured when it
     was packed; the pickle itself is what would run.
     """
-    from kbundle.unpack import show_code as bundled_code
+    from kbundle.reading import show_code as bundled_code
 
     listings = bundled_code(bundle, name)
     if not listings and not as_json:
@@ -680,8 +680,8 @@ def unpack(
     compared. With --no-load nothing runs here, so differences are shown but refuse nothing.
     """
     from kbundle.compat import resolve_policy
-    from kbundle.unpack import LoadOptions
-    from kbundle.unpack import unpack as unpack_bundle
+    from kbundle.reading import LoadOptions
+    from kbundle.reading import unpack as unpack_bundle
 
     warnings.showwarning = _show_warning  # a loaded bundle's code conflicts, as warning lines
     options = LoadOptions(

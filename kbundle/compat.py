@@ -389,7 +389,7 @@ def check(
     current: Environment | None = None,
 ) -> CompatReport:
     """Compare ``bundle``'s recorded environment with this one. Reads only the manifest."""
-    from kbundle.unpack import inspect
+    from kbundle.reading import inspect
 
     manifest = inspect(bundle).manifest
     return check_manifest(manifest, policy=resolve_policy(policy, severity), current=current)

@@ -275,7 +275,7 @@ def _format_of(path: Path) -> str:
 def _diagnose_bundle(path: Path, timeout: float) -> Diagnosis:
     from kbundle.compat import compare_environments
     from kbundle.environment import capture_environment
-    from kbundle.unpack import unpack
+    from kbundle.reading import unpack
 
     current = capture_environment()
     with tempfile.TemporaryDirectory(prefix="kbundle-doctor-") as private:

@@ -49,7 +49,7 @@ INTERPRETER_TIMEOUT_SECONDS = 60
 
 def _verified_env_files(bundle: Path, scratch: Path) -> tuple[Manifest, Path]:
     """Verify ``bundle`` into ``scratch`` and return its manifest and the extracted root."""
-    from kbundle.unpack import unpack
+    from kbundle.reading import unpack
 
     result = unpack(bundle, scratch / "bundle")
     manifest = result.report.head.manifest

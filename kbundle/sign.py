@@ -15,13 +15,12 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from kbundle.archive import rewrite_header
+from kbundle.archive import DEFAULT_LEVEL, rewrite_header
 from kbundle.atomic import atomic_file, check_destination
 from kbundle.errors import UsageError
 from kbundle.keys import SigningKey
-from kbundle.pack import DEFAULT_LEVEL
+from kbundle.reading import verify
 from kbundle.signing import MAX_SIGNATURES, parse_signatures, serialize_signatures, sign_manifest
-from kbundle.unpack import verify
 
 __all__ = ["SignResult", "sign_bundle"]
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from conftest import (
 )
 
 import kbundle
+import kbundle.packing
 from kbundle import preload
 from kbundle.errors import IntegrityError, ModelFileError, ModelLoadError, PackError
 from kbundle.model_files import describe_model_file, identify_format
@@ -389,7 +389,7 @@ def test_hostile_model_inside_an_intact_bundle_is_refused_before_keras(
     path = _h5_with(tmp_path, _external_link)
     # A hostile packer: one that skips the pre-load checks.
     monkeypatch.setattr(
-        sys.modules["kbundle.pack"], "require_sound_before_streaming", lambda *args, **kwargs: None
+        kbundle.packing, "require_sound_before_streaming", lambda *args, **kwargs: None
     )
     bundle = kbundle.pack(path, tmp_path / "m.kbundle").path
     kbundle.verify(bundle)  # the checksums are fine: they cover exactly what was packed
@@ -414,7 +414,7 @@ def test_keras_zip_with_bad_crc_inside_an_intact_bundle_is_refused(
     data[zip_member_data_offset(saved_keras_file, "config.json") + 10] ^= 0x01
     saved_keras_file.write_bytes(bytes(data))
     monkeypatch.setattr(
-        sys.modules["kbundle.pack"], "require_sound_before_streaming", lambda *args, **kwargs: None
+        kbundle.packing, "require_sound_before_streaming", lambda *args, **kwargs: None
     )
     bundle = kbundle.pack(saved_keras_file, tmp_path / "m.kbundle").path
 

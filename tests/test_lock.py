@@ -19,7 +19,7 @@ import kbundle
 from kbundle.environment import installed_distributions
 from kbundle.lock import closure, parse_pins
 from kbundle.manifest import Requirements
-from kbundle.pack import Extras
+from kbundle.packing import Extras
 
 pytestmark = pytest.mark.keras
 

@@ -29,7 +29,7 @@ from kbundle.archive import PayloadFile, header_region, header_region_size, read
 from kbundle.errors import SignatureError, UntrustedCodeError, UsageError
 from kbundle.hashing import file_digest
 from kbundle.manifest import CustomObject, Member, SourceFile, parse_manifest, serialize_manifest
-from kbundle.pack import Extras
+from kbundle.packing import Extras
 from kbundle.sign import sign_bundle
 from kbundle.signing import parse_signatures, serialize_signatures, signature_member_size
 
