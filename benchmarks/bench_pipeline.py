@@ -1,7 +1,7 @@
 """Pack / verify / unpack / load against the obvious baselines, side by side in one run.
 
 For each model (a ~1 GiB float32 .keras file built in code, and ResNet50(weights=None)) it
-times, with the page cache warm and taking the median of --repeat runs:
+times, with the page cache warm, the median of --repeat runs of:
 
 * pack of the existing .keras file  vs  ``sha256sum FILE && tar --zstd -cf OUT FILE``
 * verify of the bundle               vs  ``tar --zstd -xf BUNDLE && sha256sum EXTRACTED``
@@ -9,8 +9,11 @@ times, with the page cache warm and taking the median of --repeat runs:
 * kbundle.load (TF already imported) vs  keras.saving.load_model of the unpacked file
 * kbundle.pack of a live model       vs  model.save (for reference; no target)
 
-and the peak RSS of the ``kbundle pack`` and ``kbundle verify`` processes. It prints a table of
-seconds, ratios and the targets from issue 2, and writes JSON to benchmarks/results/.
+kbundle's and the baseline's runs alternate, after one untimed warm-up of each; before every
+run the previous outputs are removed and ``sync`` flushes what is still dirty, so neither side
+pays for the other's writeback. It also reports the peak RSS of the ``kbundle pack`` and
+``kbundle verify`` processes, prints a table of seconds, ratios and the targets from issue 2,
+and writes JSON to benchmarks/results/.
 
     python benchmarks/bench_pipeline.py                 # 1 GiB model + ResNet50
     python benchmarks/bench_pipeline.py --size-mb 256 --repeat 3 --skip-resnet
@@ -19,6 +22,7 @@ seconds, ratios and the targets from issue 2, and writes JSON to benchmarks/resu
 from __future__ import annotations
 
 import argparse
+import compileall
 import json
 import os
 import platform
@@ -58,19 +62,44 @@ def kbundle_cmd(*args: str) -> list[str]:
     return [sys.executable, "-m", "kbundle", *args]
 
 
-def run(cmd: list[str] | str) -> None:
-    subprocess.run(cmd, check=True, shell=isinstance(cmd, str), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+def run(cmd: list[str] | str) -> None:  # returns None: timed from outside
+    subprocess.run(
+        cmd,
+        check=True,
+        shell=isinstance(cmd, str),
+        env=_env(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
 
 
-def median_seconds(action: Callable[[], None], repeat: int, before: Callable[[], None] | None = None) -> float:
-    times = []
-    for _ in range(repeat):
-        if before:
-            before()
-        start = time.perf_counter()
-        action()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def _settle() -> None:
+    """Before every timed run: dirty pages of the previous run's output go to the disk now, not
+    while the next command (kbundle's or the baseline's) is being timed."""
+    os.sync()
+
+
+def paired_medians(
+    kbundle_action: Callable[[], object],
+    baseline_action: Callable[[], object],
+    repeat: int,
+    before: Callable[[], None] | None = None,
+) -> tuple[float, float]:
+    """Median seconds of each action, run alternately (one untimed warm-up each first), so a
+    slow spell of the machine falls on both sides instead of on one. An action that returns
+    a float has timed itself (a child process that excludes its own start-up)."""
+    times: tuple[list[float], list[float]] = ([], [])
+    for round_number in range(repeat + 1):
+        for side, action in enumerate((kbundle_action, baseline_action)):
+            if before:
+                before()
+            _settle()
+            start = time.perf_counter()
+            timed = action()
+            elapsed = timed if isinstance(timed, float) else time.perf_counter() - start
+            if round_number:  # round 0 warms caches and the allocator of the machine
+                times[side].append(elapsed)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 _TIMED_CHILD = """
@@ -84,12 +113,24 @@ print(time.perf_counter() - start)
 
 
 def _timed_in_child(statement: str) -> float:
-    out = subprocess.run([sys.executable, "-c", _TIMED_CHILD, statement], capture_output=True, text=True, env=_env(), check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _TIMED_CHILD, statement],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        check=True,
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 
 def peak_rss_mib(cmd: list[str]) -> float:
-    out = subprocess.run([sys.executable, "-c", _RSS_WRAPPER, *cmd], capture_output=True, text=True, env=_env(), check=True)
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_WRAPPER, *cmd],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        check=True,
+    )
     kib, code = out.stdout.split()
     if code != "0":
         raise RuntimeError(f"{cmd} failed with {code}")
@@ -100,7 +141,9 @@ def build_big_model(directory: Path, size_mb: int) -> Path:
     import keras
 
     units = int((size_mb * 1024 * 1024 / 4) ** 0.5)
-    model = keras.Sequential([keras.Input((units,)), keras.layers.Dense(units, use_bias=False)], name="big")
+    model = keras.Sequential(
+        [keras.Input((units,)), keras.layers.Dense(units, use_bias=False)], name="big"
+    )
     path = directory / "big.keras"
     model.save(path)
     return path
@@ -125,45 +168,79 @@ def bench_model(name: str, model_file: Path, work: Path, repeat: int) -> dict[st
     extract = work / f"{name}-tar-extract"
     unpacked = work / f"{name}-unpacked"
     pack_flags = ["--quiet", "--force"]
-    if "--no-probe" in subprocess.run(kbundle_cmd("pack", "--help"), capture_output=True, text=True, env=_env()).stdout:
+    if (
+        "--no-probe"
+        in subprocess.run(
+            kbundle_cmd("pack", "--help"), capture_output=True, text=True, env=_env()
+        ).stdout
+    ):
         pack_flags.append("--no-probe")
     file_size = model_file.stat().st_size
     run(["cat", str(model_file)])  # warm the page cache
     results: dict[str, Any] = {"model": name, "bytes": file_size}
 
-    results["pack"] = median_seconds(lambda: run(kbundle_cmd("pack", str(model_file), "-o", str(bundle), *pack_flags)), repeat)
-    results["pack_baseline"] = median_seconds(lambda: run(f"sha256sum '{model_file}' >/dev/null && tar --zstd -cf '{tarball}' -C '{model_file.parent}' '{model_file.name}'"), repeat)
-
-    results["verify"] = median_seconds(lambda: run(kbundle_cmd("verify", str(bundle), "--quiet")), repeat)
-
-    def reset_extract() -> None:
-        shutil.rmtree(extract, ignore_errors=True)
+    def remove_outputs() -> None:
+        for path in (bundle, tarball):
+            path.unlink(missing_ok=True)
+        for path in (extract, unpacked):
+            shutil.rmtree(path, ignore_errors=True)
         extract.mkdir()
 
-    baseline_read = f"tar --zstd -xf '{bundle}' -C '{extract}' && sha256sum '{extract}/model/model.keras' >/dev/null"
-    results["read_baseline"] = median_seconds(lambda: run(baseline_read), repeat, before=reset_extract)
+    pack_cmd = kbundle_cmd("pack", str(model_file), "-o", str(bundle), *pack_flags)
+    results["pack"], results["pack_baseline"] = paired_medians(
+        lambda: run(pack_cmd),
+        lambda: run(
+            f"sha256sum '{model_file}' >/dev/null && "
+            f"tar --zstd -cf '{tarball}' -C '{model_file.parent}' '{model_file.name}'"
+        ),
+        repeat,
+        before=remove_outputs,
+    )
+    run(pack_cmd)  # the bundle the reading steps use
 
-    def reset_unpacked() -> None:
-        shutil.rmtree(unpacked, ignore_errors=True)
+    def remove_extracted() -> None:
+        for path in (extract, unpacked):
+            shutil.rmtree(path, ignore_errors=True)
+        extract.mkdir()
 
-    results["unpack"] = median_seconds(lambda: run(kbundle_cmd("unpack", str(bundle), "-d", str(unpacked), "--no-load", "--quiet")), repeat, before=reset_unpacked)
-    if not unpacked.exists():
-        run(kbundle_cmd("unpack", str(bundle), "-d", str(unpacked), "--no-load", "--quiet"))
+    def read_baseline() -> None:
+        run(
+            f"tar --zstd -xf '{bundle}' -C '{extract}' && "
+            f"sha256sum '{extract}/model/model.keras' >/dev/null"
+        )
 
-    unpacked_model = unpacked / "model" / "model.keras"
+    unpack_cmd = kbundle_cmd("unpack", str(bundle), "-d", str(unpacked), "--no-load", "--quiet")
+    results["verify"], results["verify_baseline"] = paired_medians(
+        lambda: run(kbundle_cmd("verify", str(bundle), "--quiet")),
+        read_baseline,
+        repeat,
+        before=remove_extracted,
+    )
+    results["unpack"], results["unpack_baseline"] = paired_medians(
+        lambda: run(unpack_cmd), read_baseline, repeat, before=remove_extracted
+    )
+    run(unpack_cmd)
+
     # Each load in a fresh process with TensorFlow imported and warm before the clock starts:
     # in one long-lived process the time of a 1 GiB load depends on what was freed before it.
-    results["load"] = statistics.median(_timed_in_child(f"kbundle.load({str(bundle)!r})") for _ in range(repeat))
-    results["load_baseline"] = statistics.median(
-        _timed_in_child(f"keras.saving.load_model({str(unpacked_model)!r})") for _ in range(repeat)
+    unpacked_model = unpacked / "model" / "model.keras"
+    results["load"], results["load_baseline"] = paired_medians(
+        lambda: _timed_in_child(f"kbundle.load({str(bundle)!r})"),
+        lambda: _timed_in_child(f"keras.saving.load_model({str(unpacked_model)!r})"),
+        repeat,
     )
 
     live = keras.saving.load_model(unpacked_model)
     live_bundle = work / f"{name}-live.kbundle"
-    results["pack_live"] = median_seconds(lambda: kbundle.pack(live, live_bundle, force=True), repeat)
-    results["save_baseline"] = median_seconds(lambda: live.save(work / f"{name}-saved.keras"), repeat)
+    results["pack_live"], results["save_baseline"] = paired_medians(
+        lambda: kbundle.pack(live, live_bundle, force=True),
+        lambda: live.save(work / f"{name}-saved.keras"),
+        repeat,
+    )
 
-    results["pack_peak_rss_mib"] = peak_rss_mib(kbundle_cmd("pack", str(model_file), "-o", str(bundle), *pack_flags))
+    results["pack_peak_rss_mib"] = peak_rss_mib(
+        kbundle_cmd("pack", str(model_file), "-o", str(bundle), *pack_flags)
+    )
     results["verify_peak_rss_mib"] = peak_rss_mib(kbundle_cmd("verify", str(bundle), "--quiet"))
     results["bundle_bytes"] = bundle.stat().st_size
     results["tar_zst_bytes"] = tarball.stat().st_size
@@ -175,42 +252,91 @@ def bench_model(name: str, model_file: Path, work: Path, repeat: int) -> dict[st
 def ratios(r: dict[str, Any]) -> dict[str, float]:
     return {
         "pack": r["pack"] / r["pack_baseline"],
-        "verify": r["verify"] / r["read_baseline"],
-        "unpack": r["unpack"] / r["read_baseline"],
+        "verify": r["verify"] / r["verify_baseline"],
+        "unpack": r["unpack"] / r["unpack_baseline"],
         "load": r["load"] / r["load_baseline"],
     }
 
 
+def _row(model: str, step: str, *cells: str) -> str:
+    return f"{model:<10} {step:<10} " + " ".join(cells)
+
+
 def print_table(all_results: list[dict[str, Any]]) -> None:
     print()
-    print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}")
-    header = f"{'model':<10} {'step':<8} {'kbundle s':>10} {'baseline s':>11} {'ratio':>7} {'target':>7}  baseline"
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, Python {platform.python_version()}"
+    print(f"machine: {machine}")
+    header = _row(
+        "model", "step", f"{'kbundle s':>10}", f"{'baseline s':>11}", f"{'ratio':>7}",
+        f"{'target':>7}", " baseline",
+    )  # fmt: skip
     print(header)
     print("-" * len(header))
-    baselines = {"pack": ("pack_baseline", "sha256sum + tar --zstd -cf"), "verify": ("read_baseline", "tar --zstd -xf + sha256sum"), "unpack": ("read_baseline", "tar --zstd -xf + sha256sum"), "load": ("load_baseline", "keras.saving.load_model")}
+    baselines = {
+        "pack": ("pack_baseline", "sha256sum + tar --zstd -cf"),
+        "verify": ("verify_baseline", "tar --zstd -xf + sha256sum"),
+        "unpack": ("unpack_baseline", "tar --zstd -xf + sha256sum"),
+        "load": ("load_baseline", "keras.saving.load_model"),
+    }
     for r in all_results:
-        rat = ratios(r)
+        model, rat = r["model"], ratios(r)
         for step, (key, label) in baselines.items():
             verdict = "ok" if rat[step] <= TARGETS[step] else "MISSED"
-            print(f"{r['model']:<10} {step:<8} {r[step]:>10.3f} {r[key]:>11.3f} {rat[step]:>7.2f} {'<=' + str(TARGETS[step]):>7}  {label} [{verdict}]")
-        print(f"{r['model']:<10} {'pack obj':<8} {r['pack_live']:>10.3f} {r['save_baseline']:>11.3f} {r['pack_live'] / r['save_baseline']:>7.2f} {'-':>7}  model.save (kbundle.pack saves too)")
+            target = f"<={TARGETS[step]}"
+            print(
+                _row(
+                    model, step, f"{r[step]:>10.3f}", f"{r[key]:>11.3f}", f"{rat[step]:>7.2f}",
+                    f"{target:>7}", f" {label} [{verdict}]",
+                )
+            )  # fmt: skip
+        live = r["pack_live"] / r["save_baseline"]
+        print(
+            _row(
+                model, "pack obj", f"{r['pack_live']:>10.3f}", f"{r['save_baseline']:>11.3f}",
+                f"{live:>7.2f}", f"{'-':>7}", " model.save (kbundle.pack saves too)",
+            )
+        )  # fmt: skip
         for step in ("pack", "verify"):
             rss = r[f"{step}_peak_rss_mib"]
             verdict = "ok" if rss <= MEMORY_TARGET_MIB else "MISSED"
-            print(f"{r['model']:<10} {step + ' RSS':<8} {rss:>9.0f}M {'':>11} {'':>7} {'<=' + str(MEMORY_TARGET_MIB) + 'M':>7}  peak resident memory [{verdict}]")
-        print(f"{r['model']:<10} sizes: model {r['bytes'] / 2**20:.0f} MiB, bundle {r['bundle_bytes'] / 2**20:.0f} MiB, tar.zst {r['tar_zst_bytes'] / 2**20:.0f} MiB")
+            limit = f"<={MEMORY_TARGET_MIB}M"
+            print(
+                _row(
+                    model, f"{step} RSS", f"{rss:>9.0f}M", f"{'':>11}", f"{'':>7}",
+                    f"{limit:>7}", f" peak resident memory [{verdict}]",
+                )
+            )  # fmt: skip
+        sizes = (
+            f"model {r['bytes'] / 2**20:.0f} MiB, bundle {r['bundle_bytes'] / 2**20:.0f} MiB, "
+            f"tar.zst {r['tar_zst_bytes'] / 2**20:.0f} MiB"
+        )
+        print(f"{model:<10} {'sizes':<10} {sizes}")
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size-mb", type=int, default=1024, help="size of the synthetic float32 model (default 1024)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per measurement; the median is reported")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--size-mb",
+        type=int,
+        default=1024,
+        help="size of the synthetic float32 model (default 1024)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=5, help="runs per measurement; the median is reported"
+    )
     parser.add_argument("--skip-resnet", action="store_true", help="only the synthetic model")
-    parser.add_argument("--workdir", type=Path, default=None, help="where to put the files (default: a temp dir)")
+    parser.add_argument(
+        "--workdir", type=Path, default=None, help="where to put the files (default: a temp dir)"
+    )
     args = parser.parse_args()
     for tool in ("tar", "zstd", "sha256sum"):
         if shutil.which(tool) is None:
             sys.exit(f"benchmark needs {tool} on PATH")
+    # Run kbundle from bytecode, as a pip-installed copy does: an editable install has none,
+    # and with PYTHONDONTWRITEBYTECODE set every command would compile it again (~60 ms).
+    compileall.compile_dir(REPO / "kbundle", quiet=1)
     with tempfile.TemporaryDirectory(prefix="kbundle-bench-", dir=args.workdir) as tmp:
         work = Path(tmp)
         models = [("synthetic", build_big_model(work, args.size_mb))]
@@ -221,7 +347,9 @@ def main() -> None:
     out_dir = REPO / "benchmarks" / "results"
     out_dir.mkdir(exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
-    (out_dir / f"pipeline-{stamp}.json").write_text(json.dumps({"results": all_results, "ratios": [ratios(r) for r in all_results]}, indent=2))
+    (out_dir / f"pipeline-{stamp}.json").write_text(
+        json.dumps({"results": all_results, "ratios": [ratios(r) for r in all_results]}, indent=2)
+    )
 
 
 if __name__ == "__main__":

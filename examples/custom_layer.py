@@ -17,14 +17,14 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-from keras import ops  # noqa: E402
+import keras
+import numpy as np
+from keras import ops
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # my_layers.py, as in a project
-from my_layers import MyCustomLayer  # noqa: E402
+from my_layers import MyCustomLayer
 
-import kbundle  # noqa: E402
+import kbundle
 
 
 class Offset(keras.layers.Layer):
@@ -50,7 +50,9 @@ np.save(sys.argv[3], model.predict(np.load(sys.argv[2]), verbose=0))
 
 def main() -> None:
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([keras.Input((6,)), MyCustomLayer(8), Offset(0.25), keras.layers.Dense(1)])
+    model = keras.Sequential(
+        [keras.Input((6,)), MyCustomLayer(8), Offset(0.25), keras.layers.Dense(1)]
+    )
     model.compile(optimizer="adam", loss="mse")
     x = np.random.default_rng(0).standard_normal((64, 6)).astype("float32")
     y = ops.convert_to_numpy(ops.sum(x[:, :3], axis=1, keepdims=True))
@@ -68,14 +70,19 @@ def main() -> None:
     deploy.mkdir()
     refused = subprocess.run(
         [sys.executable, "-m", "kbundle", "unpack", str(result.path), "-d", str(deploy / "out")],
-        capture_output=True, text=True, cwd=deploy, env=env,
+        capture_output=True,
+        text=True,
+        cwd=deploy,
+        env=env,
     )
     print(f"without --trust-code: exit {refused.returncode}: {refused.stderr.strip()}")
 
     np.save(work / "x.npy", x[:8])
     subprocess.run(
         [sys.executable, "-c", LOADER, str(result.path), str(work / "x.npy"), str(work / "y.npy")],
-        check=True, cwd=deploy, env=env,
+        check=True,
+        cwd=deploy,
+        env=env,
     )
     same = np.array_equal(np.load(work / "y.npy"), model.predict(x[:8], verbose=0))
     print(f"with trust: the loaded model's predictions are bit-identical: {same}")

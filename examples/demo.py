@@ -20,7 +20,9 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 def kbundle(*args: str) -> str:
     """Run the kbundle CLI as a user would; show the command and return its stdout."""
     print(f"$ kbundle {' '.join(args)}", flush=True)
-    result = subprocess.run([sys.executable, "-m", "kbundle", *args], capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-m", "kbundle", *args], capture_output=True, text=True
+    )
     sys.stderr.write(result.stderr)
     if result.returncode != 0:
         sys.exit(f"demo failed: kbundle {args[0]} exited with {result.returncode}")
@@ -41,7 +43,11 @@ def main() -> None:
     features = np.random.default_rng(7).standard_normal((256, 10)).astype("float32")
     labels = (features.sum(axis=1) > 0).astype("float32")
     model = keras.Sequential(
-        [keras.Input((10,)), keras.layers.Dense(16, activation="relu"), keras.layers.Dense(1, activation="sigmoid")],
+        [
+            keras.Input((10,)),
+            keras.layers.Dense(16, activation="relu"),
+            keras.layers.Dense(1, activation="sigmoid"),
+        ],
         name="demo_classifier",
     )
     model.compile(optimizer="adam", loss="binary_crossentropy", metrics=["accuracy"])
@@ -55,13 +61,21 @@ def main() -> None:
     digest = kbundle("pack", str(model_path), "-o", str(bundle), "--quiet").split()[0]
     kbundle("verify", str(bundle), "--expect", digest)
     kbundle("inspect", str(bundle))
-    unpacked = Path(kbundle("unpack", str(bundle), "-d", str(workdir / "unpacked"), "--expect", digest).strip())
+    unpacked = Path(
+        kbundle("unpack", str(bundle), "-d", str(workdir / "unpacked"), "--expect", digest).strip()
+    )
 
     print("3. the unpacked model predicts exactly what the trained one did")
     actual = keras.saving.load_model(unpacked).predict(features, verbose=0)
     if not np.array_equal(expected, actual):
-        sys.exit(f"demo failed: predictions differ (max abs diff {np.max(np.abs(expected - actual))})")
-    print(f"OK: {len(features)} predictions bit-identical; bundle {bundle} ({bundle.stat().st_size} bytes), digest {digest}")
+        sys.exit(
+            f"demo failed: predictions differ (max abs diff {np.max(np.abs(expected - actual))})"
+        )
+    size = bundle.stat().st_size
+    print(
+        f"OK: {len(features)} predictions bit-identical; "
+        f"bundle {bundle} ({size} bytes), digest {digest}"
+    )
 
 
 if __name__ == "__main__":

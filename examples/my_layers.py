@@ -14,7 +14,9 @@ class MyCustomLayer(keras.layers.Layer):
 
     def build(self, input_shape):
         self.kernel = self.add_weight(shape=(input_shape[-1], self.units), name="kernel")
-        self.temperature = self.add_weight(shape=(self.units,), initializer="ones", name="temperature")
+        self.temperature = self.add_weight(
+            shape=(self.units,), initializer="ones", name="temperature"
+        )
 
     def call(self, inputs):
         return ops.tanh(ops.matmul(inputs, self.kernel) / self.temperature)

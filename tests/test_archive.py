@@ -9,16 +9,17 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 import zstandard
-
-import kbundle
 from bundle_factory import Entry, assemble, digest, forge, manifest_for, real_manifest, tar_entry
 from conftest import assert_clean_failure, run_cli
+
+import kbundle
 from kbundle import archive, limits, zstdframes
 from kbundle.archive import PayloadFile, scan_bundle, write_bundle
 from kbundle.environment import capture_environment
@@ -434,7 +435,9 @@ def test_manifest_must_come_first(tmp_path: Path, base_manifest: dict[str, Any])
     path.write_bytes(zstdframes.raw_frame(tar_entry(MODEL)) + rest)
     with pytest.raises(
         NotABundleError,
-        match="its first member is 'model/saved_model/saved_model.pb', not 'kbundle.json'",
+        match=re.escape(
+            "its first member is 'model/saved_model/saved_model.pb', not 'kbundle.json'"
+        ),
     ):
         kbundle.verify(path)
 

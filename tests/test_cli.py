@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import assert_clean_failure, child_env, run_cli
 
 NO_TF_PROBE = """

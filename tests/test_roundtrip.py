@@ -16,9 +16,9 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import child_env, run_cli
 
 import kbundle
-from conftest import child_env, run_cli
 
 
 def _predict(model: Any, inputs: Any) -> list[np.ndarray]:

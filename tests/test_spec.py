@@ -21,6 +21,7 @@ from typing import Any
 
 import pytest
 import zstandard
+from bundle_factory import assemble
 from conftest import child_env, run_cli
 from schema_support import SPEC_DIR, assert_valid_manifest, schema_errors
 
@@ -40,7 +41,6 @@ from kbundle.manifest import (
 )
 from kbundle.names import name_problem
 from kbundle.tarstream import END_OF_ARCHIVE, padding
-from bundle_factory import assemble
 from kbundle.zstdframes import TRAILER_SIZE, FrameTracker, trailer_frame
 
 EXAMPLE_PATH = SPEC_DIR / "example-manifest.json"

@@ -24,7 +24,6 @@ from kbundle.limits import MAX_MEMBER_NAME_BYTES
 from kbundle.manifest import (
     FORMAT_VERSION,
     MODEL_FORMATS,
-    TRANSPORTS,
     CustomObject,
     Environment,
     KerasInfo,
