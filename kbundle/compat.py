@@ -30,11 +30,9 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
 from packaging.version import InvalidVersion, Version
 
-from kbundle.environment import TENSORFLOW_DISTRIBUTIONS, capture_environment
+from kbundle.environment import TENSORFLOW_DISTRIBUTIONS, canonical_name, capture_environment
 from kbundle.errors import EnvironmentMismatchError, ModelLoadError, UsageError
 from kbundle.findings import Finding, Severity
 from kbundle.manifest import CustomObject, Environment, Manifest
@@ -502,7 +500,7 @@ class _Context:
 def _imports_tensorflow(obj: CustomObject) -> bool:
     modules = [m.split(".")[0] for m in obj.imports]
     return "tensorflow" in modules or any(
-        canonicalize_name(d).startswith("tensorflow") for d in obj.distributions
+        canonical_name(d).startswith("tensorflow") for d in obj.distributions
     )
 
 
@@ -510,7 +508,7 @@ def _needed_distributions(objects: Sequence[CustomObject]) -> dict[str, _Needed]
     needed: dict[str, _Needed] = {}
 
     def add(name: str, version: str | None, obj: CustomObject) -> None:
-        key = canonicalize_name(name)
+        key = canonical_name(name)
         bundled = obj.transport in ("source", "pickle")
         if key in needed:
             old = needed[key]
@@ -526,6 +524,8 @@ def _needed_distributions(objects: Sequence[CustomObject]) -> dict[str, _Needed]
         for name, version in obj.distributions.items():
             add(name, version, obj)
         if obj.requirement:
+            from packaging.requirements import InvalidRequirement, Requirement
+
             try:
                 requirement = Requirement(obj.requirement)
             except InvalidRequirement:

@@ -17,15 +17,19 @@ import json
 import os
 import pickle
 import platform
+import re
 import sys
 from pathlib import Path
 from typing import Any
 
-from packaging.utils import canonicalize_name
-
 from kbundle.manifest import Environment, KerasInfo, PlatformInfo, PythonInfo, TensorFlowInfo
 
-__all__ = ["TENSORFLOW_DISTRIBUTIONS", "capture_environment", "installed_distributions"]
+__all__ = [
+    "TENSORFLOW_DISTRIBUTIONS",
+    "canonical_name",
+    "capture_environment",
+    "installed_distributions",
+]
 
 # Every distribution that installs the ``tensorflow`` package, most specific first: a user
 # with tensorflow-cpu must get tensorflow-cpu back, never plain tensorflow.
@@ -56,14 +60,41 @@ _KEY_LIBRARIES = (
 )
 
 
+_NAME_SEPARATORS = re.compile(r"[-_.]+")
+
+
+def canonical_name(name: str) -> str:
+    """A distribution name normalised as PEP 503 says (``Tf_Keras`` -> ``tf-keras``); the rule
+    is one line, and importing packaging.utils for it cost more than an unpack's gate."""
+    return _NAME_SEPARATORS.sub("-", name).lower()
+
+
 def installed_distributions() -> dict[str, str]:
     """Every installed distribution, by normalised name, with its version."""
     found: dict[str, str] = {}
     for dist in metadata.distributions():
-        name = dist.metadata["Name"]
-        if name:
-            found.setdefault(canonicalize_name(name), dist.version)
+        name, version = _name_and_version(dist)
+        if name and version:
+            found.setdefault(canonical_name(name), version)
     return dict(sorted(found.items()))
+
+
+def _name_and_version(dist: metadata.Distribution) -> tuple[str | None, str | None]:
+    """``Name`` and ``Version`` from the first lines of the metadata file. Both are one-line
+    headers near its top; going through ``dist.metadata`` parses every header of every file
+    with the email parser, which took most of the environment check of an unpack here."""
+    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
+    fields: dict[str, str] = {}
+    for line in text.splitlines():
+        if not line:
+            break  # the end of the headers
+        key, colon, value = line.partition(":")
+        if colon and key in ("Name", "Version"):
+            fields.setdefault(key, value.strip())
+            if len(fields) == 2:
+                return fields["Name"], fields["Version"]
+    meta = dist.metadata  # unusual layout: let the full parser decide
+    return meta["Name"], meta["Version"]
 
 
 def capture_environment(*, runtime: bool = False) -> Environment:
