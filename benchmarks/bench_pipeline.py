@@ -182,9 +182,6 @@ def bench_model(name: str, model_file: Path, work: Path, repeat: int) -> dict[st
     def remove_outputs() -> None:
         for path in (bundle, tarball):
             path.unlink(missing_ok=True)
-        for path in (extract, unpacked):
-            shutil.rmtree(path, ignore_errors=True)
-        extract.mkdir()
 
     pack_cmd = kbundle_cmd("pack", str(model_file), "-o", str(bundle), *pack_flags)
     results["pack"], results["pack_baseline"] = paired_medians(

@@ -40,8 +40,8 @@ from pathlib import Path
 from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
 
+from kbundle.environment import canonical_name
 from kbundle.errors import (
     BundleFormatError,
     EnvironmentMismatchError,
@@ -280,7 +280,7 @@ def _distribution_findings(obj: CustomObject, origins: ModuleOrigins) -> list[Fi
                 fix="the bundle was not written by a conforming kbundle",
             )
         ]
-    wanted = canonicalize_name(requirement.name)
+    wanted = canonical_name(requirement.name)
     try:
         metadata.version(wanted)
     except metadata.PackageNotFoundError:
@@ -480,7 +480,7 @@ def _report_conflicts(manifest: Manifest, tops: set[str], registered: Callable[[
 def _installed_object(obj: CustomObject) -> Any:
     requirement = Requirement(obj.requirement or "")
     installed = metadata.version(requirement.name)
-    recorded = obj.distributions.get(canonicalize_name(requirement.name))
+    recorded = obj.distributions.get(canonical_name(requirement.name))
     if recorded is not None and installed != recorded:
         warnings.warn(
             f"{obj.name} comes from {requirement.name} {installed} here; the bundle recorded "

@@ -64,8 +64,9 @@ _NAME_SEPARATORS = re.compile(r"[-_.]+")
 
 
 def canonical_name(name: str) -> str:
-    """A distribution name normalised as PEP 503 says (``Tf_Keras`` -> ``tf-keras``); the rule
-    is one line, and importing packaging.utils for it cost more than an unpack's gate."""
+    """A distribution name normalised as PEP 503 says (``Tf_Keras`` -> ``tf-keras``), the one
+    rule every module keys distributions by. It is one line; importing packaging.utils for it
+    cost more than the environment check of an unpack."""
     return _NAME_SEPARATORS.sub("-", name).lower()
 
 

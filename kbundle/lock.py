@@ -30,10 +30,9 @@ from pathlib import Path
 
 from packaging.markers import UndefinedEnvironmentName
 from packaging.requirements import InvalidRequirement, Requirement
-from packaging.utils import canonicalize_name
 
 from kbundle.archive import PayloadFile
-from kbundle.environment import TENSORFLOW_DISTRIBUTIONS, installed_distributions
+from kbundle.environment import TENSORFLOW_DISTRIBUTIONS, canonical_name, installed_distributions
 from kbundle.manifest import CustomObject, Environment, Requirements
 
 __all__ = [
@@ -80,7 +79,7 @@ def model_roots(environment: Environment, custom_objects: Sequence[CustomObject]
                 roots.append(Requirement(obj.requirement).name)
     unique: dict[str, None] = {}
     for name in roots:
-        unique.setdefault(canonicalize_name(name))
+        unique.setdefault(canonical_name(name))
     return list(unique)
 
 
@@ -100,7 +99,7 @@ def closure(
     missing: list[str] = []
     visited: set[tuple[str, frozenset[str]]] = set()
     pending: list[tuple[str, frozenset[str], str]] = [
-        (canonicalize_name(r), frozenset(), "the model") for r in roots
+        (canonical_name(r), frozenset(), "the model") for r in roots
     ]
     while pending:
         name, extras, parent = pending.pop()
@@ -114,9 +113,7 @@ def closure(
         visited.add((name, extras))
         pins[name] = installed[name]
         for requirement in _requirements_of(name, extras):
-            pending.append(
-                (canonicalize_name(requirement.name), frozenset(requirement.extras), name)
-            )
+            pending.append((canonical_name(requirement.name), frozenset(requirement.extras), name))
     return dict(sorted(pins.items())), sorted(set(missing))
 
 
@@ -170,7 +167,7 @@ def parse_pins(text: str) -> dict[str, str]:
     for line in text.splitlines():
         match = _PIN_RE.match(line.strip())
         if match:
-            pins[canonicalize_name(match.group(1))] = match.group(2).rstrip("\\").strip()
+            pins[canonical_name(match.group(1))] = match.group(2).rstrip("\\").strip()
     return pins
 
 
@@ -247,7 +244,7 @@ def _lock_blocks(text: str) -> list[tuple[str, str, str]]:
         match = _PIN_RE.match(line)
         if match:
             blocks.append(
-                (canonicalize_name(match.group(1)), match.group(2).rstrip("\\").strip(), line)
+                (canonical_name(match.group(1)), match.group(2).rstrip("\\").strip(), line)
             )
         elif blocks and line.startswith((" ", "\t")):
             name, version, block = blocks[-1]

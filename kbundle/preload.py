@@ -269,8 +269,9 @@ def unzip_sound_keras(path: Path, directory: Path, *, label: str, hint: str) -> 
     """Check the ``.keras`` zip ``path`` as :func:`require_sound_model` does and, in the same
     read, write its members into ``directory`` (created here): the unzipped form, which Keras
     loads from the files themselves. Loaded from the zip, Keras first copies the weights
-    member into memory; for a 1 GiB model that took 9-17 s here against 2.5 s from the
-    directory. Raises :class:`ModelFileError` naming the first problem (with all of them)."""
+    member into memory; for a 1 GiB model in a fresh process that took 9-17 s here against
+    2.5-5 s from the directory. Raises :class:`ModelFileError` naming the first problem (with
+    all of them)."""
     directory.mkdir()
     _raise_problems(_check_keras_zip(path, label, directory), label, ModelFileError, hint)
 

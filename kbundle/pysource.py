@@ -26,8 +26,7 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from typing import Any
 
-from packaging.utils import canonicalize_name
-
+from kbundle.environment import canonical_name
 from kbundle.manifest import format_digest
 
 __all__ = [
@@ -149,7 +148,7 @@ class ModuleOrigins:
                 continue
             base, files = record
             if file.is_relative_to(base) and file.relative_to(base).as_posix() in files:
-                return canonicalize_name(dist_name), metadata.version(dist_name)
+                return canonical_name(dist_name), metadata.version(dist_name)
         return None
 
 
