@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import zstandard
 
+from kbundle.directio import DirectWriter, direct_writes
 from kbundle.errors import (
     IntegrityError,
     LimitExceededError,
@@ -151,10 +152,14 @@ def write_bundle(
     placeholder = {p.path: "sha256:" + "0" * 64 for p in payload if p.source is not None}
     draft = make_manifest(placeholder)
     reserved = len(header_region(draft, b"\0" * signature_size if sign else None))
-    out.write(b"\0" * reserved)
     digests: dict[str, str] = {}
-    with PipelinedHasher() as hasher, PipelinedHasher() as frame_hasher:
-        stream = _payload_stream(_TeeSink(out, frame_hasher), level, threads)
+    with (
+        direct_writes(out) as sink,
+        PipelinedHasher() as hasher,
+        PipelinedHasher() as frame_hasher,
+    ):
+        sink.write(b"\0" * reserved)
+        stream = _payload_stream(_TeeSink(sink, frame_hasher), level, threads)
         for item in payload:
             is_dir = item.source is None
             stream.write(member_header(item.path, item.size, is_dir=is_dir, mtime=mtime))
@@ -164,7 +169,7 @@ def write_bundle(
                 stream.write(padding(item.size))
         stream.write(END_OF_ARCHIVE)
         stream.close()
-        out.write(trailer_frame(_raw_digest(frame_hasher.digest())))
+        sink.write(trailer_frame(_raw_digest(frame_hasher.digest())))
     manifest_bytes = make_manifest(digests)
     signature = sign(manifest_bytes) if sign else None
     region = header_region(manifest_bytes, signature)
@@ -185,7 +190,7 @@ def _raw_digest(digest: str) -> bytes:
 class _TeeSink:
     """A write-only stream that hashes (on the hasher's thread) what it passes on."""
 
-    def __init__(self, out: BinaryIO, hasher: PipelinedHasher) -> None:
+    def __init__(self, out: BinaryIO | DirectWriter, hasher: PipelinedHasher) -> None:
         self._out = out
         self._hasher = hasher
 

@@ -320,10 +320,11 @@ Examples:
 def main() -> None:
     """Pack Keras/TensorFlow models into verified, self-describing bundles, and load them back."""
     from kbundle import keras_io
-    from kbundle.heap import retain_freed_memory
+    from kbundle.process import quiet_blas_threads, retain_freed_memory
 
     keras_io.filter_native_logs = True
     retain_freed_memory()
+    quiet_blas_threads()
 
 
 @main.command(

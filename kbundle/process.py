@@ -1,0 +1,55 @@
+"""How the ``kbundle`` command tunes its own process; a program that imports kbundle keeps
+its own settings. Stable: internal.
+
+Freed chunk memory stays in the process. The pipelines pass megabyte-sized chunks between
+threads: each read, each compressed block and each decompressed piece is a fresh buffer that
+lives for a moment. glibc serves such blocks from the heap but returns the heap's top to the
+kernel as soon as more than twice the last block size is free there, so the next chunks fault
+in new, zeroed pages again. On the 2-CPU VM kbundle is developed on, fresh pages cost far
+more than the copies themselves: a 1 GiB pack spent 9% of its CPU time zeroing pages, and
+raising glibc's trim and mmap thresholds took the pack from 2.54 s to 2.13 s (median of 5).
+The memory kept is what the bounded queues held at their peak (a few tens of MiB).
+
+OpenBLAS runs single-threaded. kbundle does no linear algebra, but the pre-pack and pre-load
+checks import h5py and with it numpy, whose OpenBLAS starts one thread per CPU that spins
+for a while before it sleeps: 0.14 s of a 1 GiB pack's 2.28 s on 2 CPUs (median of 6).
+TensorFlow, when a command loads a model, does not use OpenBLAS.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = ["quiet_blas_threads", "retain_freed_memory"]
+
+# mallopt() parameters (glibc malloc.h).
+_M_TRIM_THRESHOLD = -1
+_M_MMAP_THRESHOLD = -3
+# Blocks below this come from the heap and are reused; above it they are mapped and unmapped
+# one by one. Every chunk the pipelines use is far smaller.
+_MMAP_THRESHOLD = 32 * 1024 * 1024
+# Free memory at the top of the heap is kept up to this much.
+_TRIM_THRESHOLD = 256 * 1024 * 1024
+
+
+def retain_freed_memory() -> bool:
+    """Tune glibc so freed chunks are reused, not returned and faulted in again. Returns
+    whether it applied (False on other C libraries and platforms)."""
+    try:
+        if not os.confstr("CS_GNU_LIBC_VERSION"):
+            return False
+    except (AttributeError, ValueError, OSError):
+        return False  # not glibc (musl, macOS, Windows)
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    return bool(
+        libc.mallopt(_M_MMAP_THRESHOLD, _MMAP_THRESHOLD)
+        and libc.mallopt(_M_TRIM_THRESHOLD, _TRIM_THRESHOLD)
+    )
+
+
+def quiet_blas_threads() -> None:
+    """Keep OpenBLAS (loaded with numpy) to the calling thread unless the user chose a count.
+    Effective only before numpy is first imported."""
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
