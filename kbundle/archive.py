@@ -19,18 +19,16 @@ problem is collected as a finding. Stable: internal; the layout is format 1.0.
 
 from __future__ import annotations
 
-import os
 import shutil
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
 
 import zstandard
 
-from kbundle.directio import DirectWriter, direct_writes
 from kbundle.errors import (
     IntegrityError,
     LimitExceededError,
@@ -50,6 +48,7 @@ from kbundle.limits import (
 from kbundle.manifest import Manifest, bundle_digest, parse_manifest
 from kbundle.names import MANIFEST_NAME, SIGNATURE_NAME, collision_key, name_problem
 from kbundle.tarstream import BLOCK, END_OF_ARCHIVE, TarEntry, TarReader, member_header, padding
+from kbundle.writers import DirectWriter, QueuedWriter, direct_writes
 from kbundle.zstdframes import (
     TRAILER_TAG,
     ZSTD_MAGIC,
@@ -628,13 +627,7 @@ class _MemberScanner:
             )
 
     def _hash_member(self, tar: TarReader, name: str, hasher: PipelinedHasher) -> str:
-        sink = None
-        if self._extract_to is not None:
-            target = self._extract_to / name
-            target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
-            flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0)
-            sink = os.fdopen(os.open(target, flags, 0o644), "wb")
-        try:
+        with self._sink(name) as sink:
             for chunk in tar.read_data(CHUNK_SIZE):
                 hasher.update(chunk)
                 if sink is not None:
@@ -642,10 +635,16 @@ class _MemberScanner:
                 self._report.bytes_checked += len(chunk)
                 if self._progress:
                     self._progress(len(chunk))
-        finally:
-            if sink is not None:
-                sink.close()
         return hasher.digest()
+
+    def _sink(self, name: str) -> QueuedWriter | nullcontext[None]:
+        """Where an extracted member's bytes go: a new file written on its own thread (the
+        next chunk is decompressed meanwhile), or nowhere when only verifying."""
+        if self._extract_to is None:
+            return nullcontext()
+        target = self._extract_to / name
+        target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        return QueuedWriter.create(target)
 
     def finish(self) -> None:
         for key, member in sorted(self._expected.items()):

@@ -51,6 +51,7 @@ from kbundle.model_files import (
     saved_model_file,
 )
 from kbundle.protowire import WireError
+from kbundle.writers import QueuedWriter
 from kbundle.zipmember import data_offset, open_zip_member
 
 __all__ = [
@@ -429,7 +430,9 @@ def _zip_member_findings(
             target.mkdir(parents=True, exist_ok=True)
             return []
         target.parent.mkdir(parents=True, exist_ok=True)
-        with target.open("xb") as sink:
+        with QueuedWriter.create(
+            target
+        ) as sink:  # written while the next chunk is read and checked
             return _read_member_findings(archive, info, f"{name}/{info.filename}", sink.write)
     except OSError as exc:
         return [

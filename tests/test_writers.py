@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kbundle import directio
-from kbundle.directio import ALIGNMENT, DirectWriter, direct_writes
+from kbundle import writers
+from kbundle.writers import ALIGNMENT, DirectWriter, QueuedWriter, direct_writes
 
 
 def _supports_direct(directory: Path) -> bool:
@@ -73,7 +73,7 @@ def test_small_buffers_are_submitted_while_streaming(tmp_path: Path) -> None:
 def test_falls_back_to_buffered_writes_where_direct_io_is_refused(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(directio, "_O_DIRECT", 0)  # as on a platform without O_DIRECT
+    monkeypatch.setattr(writers, "_O_DIRECT", 0)  # as on a platform without O_DIRECT
     with (tmp_path / "out.bin").open("w+b") as handle, direct_writes(handle) as writer:
         assert writer.direct is False
         writer.write(b"abc" * 5000)
@@ -96,7 +96,7 @@ def test_a_failure_inside_stops_the_writer_thread_and_keeps_the_error(tmp_path: 
         pytest.raises(RuntimeError, match="boom"),
         direct_writes(handle) as writer,
     ):
-        writer.write(b"z" * (directio.BUFFER_SIZE + 10))
+        writer.write(b"z" * (writers.BUFFER_SIZE + 10))
         raise RuntimeError("boom")
     after = {t.name for t in threading.enumerate()}
     assert not [name for name in after - before if name.startswith("kbundle-write")]
@@ -126,3 +126,53 @@ def test_a_background_write_error_surfaces_in_the_caller(tmp_path: Path) -> None
 def test_buffer_size_must_keep_the_alignment(tmp_path: Path) -> None:
     with (tmp_path / "out.bin").open("w+b") as handle, pytest.raises(ValueError, match="multiple"):
         DirectWriter(handle, buffer_size=ALIGNMENT + 1)
+
+
+# --------------------------------------------------------------------------------------------
+# QueuedWriter: extraction's writer thread
+
+
+def test_queued_chunks_land_in_order_even_from_a_reused_buffer(tmp_path: Path) -> None:
+    buffer = bytearray(4096)
+    expected = b""
+    with QueuedWriter.create(tmp_path / "out.bin") as writer:
+        for round_number in range(50):
+            buffer[:] = bytes([round_number]) * len(buffer)  # refilled at once, as readinto does
+            writer.write(memoryview(buffer))
+            writer.write(b"end of round %d\n" % round_number)
+            expected += bytes([round_number]) * len(buffer) + b"end of round %d\n" % round_number
+    assert (tmp_path / "out.bin").read_bytes() == expected
+
+
+def test_queued_writer_creates_only_new_files_and_never_through_a_link(tmp_path: Path) -> None:
+    (tmp_path / "exists").write_bytes(b"keep")
+    (tmp_path / "link").symlink_to(tmp_path / "elsewhere")
+    with pytest.raises(FileExistsError):
+        QueuedWriter.create(tmp_path / "exists")
+    with pytest.raises(FileExistsError):
+        QueuedWriter.create(tmp_path / "link")
+    assert (tmp_path / "exists").read_bytes() == b"keep"
+    assert not (tmp_path / "elsewhere").exists()
+
+
+def test_a_queued_write_error_is_raised_in_the_caller(tmp_path: Path) -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    previous = signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (16384, hard))
+    try:
+        with pytest.raises(OSError) as raised, QueuedWriter.create(tmp_path / "out.bin") as writer:
+            for _ in range(64):
+                writer.write(b"w" * 4096)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+        signal.signal(signal.SIGXFSZ, previous)
+    assert raised.value.errno == errno.EFBIG
+    assert (tmp_path / "out.bin").stat().st_size == 16384
+
+
+def test_a_failure_while_queueing_ends_the_writer_thread(tmp_path: Path) -> None:
+    with pytest.raises(RuntimeError, match="stop"), QueuedWriter.create(tmp_path / "o") as writer:
+        writer.write(b"x" * 10)
+        raise RuntimeError("stop")
+    assert not [t for t in threading.enumerate() if t.name == "kbundle-write"]
+    assert (tmp_path / "o").read_bytes() == b"x" * 10
