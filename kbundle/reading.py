@@ -247,13 +247,17 @@ def _require_trust(report: VerifyReport, options: LoadOptions) -> None:
 
 
 @contextmanager
-def _sound_model(directory: Path, info: ModelInfo) -> Iterator[tuple[Path, str]]:
+def _sound_model(
+    directory: Path, info: ModelInfo, *, private: bool = False
+) -> Iterator[tuple[Path, str]]:
     """The verified model file checked for Keras (its path and format, inside the block).
 
     The checksums prove the model is what was packed, not that it is harmless, so the
     pre-load checks run again. A Keras 3 ``.keras`` zip is unzipped while it is checked
     (into a directory inside ``directory``, removed after the block) and loaded from there:
-    Keras reads the weights from the file instead of copying them into memory first."""
+    Keras reads the weights from the file instead of copying them into memory first. In a
+    ``private`` directory (load's own copy, usually on tmpfs) the zip is deleted once
+    unzipped, so its memory is free again before Keras allocates the model's."""
     from kbundle import keras_io
 
     path = directory / info.path
@@ -266,16 +270,24 @@ def _sound_model(directory: Path, info: ModelInfo) -> Iterator[tuple[Path, str]]
     with tempfile.TemporaryDirectory(prefix="kbundle-unzip-", dir=directory) as scratch:
         unzipped = Path(scratch) / "keras_model"
         unzip_sound_keras(path, unzipped, label=info.path, hint=hint)
+        if private:
+            path.unlink()
         yield unzipped, "keras-dir"
 
 
 def _load_verified(
-    directory: Path, report: VerifyReport, options: LoadOptions, name: str = "the bundle"
+    directory: Path,
+    report: VerifyReport,
+    options: LoadOptions,
+    name: str = "the bundle",
+    *,
+    private: bool = False,
 ) -> tuple[Any, CompatReport]:
     """Load the model from files that were just verified into ``directory``.
 
     The environment check runs first (errors refuse unless ``ignore_env``); the probe runs
     after loading. Returns the model and every environment finding, probe included.
+    ``private``: ``directory`` is a copy made only for this load, which may consume it.
     """
     from kbundle import keras_io
 
@@ -285,7 +297,7 @@ def _load_verified(
     compat = environment_gate(manifest, options.env_policy, ignore=options.ignore_env, what=name)
     _require_trust(report, options)
     with (
-        _sound_model(directory, manifest.model) as (model_path, fmt),
+        _sound_model(directory, manifest.model, private=private) as (model_path, fmt),
         _custom_objects(directory, report) as objects,
     ):
         try:
@@ -412,6 +424,6 @@ def load(
     scratch = _load_scratch(read_head(path).manifest.payload_size)
     with tempfile.TemporaryDirectory(prefix="kbundle-load-", dir=scratch) as private:
         report = _extract_verified(path, Path(private), expect, progress, policy)
-        model, compat = _load_verified(Path(private), report, options, str(path))
+        model, compat = _load_verified(Path(private), report, options, str(path), private=True)
     compat.warn_once(str(path))
     return model
