@@ -22,7 +22,7 @@ from __future__ import annotations
 import shutil
 import struct
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO, cast
@@ -49,6 +49,7 @@ from kbundle.manifest import Manifest, bundle_digest, parse_manifest
 from kbundle.names import MANIFEST_NAME, SIGNATURE_NAME, collision_key, name_problem
 from kbundle.tarstream import BLOCK, END_OF_ARCHIVE, TarEntry, TarReader, member_header, padding
 from kbundle.writers import DirectWriter, QueuedWriter, direct_writes
+from kbundle.zipsplit import ZipSplit, ZipSplitter
 from kbundle.zstdframes import (
     TRAILER_TAG,
     ZSTD_MAGIC,
@@ -442,8 +443,10 @@ def scan_bundle(
     *,
     extract_to: Path | None = None,
     progress: ProgressCallback | None = None,
+    split: ZipSplit | None = None,
 ) -> VerifyReport:
-    """Read the whole bundle, hashing every member (and writing it under ``extract_to``).
+    """Read the whole bundle, hashing every member (and writing it under ``extract_to``; the
+    member ``split`` names is written through its splitter, see :mod:`kbundle.zipsplit`).
 
     Structural problems that make further reading impossible (corrupt compression, truncation)
     end the scan with one finding; everything else is collected. The caller decides what the
@@ -462,7 +465,7 @@ def scan_bundle(
         manifest = head.manifest
         bounded.limit = _stream_limit(bounded.total, manifest)
         report = VerifyReport(head=head)
-        scanner = _MemberScanner(manifest, report, extract_to, progress)
+        scanner = _MemberScanner(manifest, report, extract_to, progress, split)
         current = MANIFEST_NAME
         try:
             with PipelinedHasher() as hasher:
@@ -550,8 +553,10 @@ class _MemberScanner:
         report: VerifyReport,
         extract_to: Path | None,
         progress: ProgressCallback | None,
+        split: ZipSplit | None = None,
     ) -> None:
         self._expected = {collision_key(m.path): m for m in manifest.members}
+        self._split = split
         self._seen: dict[str, str] = {}
         self._report = report
         self._extract_to = extract_to
@@ -637,13 +642,16 @@ class _MemberScanner:
                     self._progress(len(chunk))
         return hasher.digest()
 
-    def _sink(self, name: str) -> QueuedWriter | nullcontext[None]:
+    def _sink(self, name: str) -> AbstractContextManager[QueuedWriter | ZipSplitter | None]:
         """Where an extracted member's bytes go: a new file written on its own thread (the
-        next chunk is decompressed meanwhile), or nowhere when only verifying."""
+        next chunk is decompressed meanwhile), through the zip splitter for the member it is
+        for, or nowhere when only verifying."""
         if self._extract_to is None:
             return nullcontext()
         target = self._extract_to / name
         target.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        if self._split is not None and name == self._split.member:
+            return self._split.writer(target)
         return QueuedWriter.create(target)
 
     def finish(self) -> None:

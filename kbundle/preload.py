@@ -32,7 +32,7 @@ import re
 import struct
 import zipfile
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, cast
@@ -52,7 +52,8 @@ from kbundle.model_files import (
 )
 from kbundle.protowire import WireError
 from kbundle.writers import QueuedWriter
-from kbundle.zipmember import data_offset, open_zip_member
+from kbundle.zipmember import data_offset, open_zip_member, zip_name_problem
+from kbundle.zipsplit import SplitMember
 
 __all__ = [
     "MAX_H5_EXPANSION",
@@ -211,6 +212,7 @@ def _check_keras_zip(
     name: str,
     extract_to: Path | None = None,
     deferred: list[_StoredRange] | None = None,
+    split: Mapping[str, SplitMember] | None = None,
 ) -> FileFindings:
     size = path.stat().st_size
     try:
@@ -221,7 +223,13 @@ def _check_keras_zip(
         findings = _zip_directory_findings(archive, name, size)
         if any(f.severity >= Severity.ERROR for f in findings):
             return findings  # reading members of a hostile directory is what a bomb wants
+        if split:
+            findings += _split_findings(archive, name, split)
+            if any(f.severity >= Severity.ERROR for f in findings):
+                return findings
         for info in archive.infolist():
+            if split and info.filename in split:
+                continue  # checked above, already written
             if deferred is not None and _defer(archive, info, name, deferred):
                 continue
             findings += _zip_member_findings(archive, info, name, extract_to)
@@ -261,20 +269,84 @@ def _defer(
     return True
 
 
+def _split_findings(
+    archive: zipfile.ZipFile, name: str, split: Mapping[str, SplitMember]
+) -> FileFindings:
+    """Each member split out of the stream against the central directory: listed, stored, at
+    the same byte range, with the CRC-32 it declares; and no other member's data in its
+    range (that data is a hole in the zip on disk, not the archive's bytes)."""
+    findings: FileFindings = []
+    listed = {info.filename: info for info in archive.infolist()}
+    ranges: list[_StoredRange] = []
+    for member in sorted(split.values(), key=lambda m: m.start):
+        where = f"{name}/{member.name}"
+        info = listed.get(member.name)
+        start = data_offset(archive.fp, info) if info is not None and archive.fp else None
+        if (
+            info is None
+            or info.compress_type != zipfile.ZIP_STORED
+            or info.flag_bits & 0x1
+            or info.compress_size != member.size
+            or info.file_size != member.size
+            or start != member.start
+        ):
+            findings.append(
+                Finding(
+                    location=where,
+                    problem="a local file header disagrees with the central directory",
+                    expected="the member's name, size and data offset as the directory lists them",
+                    why="zip readers that trust different headers see different files",
+                    fix="this is not a file Keras wrote; do not load it",
+                )
+            )
+            continue
+        if member.crc != info.CRC:
+            findings.append(_bad_crc(where, info.CRC, member.crc))
+        ranges.append(_StoredRange(where, member.start, member.size, member.crc))
+    for info in archive.infolist():
+        if info.filename in split or info.is_dir() or archive.fp is None:
+            continue
+        start = data_offset(archive.fp, info)
+        other = _StoredRange(info.filename, start or info.header_offset, info.compress_size, 0)
+        if not all(_apart(other, taken) for taken in ranges):
+            findings.append(
+                Finding(
+                    location=f"{name}/{info.filename}",
+                    problem="member data overlaps another member's",
+                    fix="this is not a file Keras wrote; do not load it",
+                )
+            )
+    return findings
+
+
 def _apart(one: _StoredRange, other: _StoredRange) -> bool:
     """No shared bytes (a hostile archive may point two members at the same data)."""
     return one.start + one.size <= other.start or other.start + other.size <= one.start
 
 
-def unzip_sound_keras(path: Path, directory: Path, *, label: str, hint: str) -> None:
+def unzip_sound_keras(
+    path: Path,
+    directory: Path,
+    *,
+    label: str,
+    hint: str,
+    split: Mapping[str, SplitMember] | None = None,
+) -> None:
     """Check the ``.keras`` zip ``path`` as :func:`require_sound_model` does and, in the same
-    read, write its members into ``directory`` (created here): the unzipped form, which Keras
-    loads from the files themselves. Loaded from the zip, Keras first copies the weights
-    member into memory; for a 1 GiB model in a fresh process that took 9-17 s here against
-    2.5-5 s from the directory. Raises :class:`ModelFileError` naming the first problem (with
-    all of them)."""
-    directory.mkdir()
-    _raise_problems(_check_keras_zip(path, label, directory), label, ModelFileError, hint)
+    read, write its members into ``directory`` (created here unless ``split`` is given): the
+    unzipped form, which Keras loads from the files themselves. Loaded from the zip, Keras
+    first copies the weights member into memory; for a 1 GiB model in a fresh process that
+    took 9-17 s here against 2.5-5 s from the directory.
+
+    ``split`` lists members already written into ``directory`` while the zip was extracted
+    (:mod:`kbundle.zipsplit`; their data is a hole in ``path``): each must be a stored member
+    the central directory lists at exactly that byte range with exactly that CRC-32, and no
+    other member may reach into its range. Raises :class:`ModelFileError` naming the first
+    problem (with all of them)."""
+    if split is None:
+        directory.mkdir()
+    findings = _check_keras_zip(path, label, directory, split=split or {})
+    _raise_problems(findings, label, ModelFileError, hint)
 
 
 def _zip_open(archive: zipfile.ZipFile, member: str) -> tuple[IO[bytes], int] | None:
@@ -356,7 +428,7 @@ def _zip_directory_findings(archive: zipfile.ZipFile, name: str, size: int) -> F
     seen: set[str] = set()
     for info in infos:
         where = f"{name}/{info.filename}"
-        problem = _zip_name_problem(info.filename)
+        problem = zip_name_problem(info.filename)
         if problem:
             findings.append(
                 Finding(
@@ -395,18 +467,6 @@ def _zip_directory_findings(archive: zipfile.ZipFile, name: str, size: int) -> F
     return findings
 
 
-def _zip_name_problem(member: str) -> str | None:
-    if not member or "\x00" in member:
-        return "empty name or NUL byte"
-    if member.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", member):
-        return "absolute path"
-    if "\\" in member:
-        return "backslash in name"
-    if ".." in member.split("/"):
-        return "'..' component (path traversal)"
-    return None
-
-
 def _bomb(where: str, declared: int, stored: int, ratio: int) -> Finding:
     return Finding(
         location=where,
@@ -424,7 +484,7 @@ def _zip_member_findings(
     """The member read to its end (CRC-32, size); with ``extract_to``, also written there."""
     if extract_to is None:
         return _read_member_findings(archive, info, f"{name}/{info.filename}", None)
-    target = extract_to / info.filename  # the name passed _zip_name_problem
+    target = extract_to / info.filename  # the name passed zip_name_problem
     try:
         if info.is_dir():
             target.mkdir(parents=True, exist_ok=True)

@@ -31,6 +31,7 @@ from kbundle.model_files import keras_major
 from kbundle.names import MANIFEST_NAME, SIGNATURE_NAME
 from kbundle.preload import require_sound_model, unzip_sound_keras
 from kbundle.signing import SignaturePolicy, TrustedKeys, check_signatures
+from kbundle.zipsplit import ZipSplit
 
 if TYPE_CHECKING:
     from kbundle.bundled_code import CodeListing
@@ -161,8 +162,11 @@ def _extract_verified(
     expect: str | None,
     progress: Callable[[int, int], None] | None,
     policy: SignaturePolicy,
+    split: ZipSplit | None = None,
 ) -> VerifyReport:
-    report = scan_bundle(path, extract_to=directory, progress=_progress_adapter(progress, path))
+    report = scan_bundle(
+        path, extract_to=directory, progress=_progress_adapter(progress, path), split=split
+    )
     _expect_finding(report, expect)
     _signature_findings(report, policy)
     _raise_findings(report, path)
@@ -248,7 +252,7 @@ def _require_trust(report: VerifyReport, options: LoadOptions) -> None:
 
 @contextmanager
 def _sound_model(
-    directory: Path, info: ModelInfo, *, private: bool = False
+    directory: Path, info: ModelInfo, *, private: bool = False, split: ZipSplit | None = None
 ) -> Iterator[tuple[Path, str]]:
     """The verified model file checked for Keras (its path and format, inside the block).
 
@@ -257,15 +261,27 @@ def _sound_model(
     (into a directory inside ``directory``, removed after the block) and loaded from there:
     Keras reads the weights from the file instead of copying them into memory first. In a
     ``private`` directory (load's own copy, usually on tmpfs) the zip is deleted once
-    unzipped, so its memory is free again before Keras allocates the model's."""
+    unzipped, so its memory is free again before Keras allocates the model's. With ``split``
+    the large members were already written into ``split.directory`` during extraction."""
     from kbundle import keras_io
 
     path = directory / info.path
     hint = "run 'kbundle doctor' on the bundle"
     unzip = info.format == "keras" and keras_major(info.saved_by) == 3
-    if not unzip or not keras_io.loads_unzipped_keras():
+    unzip = unzip and keras_io.loads_unzipped_keras()
+    was_split = split is not None and split.member == info.path
+    if was_split and not unzip:
+        assert split is not None
+        split.restore(path)  # this Keras reads only the zip: fill its holes again
+    if not unzip:
         require_sound_model(path, info.format, error=ModelFileError, label=info.path, hint=hint)
         yield path, info.format
+        return
+    if was_split:
+        assert split is not None
+        unzip_sound_keras(path, split.directory, label=info.path, hint=hint, split=split.members)
+        path.unlink()  # a private copy with holes where the split members were
+        yield split.directory, "keras-dir"
         return
     with tempfile.TemporaryDirectory(prefix="kbundle-unzip-", dir=directory) as scratch:
         unzipped = Path(scratch) / "keras_model"
@@ -275,6 +291,15 @@ def _sound_model(
         yield unzipped, "keras-dir"
 
 
+def _zip_split(info: ModelInfo, directory: Path) -> ZipSplit | None:
+    """For a Keras 3 ``.keras`` model: write its large members into ``directory`` while the
+    bundle is extracted, instead of unzipping the zip later (decided without importing Keras,
+    so a damaged bundle still fails before TensorFlow is imported)."""
+    if info.format != "keras" or keras_major(info.saved_by) != 3:
+        return None
+    return ZipSplit(info.path, directory)
+
+
 def _load_verified(
     directory: Path,
     report: VerifyReport,
@@ -282,12 +307,14 @@ def _load_verified(
     name: str = "the bundle",
     *,
     private: bool = False,
+    split: ZipSplit | None = None,
 ) -> tuple[Any, CompatReport]:
     """Load the model from files that were just verified into ``directory``.
 
     The environment check runs first (errors refuse unless ``ignore_env``); the probe runs
     after loading. Returns the model and every environment finding, probe included.
-    ``private``: ``directory`` is a copy made only for this load, which may consume it.
+    ``private``: ``directory`` is a copy made only for this load, which may consume it;
+    ``split``: how the model zip was split while it was extracted.
     """
     from kbundle import keras_io
 
@@ -297,7 +324,7 @@ def _load_verified(
     compat = environment_gate(manifest, options.env_policy, ignore=options.ignore_env, what=name)
     _require_trust(report, options)
     with (
-        _sound_model(directory, manifest.model, private=private) as (model_path, fmt),
+        _sound_model(directory, manifest.model, private=private, split=split) as (model_path, fmt),
         _custom_objects(directory, report) as objects,
     ):
         try:
@@ -421,9 +448,13 @@ def load(
         env_policy=env,
         probe=probe,
     )
-    scratch = _load_scratch(read_head(path).manifest.payload_size)
+    manifest = read_head(path).manifest
+    scratch = _load_scratch(manifest.payload_size)
     with tempfile.TemporaryDirectory(prefix="kbundle-load-", dir=scratch) as private:
-        report = _extract_verified(path, Path(private), expect, progress, policy)
-        model, compat = _load_verified(Path(private), report, options, str(path), private=True)
+        files = Path(private) / "bundle"
+        files.mkdir()
+        split = _zip_split(manifest.model, Path(private) / "keras_model")
+        report = _extract_verified(path, files, expect, progress, policy, split)
+        model, compat = _load_verified(files, report, options, str(path), private=True, split=split)
     compat.warn_once(str(path))
     return model

@@ -55,7 +55,9 @@ class QueuedWriter:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._queue: queue.Queue[bytes | None] = queue.Queue(maxsize=QUEUE_DEPTH)
+        self._queue: queue.Queue[bytes | int | None] = queue.Queue(maxsize=QUEUE_DEPTH)
+        self._end = 0  # the file's size once everything queued is written
+        self._holes = False
         self._error: OSError | None = None
         self._thread = threading.Thread(target=self._run, name="kbundle-write", daemon=True)
         self._thread.start()
@@ -67,10 +69,13 @@ class QueuedWriter:
         return cls(os.open(path, flags, mode))
 
     def _run(self) -> None:
-        while (chunk := self._queue.get()) is not None:
+        while (item := self._queue.get()) is not None:
             if self._error is None:  # after a failure, drain without writing
                 try:
-                    _write_fully(self._fd, chunk)
+                    if isinstance(item, int):
+                        os.lseek(self._fd, item, os.SEEK_CUR)
+                    else:
+                        _write_fully(self._fd, item)
                 except OSError as exc:
                     self._error = exc
 
@@ -80,6 +85,17 @@ class QueuedWriter:
             raise self._error
         if chunk:
             self._queue.put(chunk if isinstance(chunk, bytes) else bytes(chunk))
+            self._end += len(chunk)
+
+    def skip(self, count: int) -> None:
+        """Leave ``count`` bytes unwritten: a hole, read back as zeros, that takes no space
+        on file systems with sparse files."""
+        if self._error is not None:
+            raise self._error
+        if count > 0:
+            self._queue.put(count)
+            self._end += count
+            self._holes = True
 
     def close(self) -> None:
         """Wait until everything is written, close the file, and raise a write error if any."""
@@ -88,6 +104,8 @@ class QueuedWriter:
             self._thread.join()
         fd, self._fd = self._fd, -1
         try:
+            if fd >= 0 and self._holes and self._error is None:
+                os.ftruncate(fd, self._end)  # a hole at the very end still counts
             if fd >= 0:
                 os.close(fd)  # some file systems report a failed write only here
         finally:

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import re
 import struct
 import zipfile
 from pathlib import Path
 from typing import IO, Any, cast
 
-__all__ = ["data_offset", "open_zip_member"]
+__all__ = ["data_offset", "open_zip_member", "zip_name_problem"]
 
 _LOCAL_HEADER = b"PK\x03\x04"
 
@@ -30,6 +31,19 @@ def data_offset(handle: IO[bytes], info: zipfile.ZipInfo) -> int | None:
         return None
     name_len, extra_len = struct.unpack("<HH", header[26:30])
     return int(info.header_offset) + 30 + int(name_len) + int(extra_len)
+
+
+def zip_name_problem(member: str) -> str | None:
+    """Why a member name must not be written under a directory (``None``: it may)."""
+    if not member or "\x00" in member:
+        return "empty name or NUL byte"
+    if member.startswith(("/", "\\")) or re.match(r"^[A-Za-z]:", member):
+        return "absolute path"
+    if "\\" in member:
+        return "backslash in name"
+    if ".." in member.split("/"):
+        return "'..' component (path traversal)"
+    return None
 
 
 def open_zip_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo) -> IO[bytes]:

@@ -13,6 +13,7 @@ import stat
 import struct
 import warnings
 import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +97,56 @@ def test_row09_keras_zip_with_bad_crc(
     )
     kbundle.verify(bundle)  # the bundle's digests cover exactly these (damaged) bytes
     _refused_before_keras(bundle, MODEL_PATH)
+
+
+@pytest.fixture
+def split_keras_file(keras: Any, tmp_path: Path) -> Path:
+    """A .keras file whose weights are large enough for load to split them out of the stream
+    (kbundle.zipsplit) instead of unzipping them afterwards."""
+    from kbundle.zipsplit import MIN_SPLIT_BYTES
+
+    units = int((MIN_SPLIT_BYTES / 4) ** 0.5) + 8
+    model = keras.Sequential([keras.Input((units,)), keras.layers.Dense(units)], name="split")
+    path = tmp_path / "split.keras"
+    model.save(path)
+    assert zipfile.ZipFile(path).getinfo("model.weights.h5").file_size > MIN_SPLIT_BYTES
+    return path
+
+
+def test_row09_split_weights_with_bad_crc(split_keras_file: Path, tmp_path: Path) -> None:
+    """The CRC-32 of weights written straight from the stream is still checked."""
+    raw = bytearray(split_keras_file.read_bytes())
+    with zipfile.ZipFile(split_keras_file) as archive:
+        weights = archive.read("model.weights.h5")
+    raw[bytes(raw).index(weights) + len(weights) // 2] ^= 0x01
+    bundle = model_bundle(tmp_path / "crc.kbundle", {MODEL_PATH: bytes(raw)})
+    with pytest.raises(IntegrityError, match="bad CRC-32"):
+        kbundle.load(bundle)
+
+
+def test_row09_decoy_local_header_outside_the_central_directory(
+    split_keras_file: Path, tmp_path: Path
+) -> None:
+    """A stored 'model.weights.h5' that only a local header names (the central directory lists
+    the real one further on): a stream reader would take the decoy, so load must refuse."""
+    with zipfile.ZipFile(split_keras_file) as archive:
+        members = {info.filename: archive.read(info.filename) for info in archive.infolist()}
+    decoy = bytes(len(members["model.weights.h5"]))  # zeros: other weights entirely
+    name = b"model.weights.h5"
+    local = struct.pack(
+        "<4sHHHHHIIIHH", b"PK\x03\x04", 20, 0, 0, 0, 0, zlib.crc32(decoy), len(decoy),
+        len(decoy), len(name), 0,
+    )  # fmt: skip
+    hostile = tmp_path / "decoy.keras"
+    with hostile.open("wb") as out:
+        out.write(local + name + decoy)
+        with zipfile.ZipFile(out, "w") as archive:
+            for member, data in members.items():
+                archive.writestr(member, data)
+    bundle = model_bundle(tmp_path / "decoy.kbundle", {MODEL_PATH: hostile.read_bytes()})
+    with pytest.raises(IntegrityError) as caught:
+        kbundle.load(bundle)
+    assert "local file header disagrees with the central directory" in caught.value.message
 
 
 def test_row09_keras_zip_bomb(saved_keras_file: Path, tmp_path: Path) -> None:
