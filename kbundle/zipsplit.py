@@ -139,12 +139,21 @@ class ZipSplitter:
             and header.compressed == header.uncompressed >= self._min_size
             and header.name not in self._split
         ):
-            target = self._directory / header.name
-            target.parent.mkdir(parents=True, exist_ok=True)
-            member = SplitMember(header.name, self._offset, header.compressed, 0)
-            self._current, self._crc = (QueuedWriter.create(target), target, member), 0
+            self._open_split(SplitMember(header.name, self._offset, header.compressed, 0))
         if self._left == 0:
             self._end_member()
+
+    def _open_split(self, member: SplitMember) -> None:
+        target = self._directory / member.name
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            writer = QueuedWriter.create(target)
+        except OSError:
+            # The name clashes with a file or directory already written (a duplicate, or one
+            # that differs only in case on such a file system): the data stays in the zip,
+            # where the pre-load checks judge the member like any other.
+            return
+        self._current, self._crc = (writer, target, member), 0
 
     def _end_member(self) -> None:
         self._state = "header"

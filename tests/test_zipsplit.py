@@ -160,3 +160,15 @@ def test_load_with_a_keras_that_reads_only_zips_refills_the_holes(
     monkeypatch.setattr(keras_io, "loads_unzipped_keras", lambda: False)
     loaded = kbundle.load(bundle)
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))
+
+
+def test_a_name_that_clashes_with_a_written_file_stays_in_the_zip(tmp_path: Path) -> None:
+    first, second = b"\x01" * BIG, b"\x02" * BIG
+    source = io.BytesIO()
+    with zipfile.ZipFile(source, "w") as archive:
+        archive.writestr("weights", first)
+        archive.writestr("weights/inner.bin", second)  # "weights" is a file already
+    split, written = _split(source.getvalue(), tmp_path, 4096)
+    assert list(split.members) == ["weights"]
+    assert second in written  # kept in the zip, not a hole
+    assert first not in written
