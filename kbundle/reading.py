@@ -399,7 +399,7 @@ def _load_scratch(payload_size: int) -> str | None:
             available = next(
                 int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:")
             )
-    except (OSError, StopIteration, ValueError):
+    except (OSError, StopIteration, ValueError, AttributeError):  # AttributeError: no statvfs
         return None
     room = min(stats.f_bavail * stats.f_frsize, available)
     return str(_MEMORY_SCRATCH) if room >= _MEMORY_HEADROOM * payload_size else None

@@ -27,15 +27,18 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import mmap
 import os
 import queue
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import BinaryIO
+
+if sys.platform != "win32":  # no fcntl (and no O_DIRECT) on Windows: writes stay buffered
+    import fcntl
 
 __all__ = ["ALIGNMENT", "DirectWriter", "QueuedWriter", "direct_writes"]
 
@@ -227,7 +230,7 @@ class DirectWriter:
 
 
 def _enable_direct(fd: int) -> bool:
-    if not _O_DIRECT:
+    if not _O_DIRECT or sys.platform == "win32":
         return False
     try:
         flags = fcntl.fcntl(fd, fcntl.F_GETFL)
