@@ -269,16 +269,15 @@ def _sound_model(
     hint = "run 'kbundle doctor' on the bundle"
     unzip = info.format == "keras" and keras_major(info.saved_by) == 3
     unzip = unzip and keras_io.loads_unzipped_keras()
-    was_split = split is not None and split.member == info.path
-    if was_split and not unzip:
-        assert split is not None
+    if split is not None and split.member != info.path:
+        split = None  # planned for another member: this model was written whole
+    if split is not None and not unzip:
         split.restore(path)  # this Keras reads only the zip: fill its holes again
     if not unzip:
         require_sound_model(path, info.format, error=ModelFileError, label=info.path, hint=hint)
         yield path, info.format
         return
-    if was_split:
-        assert split is not None
+    if split is not None:
         unzip_sound_keras(path, split.directory, label=info.path, hint=hint, split=split.members)
         path.unlink()  # a private copy with holes where the split members were
         yield split.directory, "keras-dir"

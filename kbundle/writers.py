@@ -58,7 +58,7 @@ class QueuedWriter:
 
     def __init__(self, fd: int) -> None:
         self._fd = fd
-        self._queue: queue.Queue[bytes | int | None] = queue.Queue(maxsize=QUEUE_DEPTH)
+        self._queue: queue.Queue[bytes | memoryview | int | None] = queue.Queue(maxsize=QUEUE_DEPTH)
         self._end = 0  # the file's size once everything queued is written
         self._holes = False
         self._error: OSError | None = None
@@ -83,11 +83,19 @@ class QueuedWriter:
                     self._error = exc
 
     def write(self, chunk: bytes | bytearray | memoryview) -> None:
-        """Queue ``chunk``; a mutable one is copied first (its buffer may be reused at once)."""
+        """Queue ``chunk``; one whose buffer can change (a bytearray, a view of one) is copied
+        first, since its owner may reuse it at once. A view of ``bytes`` is queued as it is."""
         if self._error is not None:
             raise self._error
         if chunk:
-            self._queue.put(chunk if isinstance(chunk, bytes) else bytes(chunk))
+            item: bytes | memoryview
+            if isinstance(chunk, bytes):
+                item = chunk
+            elif isinstance(chunk, memoryview) and isinstance(chunk.obj, bytes):
+                item = chunk  # the view keeps its bytes alive, and bytes never change
+            else:
+                item = bytes(chunk)
+            self._queue.put(item)
             self._end += len(chunk)
 
     def skip(self, count: int) -> None:
@@ -126,13 +134,27 @@ class QueuedWriter:
             self.close()
 
 
-def _write_fully(fd: int, data: bytes) -> None:
-    view = memoryview(data)
-    while view:
-        written = os.write(fd, view)
-        if written <= 0:
-            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        view = view[written:]
+def _write_fully(
+    fd: int,
+    data: bytes | memoryview | mmap.mmap,
+    size: int | None = None,
+    offset: int | None = None,
+) -> None:
+    """Write the first ``size`` bytes of ``data`` (all of it by default), at the file position
+    or, given ``offset``, there (``pwrite``). Every view is released before returning, so an
+    ``mmap`` passed in can be closed afterwards."""
+    done = 0
+    with memoryview(data) as whole:
+        end = len(whole) if size is None else size
+        while done < end:
+            with whole[done:end] as part:
+                if offset is None:
+                    written = os.write(fd, part)
+                else:
+                    written = os.pwrite(fd, part, offset + done)
+            if written <= 0:  # nothing more fits
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+            done += written
 
 
 class DirectWriter:
@@ -190,7 +212,7 @@ class DirectWriter:
         assert self._executor is not None
         index = self._current
         self._pending[index] = self._executor.submit(
-            _write_all, self._fd, self._buffers[index], self._fill, self._offset
+            _write_fully, self._fd, self._buffers[index], self._fill, self._offset
         )
         self._offset += self._fill
         self._fill = 0
@@ -213,7 +235,7 @@ class DirectWriter:
         flags = fcntl.fcntl(self._fd, fcntl.F_GETFL)
         fcntl.fcntl(self._fd, fcntl.F_SETFL, flags & ~_O_DIRECT)
         tail = self._buffers[self._current]
-        _write_all(self._fd, tail, self._fill, self._offset)
+        _write_fully(self._fd, tail, self._fill, self._offset)
         self._handle.seek(self._offset + self._fill)
         self.close()
 
@@ -238,17 +260,6 @@ def _enable_direct(fd: int) -> bool:
     except OSError:
         return False  # the file system does not do direct I/O
     return True
-
-
-def _write_all(fd: int, buffer: mmap.mmap, size: int, offset: int) -> None:
-    done = 0
-    with memoryview(buffer) as whole:
-        while done < size:
-            with whole[done:size] as part:
-                written = os.pwrite(fd, part, offset + done)
-            if written <= 0:  # nothing more fits
-                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-            done += written
 
 
 @contextlib.contextmanager
