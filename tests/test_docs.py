@@ -8,17 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import REPO, child_env
+from conftest import REPO, child_env, run_cli, run_python
 
 
 def test_cli_reference_matches_help() -> None:
-    result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "cli_reference.py"), "--check"],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=120,
-    )
+    result = run_python(REPO / "tools" / "cli_reference.py", "--check", timeout=120)
     assert result.returncode == 0, result.stderr
 
 
@@ -48,13 +42,7 @@ def test_every_exit_code_in_the_table_is_documented_in_the_readme() -> None:
 
 
 def test_python_api_reference_matches_the_code() -> None:
-    result = subprocess.run(
-        [sys.executable, str(REPO / "tools" / "api_reference.py"), "--check"],
-        capture_output=True,
-        text=True,
-        env=child_env(),
-        timeout=120,
-    )
+    result = run_python(REPO / "tools" / "api_reference.py", "--check", timeout=120)
     assert result.returncode == 0, result.stderr
 
 
@@ -75,32 +63,13 @@ def test_archive_example_reports_a_clean_environment(
     tmp_path: Path, saved_keras_file: Path
 ) -> None:
     bundle = tmp_path / "m.kbundle"
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "kbundle",
-            "pack",
-            str(saved_keras_file),
-            "-o",
-            str(bundle),
-            "--no-probe",
-            "-q",
-        ],
-        check=True,
-        env=child_env(),
-        capture_output=True,
-    )
-    digest = subprocess.run(
-        [sys.executable, "-m", "kbundle", "inspect", str(bundle), "--json"],
-        check=True,
-        env=child_env(),
-        capture_output=True,
-        text=True,
-    ).stdout
+    packed = run_cli("pack", saved_keras_file, "-o", bundle, "--no-probe", "-q")
+    assert packed.returncode == 0, packed.stderr
+    inspected = run_cli("inspect", bundle, "--json")
+    assert inspected.returncode == 0, inspected.stderr
     import json
 
-    pinned = json.loads(digest)["digest"]
+    pinned = json.loads(inspected.stdout)["digest"]
     result = subprocess.run(
         ["bash", str(REPO / "examples" / "archive.sh"), str(bundle), pinned],
         capture_output=True,
