@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import importlib
 import importlib.abc
-import importlib.metadata as metadata
 import importlib.util
 import linecache
 import pickle
@@ -41,7 +40,7 @@ from typing import Any
 
 from packaging.requirements import InvalidRequirement, Requirement
 
-from kbundle.environment import canonical_name
+from kbundle.distributions import canonical_name, version
 from kbundle.errors import (
     BundleFormatError,
     EnvironmentMismatchError,
@@ -281,9 +280,7 @@ def _distribution_findings(obj: CustomObject, origins: ModuleOrigins) -> list[Fi
             )
         ]
     wanted = canonical_name(requirement.name)
-    try:
-        metadata.version(wanted)
-    except metadata.PackageNotFoundError:
+    if version(wanted) is None:
         return [
             Finding(
                 location=where,
@@ -479,7 +476,7 @@ def _report_conflicts(manifest: Manifest, tops: set[str], registered: Callable[[
 
 def _installed_object(obj: CustomObject) -> Any:
     requirement = Requirement(obj.requirement or "")
-    installed = metadata.version(requirement.name)
+    installed = version(requirement.name)
     recorded = obj.distributions.get(canonical_name(requirement.name))
     if recorded is not None and installed != recorded:
         warnings.warn(

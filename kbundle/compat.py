@@ -32,7 +32,8 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
-from kbundle.environment import TENSORFLOW_DISTRIBUTIONS, canonical_name, capture_environment
+from kbundle.distributions import canonical_name
+from kbundle.environment import TENSORFLOW_DISTRIBUTIONS, capture_environment
 from kbundle.errors import EnvironmentMismatchError, ModelLoadError, UsageError
 from kbundle.findings import Finding, Severity
 from kbundle.manifest import CustomObject, Environment, Manifest

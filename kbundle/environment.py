@@ -12,23 +12,20 @@ version, compile flags and the devices TensorFlow sees. Comparing two records li
 from __future__ import annotations
 
 import ast
-import importlib.metadata as metadata
 import json
 import os
 import pickle
 import platform
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
+from kbundle.distributions import find, versions
 from kbundle.manifest import Environment, KerasInfo, PlatformInfo, PythonInfo, TensorFlowInfo
 
 __all__ = [
     "TENSORFLOW_DISTRIBUTIONS",
-    "canonical_name",
     "capture_environment",
-    "installed_distributions",
 ]
 
 # Every distribution that installs the ``tensorflow`` package, most specific first: a user
@@ -60,47 +57,9 @@ _KEY_LIBRARIES = (
 )
 
 
-_NAME_SEPARATORS = re.compile(r"[-_.]+")
-
-
-def canonical_name(name: str) -> str:
-    """A distribution name normalised as PEP 503 says (``Tf_Keras`` -> ``tf-keras``), the one
-    rule every module keys distributions by. It is one line; importing packaging.utils for it
-    cost more than the environment check of an unpack."""
-    return _NAME_SEPARATORS.sub("-", name).lower()
-
-
-def installed_distributions() -> dict[str, str]:
-    """Every installed distribution, by normalised name, with its version."""
-    found: dict[str, str] = {}
-    for dist in metadata.distributions():
-        name, version = _name_and_version(dist)
-        if name and version:
-            found.setdefault(canonical_name(name), version)
-    return dict(sorted(found.items()))
-
-
-def _name_and_version(dist: metadata.Distribution) -> tuple[str | None, str | None]:
-    """``Name`` and ``Version`` from the first lines of the metadata file. Both are one-line
-    headers near its top; going through ``dist.metadata`` parses every header of every file
-    with the email parser, which took most of the environment check of an unpack here."""
-    text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or ""
-    fields: dict[str, str] = {}
-    for line in text.splitlines():
-        if not line:
-            break  # the end of the headers
-        key, colon, value = line.partition(":")
-        if colon and key in ("Name", "Version"):
-            fields.setdefault(key, value.strip())
-            if len(fields) == 2:
-                return fields["Name"], fields["Version"]
-    meta = dist.metadata  # unusual layout: let the full parser decide
-    return meta["Name"], meta["Version"]
-
-
 def capture_environment(*, runtime: bool = False) -> Environment:
     """Record the current environment; import TensorFlow only if ``runtime`` or already imported."""
-    distributions = installed_distributions()
+    distributions = versions()
     runtime = runtime or "tensorflow" in sys.modules
     return Environment(
         python=PythonInfo(
@@ -156,16 +115,14 @@ def _tensorflow(distributions: dict[str, str], *, runtime: bool) -> TensorFlowIn
 
 def _static_build_info(distribution: str) -> dict[str, Any]:
     """TensorFlow's generated ``build_info`` dict, read as a literal from its source file."""
-    try:
-        located = metadata.distribution(distribution).locate_file(
-            "tensorflow/python/platform/build_info.py"
-        )
-    except metadata.PackageNotFoundError:
+    found = find(distribution)
+    if found is None:
         return {}
-    # locate_file builds the path directly; listing the distribution's files would parse a
+    # locate builds the path directly; listing the distribution's files would parse a
     # RECORD of some 20,000 lines.
+    source = found.locate("tensorflow/python/platform/build_info.py")
     try:
-        tree = ast.parse(Path(str(located)).read_text(encoding="utf-8"))
+        tree = ast.parse(source.read_text(encoding="utf-8"))
     except (OSError, SyntaxError, ValueError):
         return {}
     return _build_info_literal(tree)

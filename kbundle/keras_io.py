@@ -240,15 +240,14 @@ def _load_keras2_fallback(
 
 def _tf_keras_requirement() -> str:
     """The tf-keras release matching the installed TensorFlow (tf-keras versions track it)."""
-    from importlib import metadata
-
+    from kbundle.distributions import version
     from kbundle.environment import TENSORFLOW_DISTRIBUTIONS
 
     for distribution in TENSORFLOW_DISTRIBUTIONS:
-        try:
-            major_minor = ".".join(metadata.version(distribution).split(".")[:2])
-        except metadata.PackageNotFoundError:
+        installed = version(distribution)
+        if installed is None:
             continue
+        major_minor = ".".join(installed.split(".")[:2])
         return f"pip install 'tf-keras=={major_minor}.*' (add --no-deps with {distribution})"
     return "pip install tf-keras"
 

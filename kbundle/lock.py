@@ -20,7 +20,6 @@ why. Stable: the member names and the ``Requirements`` fields are format 1.0.
 from __future__ import annotations
 
 import contextlib
-import importlib.metadata as metadata
 import importlib.util
 import re
 import subprocess
@@ -32,7 +31,8 @@ from packaging.markers import UndefinedEnvironmentName
 from packaging.requirements import InvalidRequirement, Requirement
 
 from kbundle.archive import PayloadFile
-from kbundle.environment import TENSORFLOW_DISTRIBUTIONS, canonical_name, installed_distributions
+from kbundle.distributions import canonical_name, find, versions
+from kbundle.environment import TENSORFLOW_DISTRIBUTIONS
 from kbundle.manifest import CustomObject, Environment, Requirements
 
 __all__ = [
@@ -93,7 +93,7 @@ def closure(
     (which asks for plain ``tensorflow``) keeps ``tensorflow-cpu``. ``missing`` lists
     requirements that are not installed (``name (required by X)``).
     """
-    installed = dict(installed if installed is not None else installed_distributions())
+    installed = dict(installed if installed is not None else versions())
     tensorflows = [d for d in TENSORFLOW_DISTRIBUTIONS if d in installed]
     pins: dict[str, str] = {}
     missing: list[str] = []
@@ -118,10 +118,8 @@ def closure(
 
 
 def _requirements_of(name: str, extras: frozenset[str]) -> list[Requirement]:
-    try:
-        declared = metadata.requires(name) or []
-    except metadata.PackageNotFoundError:
-        return []
+    dist = find(name)
+    declared = dist.requires() if dist else []
     found = []
     for line in declared:
         try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import ast
 import hashlib
 import importlib.machinery
-import importlib.metadata as metadata
 import importlib.util
 import inspect
 import linecache
@@ -26,7 +25,8 @@ from importlib.machinery import ModuleSpec
 from pathlib import Path
 from typing import Any
 
-from kbundle.environment import canonical_name
+from kbundle import distributions
+from kbundle.distributions import canonical_name
 from kbundle.manifest import format_digest
 
 __all__ = [
@@ -101,6 +101,10 @@ class ModuleOrigin:
     distribution: tuple[str, str] | None = None
 
 
+# A distribution's install base, the files its RECORD lists (relative to it), its version.
+_Record = tuple[Path, frozenset[str], str]
+
+
 class ModuleOrigins:
     """Classifies modules without importing them; each module and each distribution's file
     list is looked at once per instance (one pack, one load)."""
@@ -108,7 +112,7 @@ class ModuleOrigins:
     def __init__(self) -> None:
         self._cache: dict[str, ModuleOrigin] = {}
         self._owners: Mapping[str, list[str]] | None = None
-        self._records: dict[str, tuple[Path, frozenset[str]] | None] = {}
+        self._records: dict[str, _Record | None] = {}
         self._roots = _installed_roots()
 
     def __call__(self, name: str) -> ModuleOrigin:
@@ -139,27 +143,24 @@ class ModuleOrigins:
 
     def _owner(self, top: str, file: Path) -> tuple[str, str] | None:
         if self._owners is None:
-            self._owners = metadata.packages_distributions()
+            self._owners = distributions.packages_distributions()
         for dist_name in self._owners.get(top, []):
             if dist_name not in self._records:
                 self._records[dist_name] = _record(dist_name)
             record = self._records[dist_name]
             if record is None:
                 continue
-            base, files = record
+            base, files, version = record
             if file.is_relative_to(base) and file.relative_to(base).as_posix() in files:
-                return canonical_name(dist_name), metadata.version(dist_name)
+                return canonical_name(dist_name), version
         return None
 
 
-def _record(dist_name: str) -> tuple[Path, frozenset[str]] | None:
-    """A distribution's install base and the files its RECORD lists, relative to it."""
-    try:
-        dist = metadata.distribution(dist_name)
-    except metadata.PackageNotFoundError:
+def _record(dist_name: str) -> _Record | None:
+    dist = distributions.find(dist_name)
+    if dist is None:
         return None
-    base = Path(str(dist.locate_file(""))).resolve()
-    return base, frozenset(str(item).replace("\\", "/") for item in dist.files or [])
+    return dist.locate("").resolve(), dist.files(), dist.version
 
 
 def _installed_roots() -> list[Path]:

@@ -16,7 +16,7 @@ import pytest
 from conftest import assert_clean_failure, child_env, run_cli
 
 import kbundle
-from kbundle.environment import installed_distributions
+from kbundle.distributions import versions
 from kbundle.lock import closure, parse_pins
 from kbundle.manifest import Requirements
 from kbundle.packing import Extras
@@ -56,7 +56,7 @@ def test_requirements_pin_the_installed_closure(bundle: Path, tmp_path: Path) ->
     for name in ("keras", "h5py", "numpy", "ml-dtypes", "namex", "optree"):
         assert pins[name] == metadata.version(name)
     assert "pytest" not in pins and "kbundle" not in pins
-    assert all(pins[name] == installed_distributions()[name] for name in pins)
+    assert all(pins[name] == versions()[name] for name in pins)
     assert (
         text.splitlines()[2]
         == "# Install into a fresh environment with: pip install --no-deps -r requirements.txt"
@@ -73,7 +73,7 @@ def test_tf_keras_asking_for_tensorflow_keeps_the_installed_tensorflow_cpu() -> 
 
 
 def test_local_version_labels_are_kept_and_missing_requirements_named() -> None:
-    installed = {**installed_distributions(), "keras": "3.15.1+cu121"}
+    installed = {**versions(), "keras": "3.15.1+cu121"}
     del installed["namex"]
     pins, missing = closure(["keras"], installed)
     assert pins["keras"] == "3.15.1+cu121"
