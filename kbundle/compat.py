@@ -252,15 +252,14 @@ def resolve_policy(
 
 
 def _find_config(start: Path) -> tuple[Path | None, dict[str, Any] | None]:
-    if sys.version_info >= (3, 11):
-        import tomllib
-    else:  # pragma: no cover - exercised on Python 3.10 only
-        import tomli as tomllib
-
     for directory in (start.resolve(), *start.resolve().parents):
         candidate = directory / "pyproject.toml"
         if not candidate.is_file():
             continue
+        if sys.version_info >= (3, 11):
+            import tomllib
+        else:  # pragma: no cover - exercised on Python 3.10 only
+            import tomli as tomllib
         try:
             data = tomllib.loads(candidate.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
