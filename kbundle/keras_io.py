@@ -194,9 +194,9 @@ def _load_keras2_fallback(
 ) -> LoadedModel:
     """Keras 3 failed: try tf-keras when the file says Keras 2 wrote it, else explain."""
     from kbundle.model_config import marshalled_code
-    from kbundle.model_files import describe_model_file, keras_major, read_model_config
+    from kbundle.model_files import keras_major, model_saved_by, read_model_config
 
-    saved_by = describe_model_file(path, fmt).get("saved_by", {})
+    saved_by = model_saved_by(path, fmt)
     if fmt not in ("keras", "h5") or keras_major(saved_by) != 2 or "safe_mode" in str(keras3_error):
         raise ModelLoadError(
             _load_message(keras3_error), hint=_load_hint(keras3_error)

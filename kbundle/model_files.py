@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -141,10 +141,14 @@ def keras_major(saved_by: dict[str, str]) -> int | None:
 # Describing
 
 
-def describe_model_file(path: Path, fmt: str) -> dict[str, Any]:
+def describe_model_file(
+    path: Path, fmt: str, *, h5_objects: Mapping[str, int | None] | None = None
+) -> dict[str, Any]:
     """What the file says about the model: class, name, inputs, parameters, maker (``saved_by``).
 
     Keys are :class:`~kbundle.manifest.ModelInfo` fields; absent ones were not recorded.
+    ``h5_objects`` is the file's HDF5 objects as the pre-load checks walked them
+    (:data:`kbundle.preload.H5Objects`); without it the weights are opened to count them.
     """
     try:
         if fmt == "savedmodel":
@@ -153,18 +157,33 @@ def describe_model_file(path: Path, fmt: str) -> dict[str, Any]:
         config = read_model_config(path, fmt)
         if config:
             description.update(_describe_config(config))
-        if fmt in ("keras", "keras-dir"):
-            description["saved_by"] = _keras_metadata(path, fmt)
-            description["parameter_count"] = _keras_parameter_count(path, fmt)
-        elif fmt == "h5":
-            attributes = _h5_root_attributes(path)
-            description["saved_by"] = {
-                key: attributes[key] for key in ("keras_version", "backend") if key in attributes
-            }
-            description["parameter_count"] = _h5_parameter_count(path, "model_weights", skip=())
+        description["saved_by"] = model_saved_by(path, fmt)
+        if fmt in ("keras", "keras-dir", "h5"):
+            objects = _h5_objects(path, fmt) if h5_objects is None else h5_objects
+            # Keras 3 keeps optimizer state beside the weights in the same file; Keras 2 .h5
+            # files keep the weights under /model_weights. Neither place holds anything else.
+            if fmt == "h5":
+                description["parameter_count"] = _parameter_count(objects, "/model_weights")
+            else:
+                description["parameter_count"] = _parameter_count(objects, "/", skip="optimizer")
     except (OSError, ValueError, KeyError, zipfile.BadZipFile):
         return {}
     return {key: value for key, value in description.items() if value is not None}
+
+
+def model_saved_by(path: Path, fmt: str) -> dict[str, str]:
+    """Who saved the file, as it records it: ``keras_version`` and, where kept, ``backend``."""
+    try:
+        if fmt in ("keras", "keras-dir"):
+            return _keras_metadata(path, fmt)
+        if fmt == "h5":
+            attributes = _h5_root_attributes(path)
+            return {k: attributes[k] for k in ("keras_version", "backend") if k in attributes}
+        if fmt == "savedmodel":
+            return dict(_describe_saved_model(path).get("saved_by") or {})
+    except (OSError, ValueError, KeyError, zipfile.BadZipFile):
+        pass
+    return {}
 
 
 def _describe_config(config: dict[str, Any]) -> dict[str, Any]:
@@ -258,10 +277,46 @@ def _keras_metadata(path: Path, fmt: str) -> dict[str, str]:
     return {str(k): str(v) for k, v in (meta or {}).items()}
 
 
-def _keras_parameter_count(path: Path, fmt: str) -> int | None:
-    # Keras 3 keeps optimizer state beside the weights in the same file; it is not parameters.
+def _h5_objects(path: Path, fmt: str) -> dict[str, int | None]:
+    """Every HDF5 object of the model's weights reached through hard links, by path: a
+    dataset's number of elements, None for a group (as kbundle.preload walks them)."""
+    h5py = _h5py()
+    if h5py is None:
+        return {}
+    if fmt == "h5":
+        return _h5_census(h5py, path)
     with open_keras_member(path, fmt, KERAS_WEIGHTS_NAME) as handle:
-        return _h5_parameter_count(handle, "/", skip=("optimizer",)) if handle else None
+        return _h5_census(h5py, handle) if handle else {}
+
+
+def _h5_census(h5py: Any, source: Path | IO[bytes]) -> dict[str, int | None]:
+    objects: dict[str, int | None] = {"/": None}
+
+    def record(name: str, item: Any) -> None:
+        is_dataset = isinstance(item, h5py.Dataset)
+        objects[f"/{name}"] = math.prod(item.shape or ()) if is_dataset else None
+
+    with h5py.File(source, "r") as handle:
+        handle.visititems(record)
+    return objects
+
+
+def _parameter_count(
+    objects: Mapping[str, int | None], root: str, *, skip: str | None = None
+) -> int | None:
+    """Elements in every dataset under the group ``root`` (but not under its child ``skip``);
+    None when there is no such group."""
+    if root not in objects:
+        return None
+    prefix = root.rstrip("/") + "/"
+    skipped = f"{prefix}{skip}" if skip else None
+    return sum(
+        count
+        for path, count in objects.items()
+        if count is not None
+        and path.startswith(prefix)
+        and not (skipped and (path == skipped or path.startswith(skipped + "/")))
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -289,39 +344,6 @@ def _h5_root_attributes(path: Path) -> dict[str, str]:
                     value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
                 )
     return result
-
-
-def _h5_parameter_count(
-    source: Path | IO[bytes], root: str, *, skip: tuple[str, ...]
-) -> int | None:
-    """Elements in every dataset under ``root`` (except top-level groups in ``skip``)."""
-    h5py = _h5py()
-    if h5py is None:
-        return None
-    with h5py.File(source, "r") as handle:
-        if root not in handle:
-            return None
-        total = 0
-        group = handle[root]
-        for name in group:
-            if name in skip:
-                continue
-            child = group.get(name, getlink=True)
-            if not isinstance(child, h5py.HardLink):
-                continue
-            item = group[name]
-            if isinstance(item, h5py.Dataset):
-                total += math.prod(item.shape or ())
-            else:
-                sizes: list[int] = []
-
-                def count(_name: str, obj: Any, sizes: list[int] = sizes) -> None:
-                    if isinstance(obj, h5py.Dataset):
-                        sizes.append(math.prod(obj.shape or ()))
-
-                item.visititems(count)
-                total += sum(sizes)
-        return total
 
 
 # --------------------------------------------------------------------------------------------

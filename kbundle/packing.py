@@ -33,7 +33,12 @@ from kbundle.manifest import (
     parse_manifest,
     serialize_manifest,
 )
-from kbundle.model_files import MODEL_FILE_NAMES, describe_model_file, identify_format
+from kbundle.model_files import (
+    MODEL_FILE_NAMES,
+    describe_model_file,
+    identify_format,
+    model_saved_by,
+)
 from kbundle.preload import ZipCrcWatch, require_sound_before_streaming
 from kbundle.signing import manifest_signer, signature_member_size
 
@@ -224,15 +229,16 @@ def pack(
             source = keras_io.save_model(model, Path(scratch))
             fmt = "keras"
             description = keras_io.describe_live_model(model)
-            description["saved_by"] = describe_model_file(source, fmt).get("saved_by", {})
+            description["saved_by"] = model_saved_by(source, fmt)
         elif isinstance(model, str | os.PathLike):
             source = Path(model)
             fmt = identify_format(source)
             # Refuse a corrupt or hostile file now, not when someone loads the bundle.
-            crc_watch = require_sound_before_streaming(
+            checked = require_sound_before_streaming(
                 source, fmt, error=PackError, hint=f"run 'kbundle doctor {source}'"
             )
-            description = describe_model_file(source, fmt)
+            crc_watch = checked.watch
+            description = describe_model_file(source, fmt, h5_objects=checked.h5_objects)
         else:
             raise UsageError(
                 f"cannot pack a {type(model).__name__}: expected a keras.Model or a model path",

@@ -61,6 +61,8 @@ __all__ = [
     "MAX_ZIP_EXPANSION",
     "MAX_ZIP_MEMBERS",
     "STREAMED_CRC_MIN_BYTES",
+    "H5Objects",
+    "PackCheck",
     "ZipCrcWatch",
     "check_model_file",
     "require_sound_before_streaming",
@@ -111,22 +113,37 @@ def require_sound_model(
     _raise_problems(check_model_file(path, fmt, label=label), label or str(path), error, hint)
 
 
+# Every HDF5 object a check walked, by path ("/", "/layers/dense/vars/0"): a dataset's number
+# of elements, or None for a group.
+H5Objects = dict[str, "int | None"]
+
+
+@dataclass(frozen=True, slots=True)
+class PackCheck:
+    """What :func:`require_sound_before_streaming` leaves to the pack that follows it."""
+
+    watch: ZipCrcWatch | None  # CRC-32s to check as the file streams; None: nothing left
+    h5_objects: H5Objects  # the model's HDF5 objects (empty for formats without HDF5)
+
+
 def require_sound_before_streaming(
     path: Path, fmt: str, *, error: type[KbundleError], hint: str
-) -> ZipCrcWatch | None:
+) -> PackCheck:
     """:func:`require_sound_model` for a file that is about to be read once from start to end
     anyway (pack streams it into the bundle): the CRC-32 of a ``.keras`` zip's large stored
     members (the weights) is left to the returned watch, which must be fed every byte of the
     file in order and then asked to :meth:`~ZipCrcWatch.require` — a second read of a 1 GiB
-    model cost 0.3 s of a 2.7 s pack here. ``None`` when nothing was left."""
+    model cost 0.3 s of a 2.7 s pack here. The HDF5 objects the check walked are returned
+    too, so that pack counts the parameters without opening the weights again."""
     deferred: list[_StoredRange] = []
+    objects: H5Objects = {}
     findings = (
-        _check_keras_zip(path, path.name, deferred=deferred)
+        _check_keras_zip(path, path.name, deferred=deferred, h5_objects=objects)
         if fmt == "keras"
-        else check_model_file(path, fmt)
+        else check_model_file(path, fmt, h5_objects=objects)
     )
     _raise_problems(findings, str(path), error, hint)
-    return ZipCrcWatch(path, deferred, error, hint) if deferred else None
+    return PackCheck(ZipCrcWatch(path, deferred, error, hint) if deferred else None, objects)
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,20 +201,23 @@ def _raise_problems(
     )
 
 
-def check_model_file(path: Path, fmt: str, *, label: str | None = None) -> list[Finding]:
+def check_model_file(
+    path: Path, fmt: str, *, label: str | None = None, h5_objects: H5Objects | None = None
+) -> list[Finding]:
     """Every problem that makes ``path`` (a model in format ``fmt``) unsafe or unreadable.
 
     ``label`` names the file in findings (default: its file name). ERROR findings mean the
-    file must not be loaded; INFO findings say what could not be checked here.
+    file must not be loaded; INFO findings say what could not be checked here. ``h5_objects``,
+    when given, receives the HDF5 objects walked.
     """
     name = label or path.name
     if fmt == "keras":
-        return _check_keras_zip(path, name)
+        return _check_keras_zip(path, name, h5_objects=h5_objects)
     if fmt == "keras-dir":
-        return _check_keras_dir(path, name)
+        return _check_keras_dir(path, name, h5_objects)
     if fmt == "h5":
         with path.open("rb") as handle:
-            return _check_h5(handle, path.stat().st_size, name)
+            return _check_h5(handle, path.stat().st_size, name, h5_objects)
     if fmt == "savedmodel":
         return _check_saved_model(path, name)
     return [Finding(location=name, problem=f"unknown model format {fmt!r}")]
@@ -213,6 +233,7 @@ def _check_keras_zip(
     extract_to: Path | None = None,
     deferred: list[_StoredRange] | None = None,
     split: Mapping[str, SplitMember] | None = None,
+    h5_objects: H5Objects | None = None,
 ) -> FileFindings:
     size = path.stat().st_size
     try:
@@ -239,7 +260,7 @@ def _check_keras_zip(
                 if extract_to is None
                 else (lambda member: _dir_open(extract_to, member))
             )
-            findings += _keras_layout_findings(opener, name, f"{name}/")
+            findings += _keras_layout_findings(opener, name, f"{name}/", h5_objects)
     return findings
 
 
@@ -638,7 +659,9 @@ def _recompute_crc(
 Opener = Callable[[str], "tuple[IO[bytes], int] | None"]
 
 
-def _keras_layout_findings(open_member: Opener, name: str, prefix: str) -> FileFindings:
+def _keras_layout_findings(
+    open_member: Opener, name: str, prefix: str, h5_objects: H5Objects | None = None
+) -> FileFindings:
     findings: FileFindings = []
     for member, required in ((KERAS_CONFIG_NAME, True), (KERAS_METADATA_NAME, False)):
         opened = open_member(member)
@@ -659,7 +682,7 @@ def _keras_layout_findings(open_member: Opener, name: str, prefix: str) -> FileF
     if opened is not None:
         handle, size = opened
         with handle:
-            findings += _check_h5(handle, size, f"{prefix}{KERAS_WEIGHTS_NAME}")
+            findings += _check_h5(handle, size, f"{prefix}{KERAS_WEIGHTS_NAME}", h5_objects)
     return findings
 
 
@@ -695,8 +718,10 @@ def _json_findings(handle: IO[bytes], size: int, where: str) -> FileFindings:
     return []
 
 
-def _check_keras_dir(path: Path, name: str) -> FileFindings:
-    return _keras_layout_findings(lambda member: _dir_open(path, member), name, f"{name}/")
+def _check_keras_dir(path: Path, name: str, h5_objects: H5Objects | None = None) -> FileFindings:
+    return _keras_layout_findings(
+        lambda member: _dir_open(path, member), name, f"{name}/", h5_objects
+    )
 
 
 def _dir_open(directory: Path, member: str) -> tuple[IO[bytes], int] | None:
@@ -710,7 +735,9 @@ def _dir_open(directory: Path, member: str) -> tuple[IO[bytes], int] | None:
 # HDF5
 
 
-def _check_h5(handle: IO[bytes], size: int, name: str) -> FileFindings:
+def _check_h5(
+    handle: IO[bytes], size: int, name: str, h5_objects: H5Objects | None = None
+) -> FileFindings:
     findings = _h5_superblock_findings(handle, size, name)
     if findings:
         return findings
@@ -726,7 +753,7 @@ def _check_h5(handle: IO[bytes], size: int, name: str) -> FileFindings:
             )
         ]
     handle.seek(0)
-    return _h5_object_findings(h5py, handle, name)
+    return _h5_object_findings(h5py, handle, name, h5_objects)
 
 
 def _h5_superblock_findings(handle: IO[bytes], size: int, name: str) -> FileFindings:
@@ -789,7 +816,9 @@ def _h5_end_of_file(handle: IO[bytes], offset: int) -> int | None:
     return base + end
 
 
-def _h5_object_findings(h5py: Any, handle: IO[bytes], name: str) -> FileFindings:
+def _h5_object_findings(
+    h5py: Any, handle: IO[bytes], name: str, h5_objects: H5Objects | None
+) -> FileFindings:
     findings: FileFindings = []
     where = name
     try:
@@ -797,6 +826,10 @@ def _h5_object_findings(h5py: Any, handle: IO[bytes], name: str) -> FileFindings
             for object_path, kind, item in _h5_walk(h5py, root):
                 where = f"{name}:{object_path}"
                 findings += _h5_item_findings(h5py, kind, item, where)
+                if h5_objects is not None and kind in ("group", "dataset"):
+                    h5_objects[object_path] = (
+                        math.prod(item.shape or ()) if kind == "dataset" else None
+                    )
                 if len(findings) > 100:  # enough evidence; stop walking a hostile file
                     break
             where = f"{name}:/ (attribute model_config)"

@@ -271,6 +271,16 @@ def test_keras3_h5_and_keras_files_describe_parameters(
         description = describe_model_file(tmp_path / name, fmt)
         assert description["parameter_count"] == sequential_model.count_params() == 193
         assert (description["class_name"], description["name"]) == ("Sequential", "tiny_sequential")
+        # pack counts from the objects its pre-pack check walked, without reopening the file
+        checked = preload.require_sound_before_streaming(
+            tmp_path / name, fmt, error=PackError, hint="-"
+        )
+        assert len(checked.h5_objects) > 5
+        assert describe_model_file(tmp_path / name, fmt, h5_objects=checked.h5_objects) == (
+            description
+        )
+        packed = _pack(tmp_path / name, tmp_path, f"{name}.kbundle")
+        assert packed.manifest.model.parameter_count == 193
 
 
 # --------------------------------------------------------------------------------------------
@@ -383,14 +393,19 @@ def test_pack_refuses_hostile_h5(
     assert not (tmp_path / "m.kbundle").exists()
 
 
-def test_hostile_model_inside_an_intact_bundle_is_refused_before_keras(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    path = _h5_with(tmp_path, _external_link)
-    # A hostile packer: one that skips the pre-load checks.
+@pytest.fixture
+def hostile_packer(monkeypatch: pytest.MonkeyPatch) -> None:
+    """kbundle.pack without its pre-pack checks, as a hostile packer would write bundles."""
     monkeypatch.setattr(
-        kbundle.packing, "require_sound_before_streaming", lambda *args, **kwargs: None
+        kbundle.packing,
+        "require_sound_before_streaming",
+        lambda *args, **kwargs: preload.PackCheck(watch=None, h5_objects={}),
     )
+
+
+@pytest.mark.usefixtures("hostile_packer")
+def test_hostile_model_inside_an_intact_bundle_is_refused_before_keras(tmp_path: Path) -> None:
+    path = _h5_with(tmp_path, _external_link)
     bundle = kbundle.pack(path, tmp_path / "m.kbundle").path
     kbundle.verify(bundle)  # the checksums are fine: they cover exactly what was packed
 
@@ -407,15 +422,13 @@ def test_hostile_model_inside_an_intact_bundle_is_refused_before_keras(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.usefixtures("hostile_packer")
 def test_keras_zip_with_bad_crc_inside_an_intact_bundle_is_refused(
-    saved_keras_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    saved_keras_file: Path, tmp_path: Path
 ) -> None:
     data = bytearray(saved_keras_file.read_bytes())
     data[zip_member_data_offset(saved_keras_file, "config.json") + 10] ^= 0x01
     saved_keras_file.write_bytes(bytes(data))
-    monkeypatch.setattr(
-        kbundle.packing, "require_sound_before_streaming", lambda *args, **kwargs: None
-    )
     bundle = kbundle.pack(saved_keras_file, tmp_path / "m.kbundle").path
 
     done = run_cli("unpack", bundle, "-d", tmp_path / "out")
