@@ -272,13 +272,7 @@ def _defer(
     archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, deferred: list[_StoredRange]
 ) -> bool:
     """Leave a large stored member's CRC-32 to a ZipCrcWatch (True), or not."""
-    if (
-        info.compress_type != zipfile.ZIP_STORED
-        or info.flag_bits & 0x1
-        or info.compress_size != info.file_size
-        or info.file_size < STREAMED_CRC_MIN_BYTES
-        or archive.fp is None
-    ):
+    if not _plain_stored(info) or info.file_size < STREAMED_CRC_MIN_BYTES or archive.fp is None:
         return False
     start = data_offset(archive.fp, info)
     if start is None:
@@ -288,6 +282,15 @@ def _defer(
         return False
     deferred.append(stored)
     return True
+
+
+def _plain_stored(info: zipfile.ZipInfo) -> bool:
+    """The member's data in the archive is its content: stored, not encrypted, same size."""
+    return (
+        info.compress_type == zipfile.ZIP_STORED
+        and not info.flag_bits & 0x1
+        and info.compress_size == info.file_size
+    )
 
 
 def _split_findings(
@@ -305,9 +308,7 @@ def _split_findings(
         start = data_offset(archive.fp, info) if info is not None and archive.fp else None
         if (
             info is None
-            or info.compress_type != zipfile.ZIP_STORED
-            or info.flag_bits & 0x1
-            or info.compress_size != member.size
+            or not _plain_stored(info)
             or info.file_size != member.size
             or start != member.start
         ):
@@ -511,9 +512,8 @@ def _zip_member_findings(
             target.mkdir(parents=True, exist_ok=True)
             return []
         target.parent.mkdir(parents=True, exist_ok=True)
-        with QueuedWriter.create(
-            target
-        ) as sink:  # written while the next chunk is read and checked
+        # Written on its own thread while the next chunk is read and checked.
+        with QueuedWriter.create(target) as sink:
             return _read_member_findings(archive, info, f"{name}/{info.filename}", sink.write)
     except OSError as exc:
         return [
