@@ -26,7 +26,6 @@ __all__ = [
     "Distribution",
     "canonical_name",
     "find",
-    "installed",
     "packages_distributions",
     "version",
     "versions",
@@ -72,11 +71,6 @@ class Distribution:
         return frozenset(str(item).replace("\\", "/") for item in listed)
 
 
-def installed() -> dict[str, Distribution]:
-    """Every installed distribution with a name and a version, by normalised name."""
-    return dict(_index(_path_key()))
-
-
 def versions() -> dict[str, str]:
     """Every installed distribution's version, by normalised name."""
     return {name: dist.version for name, dist in _index(_path_key()).items()}
@@ -102,14 +96,16 @@ def packages_distributions() -> dict[str, list[str]]:
 
 def _path_key() -> tuple[tuple[str, int], ...]:
     """``sys.path`` with each entry's modification time: installing or removing a
-    distribution changes its directory's, so a changed key means a fresh scan."""
+    distribution changes its directory's, so a changed key means a fresh scan. The empty
+    entry is the current directory at the time of the call, as for the import system."""
     key = []
     for entry in sys.path:
         try:
-            mtime = os.stat(entry or ".").st_mtime_ns
+            directory = entry or os.getcwd()
+            mtime = os.stat(directory).st_mtime_ns
         except OSError:
-            mtime = -1
-        key.append((entry, mtime))
+            directory, mtime = entry, -1
+        key.append((directory, mtime))
     return tuple(key)
 
 
@@ -119,7 +115,7 @@ def _index(path_key: tuple[tuple[str, int], ...]) -> dict[str, Distribution]:
     for entry, mtime in path_key:
         if mtime < 0:
             continue
-        for dist in _scan(Path(entry or ".")):
+        for dist in _scan(Path(entry)):
             found.setdefault(canonical_name(dist.name), dist)
     return dict(sorted(found.items()))
 

@@ -4,6 +4,7 @@ distributions written into a directory put on sys.path."""
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import os
 import sys
 import zipfile
 from collections.abc import Iterator
@@ -28,12 +29,13 @@ def _importlib_view() -> dict[str, tuple[str, list[str]]]:
 
 def test_agrees_with_importlib_metadata_on_this_environment() -> None:
     expected = _importlib_view()
-    found = distributions.installed()
-    assert found.keys() == expected.keys()
+    found = distributions.versions()
+    assert found == {name: v for name, (v, _) in expected.items()}
     assert len(found) > 20  # a real environment: TensorFlow, Keras, h5py, numpy, ...
-    for name, dist in found.items():
+    for name in found:
+        dist = distributions.find(name)
+        assert dist is not None
         assert (dist.version, dist.requires()) == expected[name], name
-    assert distributions.versions() == {name: v for name, (v, _) in expected.items()}
 
 
 def test_lookup_by_any_spelling() -> None:
@@ -147,3 +149,18 @@ def test_environment_capture_does_not_import_importlib_metadata() -> None:
         "print(sorted(m for m in sys.modules if m.startswith(('importlib.metadata', 'email'))))",
     )
     assert (result.returncode, result.stdout.strip()) == (0, "[]"), result.stderr
+
+
+def test_the_empty_path_entry_is_the_current_directory_of_each_call(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    for directory, version in ((first, "1.0"), (second, "2.0")):
+        directory.mkdir()
+        _dist_info(directory, "kb-cwd", version)
+        os.utime(directory, ns=(1_000_000_000, 1_000_000_000))  # same mtime: only the path differs
+    monkeypatch.setattr(sys, "path", ["", *sys.path])
+    monkeypatch.chdir(first)
+    assert distributions.version("kb-cwd") == "1.0"
+    monkeypatch.chdir(second)
+    assert distributions.version("kb-cwd") == "2.0" == metadata.version("kb-cwd")
