@@ -1,10 +1,11 @@
 """The child process of ``kbundle doctor``: the steps that may crash, hang or need Keras.
 
-Run as ``python -m kbundle._doctor_child FORMAT PATH LABEL``. It checks the file (h5py can
-crash on a malformed HDF5 file), describes it, resolves every class and function its config
-names against this environment's Keras, and finally attempts the real load with safe mode on
-and no custom objects. Nothing named by the file is imported except Keras's own modules;
-bundled code is never imported.
+Run as ``python -I -c BOOTSTRAP ROOT FORMAT PATH LABEL TRUST`` by kbundle.doctor (TRUST is
+``trusted`` or ``untrusted``). It checks the file (h5py can crash on a malformed HDF5 file),
+describes it, resolves every class and function its config names against this environment's
+Keras, and finally attempts the real load with safe mode on and no custom objects; a
+SavedModel only when trusted, because loading one runs its graph. Nothing named by the file
+is imported except Keras's own modules (through kbundle.gate); bundled code never is.
 
 Protocol: one JSON object per line on the original stdout, written as each stage starts and
 ends, so the parent knows how far the child got if it dies. Anything else the libraries print
@@ -24,12 +25,17 @@ from pathlib import Path
 from typing import IO, Any
 
 from kbundle.findings import Severity
+from kbundle.gate import ImportGate
 from kbundle.model_config import ObjectReference, marshalled_code, object_references
 from kbundle.model_files import describe_model_file, read_model_config
 from kbundle.preload import check_model_file
 
 __all__ = ["KERAS2_ONLY_CLASSES", "main"]
 
+SAVEDMODEL_NEEDS_TRUST = (
+    "loading a SavedModel runs its graph (functions and resource initialisers can read and "
+    "write files), and doctor runs it only when trusted"
+)
 # Layers Keras 2 (tf-keras) writes that Keras 3 does not have. TFOpLambda/SlicingOpLambda are
 # made implicitly when a Keras 2 functional model calls a TensorFlow op on a Keras tensor.
 KERAS2_ONLY_CLASSES = frozenset(
@@ -78,7 +84,7 @@ def _emit(out: IO[str], **record: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    fmt, path_text, label = (argv if argv is not None else sys.argv[1:])[:3]
+    fmt, path_text, label, trust = (argv if argv is not None else sys.argv[1:])[:4]
     path = Path(path_text)
     # Keep the protocol on the real stdout; everything libraries print goes to stderr.
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
@@ -120,6 +126,11 @@ def main(argv: list[str] | None = None) -> int:
         lambdas=marshalled_code(config) if config and fmt != "savedmodel" else [],
     )
 
+    if fmt == "savedmodel" and trust != "trusted":
+        # Loading a SavedModel runs its graph: resource initialisers and functions that can
+        # read and write files (THREATS row 19).
+        _emit(out, stage="load", skipped=SAVEDMODEL_NEEDS_TRUST)
+        return 0
     _emit(out, stage="load", started=True)
     try:
         loaded = keras_io.load_model_file(path, fmt=fmt, safe_mode=True, compile=True)
@@ -181,7 +192,14 @@ def _unresolved(keras: Any, ref: ObjectReference) -> dict[str, Any] | None:
     }
 
 
+# Doctor is given no trust: it imports only what Keras's safe-mode deserialiser would.
+_GATE = ImportGate()
+
+
 def _attribute(module: str, name: str) -> Any:
+    """``module.name`` when the gate lets ``module`` be imported and it imports; else None."""
+    if not _GATE.verdict(module).allowed:
+        return None
     try:
         return getattr(importlib.import_module(module), name, None)
     except ImportError:
@@ -220,7 +238,7 @@ def _similar(keras: Any, ref: ObjectReference) -> list[str]:
     candidates: dict[str, str] = {}
     for namespace in _FUNCTION_NAMESPACES if ref.kind == "function" else _CLASS_NAMESPACES:
         try:
-            module = importlib.import_module(namespace)
+            module = importlib.import_module(namespace)  # Keras's own, fixed above
         except ImportError:
             continue
         for name in dir(module):

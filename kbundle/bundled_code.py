@@ -45,10 +45,12 @@ from kbundle.errors import (
     BundleFormatError,
     EnvironmentMismatchError,
     ModelLoadError,
+    UntrustedCodeError,
     UsageError,
     exception_summary,
 )
 from kbundle.findings import Finding
+from kbundle.gate import ImportGate
 from kbundle.manifest import CustomObject, Manifest
 from kbundle.pysource import (
     ModuleOrigins,
@@ -124,13 +126,30 @@ def select_objects(manifest: Manifest, name: str | None) -> list[CustomObject]:
 def code_listings(
     directory: Path, manifest: Manifest, name: str | None = None
 ) -> list[CodeListing]:
-    """The bundled code of every custom object (or of ``name``), read from verified files."""
+    """The bundled code of every custom object (or of ``name``), read from verified files.
+
+    A file is decoded as Python decodes it (coding cookie, BOM, newlines). One Python could
+    not decode (an unknown coding cookie, bytes invalid in its encoding) is still shown, for
+    review: as UTF-8 with the undecodable bytes escaped, after a first line saying why.
+    """
     listings = []
     for obj in select_objects(manifest, name):
         files = []
         for source in obj.sources:
             member = manifest.member(source.path)
-            text = importlib.util.decode_source((directory / source.path).read_bytes())
+            raw = (directory / source.path).read_bytes()
+            try:
+                text = importlib.util.decode_source(raw)
+            # SyntaxError: an unknown or malformed cookie; LookupError: a codec that is not a
+            # text encoding (rot13); ValueError: bytes invalid in the declared encoding.
+            except (SyntaxError, LookupError, ValueError) as exc:
+                reason = str(exc.msg if isinstance(exc, SyntaxError) else exc)
+                shown = raw.decode("utf-8", "backslashreplace")
+                text = (
+                    f"# kbundle: this file is not valid Python source ({reason}); "
+                    "shown as UTF-8 with undecodable bytes escaped\n"
+                    + shown.replace("\r\n", "\n").replace("\r", "\n")
+                )
             files.append(
                 CodeFile(
                     path=source.path,
@@ -159,31 +178,45 @@ def _object_line(obj: CustomObject) -> str:
 
 
 def render_listings(listings: list[CodeListing]) -> str:
-    """The text ``kbundle show-code`` prints: each object, then each file it needs, once."""
+    """The text ``kbundle show-code`` prints: each object, then each file it needs, once.
+
+    Every character that is not printable is shown escaped (``kbundle.render.printable``):
+    kbundle's own lines are one line each whatever the manifest says, and code keeps its
+    newlines and tabs only, so an ESC sequence or a bidi control cannot hide a line of it.
+    """
+    from kbundle.render import printable
+
     shown: set[str] = set()
     out: list[str] = []
+
+    def note(line: str) -> None:
+        out.append(printable(line, keep_newlines=False))
+
+    def code(text: str) -> None:
+        out.append(printable(text, keep_newlines=True, keep_tabs=True))
+
     for listing in listings:
         obj = listing.obj
-        out.append(f"# ==== {obj.name} ({obj.kind}): {obj.module}.{obj.qualname}")
-        out.append(f"# {_object_line(obj)}")
+        note(f"# ==== {obj.name} ({obj.kind}): {obj.module}.{obj.qualname}")
+        note(f"# {_object_line(obj)}")
         if obj.source_digest:
-            out.append(f"# definition {obj.source_digest}")
+            note(f"# definition {obj.source_digest}")
         if obj.transport == "pickle" and obj.review_source:
-            out.append(
+            note(
                 "# The pickle is what runs; "
                 "this is its definition as captured at pack time, for review:"
             )
-            out.append(obj.review_source.rstrip("\n"))
+            code(obj.review_source.rstrip("\n"))
         elif obj.transport == "pickle":
-            out.append("# The pickle is what runs; no definition text could be captured for it.")
+            note("# The pickle is what runs; no definition text could be captured for it.")
         for file in listing.files:
             if file.path in shown:
-                out.append(f"# ---- {file.path}: shown above")
+                note(f"# ---- {file.path}: shown above")
                 continue
             shown.add(file.path)
             module = f" (module {file.module})" if file.module else ""
-            out.append(f"# ---- {file.path}{module} {file.digest or ''}".rstrip())
-            out.append(file.text.rstrip("\n") or "# (empty file)")
+            note(f"# ---- {file.path}{module} {file.digest or ''}".rstrip())
+            code(file.text.rstrip("\n") or "# (empty file)")
         out.append("")
     return "\n".join(out) + ("\n" if out else "")
 
@@ -474,7 +507,11 @@ def _report_conflicts(manifest: Manifest, tops: set[str], registered: Callable[[
         )
 
 
-def _installed_object(obj: CustomObject) -> Any:
+def _what(obj: CustomObject) -> str:
+    return f"custom object {obj.name}"
+
+
+def _installed_object(obj: CustomObject, gate: ImportGate, registered: Callable[[str], Any]) -> Any:
     requirement = Requirement(obj.requirement or "")
     installed = version(requirement.name)
     recorded = obj.distributions.get(canonical_name(requirement.name))
@@ -485,37 +522,37 @@ def _installed_object(obj: CustomObject) -> Any:
             CodeConflictWarning,
             stacklevel=4,
         )
-    return _import_object(obj)
+    return _gated_object(obj, gate, registered)
 
 
-def _failure(obj: CustomObject, exc: BaseException, doing: str) -> ModelLoadError:
-    return ModelLoadError(
-        f"{doing} custom object {obj.name} ({obj.module}.{obj.qualname}) failed: "
-        f"{exception_summary(exc)}",
-        hint="its code needs something this environment lacks; "
-        "'kbundle inspect' lists what it imports",
+def _gated_object(obj: CustomObject, gate: ImportGate, registered: Callable[[str], Any]) -> Any:
+    return gate.registered_object(
+        name=obj.name,
+        module=obj.module,
+        qualname=obj.qualname,
+        registered=registered,
+        what=_what(obj),
     )
 
 
-def _import_object(obj: CustomObject) -> Any:
-    try:
-        found = qualified_attribute(importlib.import_module(obj.module), obj.qualname)
-    except Exception as exc:
-        raise _failure(obj, exc, "importing") from exc
-    if found is None:
-        raise ModelLoadError(
-            f"module {obj.module} does not define {obj.qualname} (custom object {obj.name})",
-            hint="the bundle's code and manifest disagree; repack the model",
-        )
-    return found
-
-
-def _unpickle(directory: Path, obj: CustomObject) -> Any:
+def _unpickle(directory: Path, obj: CustomObject, gate: ImportGate) -> Any:
     assert obj.pickle is not None
+    if not gate.trusted:  # _require_trust refused already; unpickling is running code
+        raise UntrustedCodeError(
+            f"{_what(obj)} is a pickle, and unpickling runs code nobody trusted",
+            hint="review it with 'kbundle show-code', then pass --trust-code",
+        )
     try:
         return pickle.loads((directory / obj.pickle.path).read_bytes())
-    except Exception as exc:
-        raise _failure(obj, exc, "unpickling") from exc
+    except (KeyboardInterrupt, GeneratorExit):
+        raise
+    except BaseException as exc:  # unpickled code may raise anything, SystemExit too
+        raise ModelLoadError(
+            f"unpickling {_what(obj)} ({obj.module}.{obj.qualname}) failed: "
+            f"{exception_summary(exc)}",
+            hint="its code needs something this environment lacks; "
+            "'kbundle inspect' lists what it imports",
+        ) from exc
 
 
 def _in_tops(name: str, tops: set[str]) -> bool:
@@ -529,16 +566,18 @@ def bundled_objects(
     *,
     label: str,
     registered: Callable[[str], Any],
+    gate: ImportGate,
 ) -> Iterator[dict[str, Any]]:
     """Yield registered name -> object for every custom object, bundled code included.
 
     Call only once trust is established and ``check_runnable`` passed. ``directory`` holds the
     verified files; ``label`` names them in tracebacks (``kbundle:LABEL/code/...``);
-    ``registered`` looks a name up in Keras's registry, to report clashes. Load the model
-    inside the block: bundled modules are importable only there.
+    ``registered`` looks a name up in Keras's registry (to report clashes, and to check that
+    an installed object is what its module registered); every import goes through ``gate``.
+    Load the model inside the block: bundled modules are importable only there.
     """
     objects = {
-        o.name: _installed_object(o)
+        o.name: _installed_object(o, gate, registered)
         for o in manifest.custom_objects
         if o.transport == "distribution"
     }
@@ -553,9 +592,9 @@ def bundled_objects(
     try:
         for obj in manifest.custom_objects:
             if obj.transport == "source":
-                objects[obj.name] = _import_object(obj)
+                objects[obj.name] = _gated_object(obj, gate, registered)
             elif obj.transport == "pickle":
-                objects[obj.name] = _unpickle(directory, obj)
+                objects[obj.name] = _unpickle(directory, obj, gate)
         yield objects
     finally:
         sys.meta_path.remove(finder)

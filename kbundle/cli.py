@@ -8,6 +8,7 @@ the traceback for bug reports). Stable: commands, options and exit codes are pub
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -62,8 +63,23 @@ def exit_code_for(error: BaseException | type[BaseException]) -> int:
 # Output helpers
 
 
+# Human text leaves the CLI only through _err and _out, which escape every character that is
+# not printable (kbundle.render.printable): names, manifest strings, messages quoting a bundle
+# and code under review must never move a terminal's cursor, erase a line or reorder text.
+
+
 def _err(text: str) -> None:
-    click.echo(text, err=True)
+    """One line on stderr: a newline inside it (from a bundle's value) is shown escaped."""
+    from kbundle.render import printable
+
+    click.echo(printable(text, keep_newlines=False), err=True)
+
+
+def _out(text: str, *, nl: bool = True) -> None:
+    """Human text on stdout, lines and tabs kept (the renderers escaped each value already)."""
+    from kbundle.render import printable
+
+    click.echo(printable(text, keep_newlines=True, keep_tabs=True), nl=nl)
 
 
 def _print_findings(findings: tuple[Finding, ...] | list[Finding]) -> None:
@@ -80,7 +96,10 @@ def _print_environment_concerns(findings: list[Finding] | tuple[Finding, ...]) -
 
 
 def _json_out(data: Any) -> None:
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False))
+    # ASCII only: json.dumps escapes C0 controls but would pass C1 controls (CSI U+009B), bidi
+    # overrides and lone surrogates through raw, so a consumer printing the text (or jq without
+    # -r) could still meet them. Every parser restores the exact strings from \u escapes.
+    click.echo(json.dumps(data, indent=2, ensure_ascii=True))
 
 
 @contextmanager
@@ -214,8 +233,19 @@ def _option_quiet(command: F) -> F:
     )
 
 
-def _option_force(command: F) -> F:
-    return click.option("--force", is_flag=True, help="Replace an existing output.")(command)
+def _force_option(help_text: str) -> Callable[[F], F]:
+    def decorate(command: F) -> F:
+        return click.option("--force", is_flag=True, help=help_text)(command)
+
+    return decorate
+
+
+_option_force = _force_option("Replace an existing output.")
+# What --force may replace where it writes a bundle (kbundle.atomic.check_destination).
+_option_force_bundle = _force_option(
+    "Replace an existing bundle at OUTPUT. Only a file that starts like a bundle (the zstd "
+    "magic) is replaced, never the input."
+)
 
 
 def _option_expect(command: F) -> F:
@@ -232,10 +262,29 @@ def _option_trust(command: F) -> F:
         is_flag=True,
         help="Load Lambda layers and other marshalled code (Keras safe_mode=False).",
     )(command)
+    command = click.option(
+        "--allow-distribution",
+        "allow_distributions",
+        multiple=True,
+        metavar="NAME",
+        help="Let the load import modules of this installed distribution to find custom "
+        "objects (repeatable; also allow-distributions in [tool.kbundle]). Without it only "
+        "Keras's own packages are imported.",
+    )(command)
     return click.option(
         "--trust-code",
         is_flag=True,
-        help="Allow the bundled custom-object code to run (review it with show-code first).",
+        help="Trust the bundle: let its custom-object code and a SavedModel's graph run, and "
+        "its custom objects import what they name (review them with show-code first).",
+    )(command)
+
+
+def _option_trust_sources(command: F) -> F:
+    return click.option(
+        "--trust-code",
+        is_flag=True,
+        help="Let the requirements name an https --index-url, --extra-index-url, --find-links "
+        "or 'name @ https://...' URL. Never a local path, file: URL or other pip option.",
     )(command)
 
 
@@ -323,6 +372,9 @@ def main() -> None:
     from kbundle.process import quiet_blas_threads, retain_freed_memory
 
     keras_io.filter_native_logs = True
+    # Warnings are human text too: kbundle's as warning lines (a loaded bundle's code
+    # conflicts), every one escaped.
+    warnings.showwarning = _show_warning
     retain_freed_memory()
     quiet_blas_threads()
 
@@ -388,7 +440,7 @@ Examples:
     is_flag=True,
     help="Hash-lock the pinned requirements with pip-tools (asks the package index; slow).",
 )
-@_option_force
+@_option_force_bundle
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
@@ -411,8 +463,10 @@ def pack(
     Prints the bundle digest (sha256 of its manifest); pin it in deploy scripts with
     'kbundle verify --expect'. Nothing is written unless pack succeeds.
     """
+    from kbundle.atomic import check_destination
     from kbundle.packing import pack as pack_model
 
+    check_destination(output, force=force, what="bundle", inputs=(model,))
     signing_key = _load_signing_key(sign_key, passphrase_file) if sign_key else None
     with _progress("packing", not quiet) as progress:
         result = pack_model(
@@ -450,7 +504,7 @@ def pack(
         )
         if signing_key:
             _err(f"signed by {signing_key.key_id}")
-    click.echo(f"{result.digest}  {result.path}")
+    _out(f"{result.digest}  {result.path}")
 
 
 @main.command(
@@ -518,7 +572,7 @@ def verify(
             f"OK: {_count(report.files_checked, 'file')}, "
             f"{_size(report.bytes_checked)} verified{note}"
         )
-    click.echo(f"{report.head.digest}  {bundle}")
+    _out(f"{report.head.digest}  {bundle}")
 
 
 @main.command(
@@ -552,13 +606,11 @@ def inspect(bundle: Path, as_json: bool) -> None:
         return
     from kbundle.render import render_manifest
 
-    click.echo(render_manifest(head))
+    _out(render_manifest(head))
 
 
 # --------------------------------------------------------------------------------------------
 # Bundled code: what loading it reports, and reviewing it
-
-_python_showwarning = warnings.showwarning
 
 
 def _show_warning(
@@ -570,11 +622,21 @@ def _show_warning(
     line: str | None = None,
 ) -> None:
     """kbundle's own warnings (a loaded bundle's code met a same-named definition here) as one
-    ``kbundle: warning:`` line each; everything else as Python shows it."""
+    ``kbundle: warning:`` line each; everything else as Python shows it, its message on one
+    line and escaped too (Keras's warnings quote layer names from the model's config)."""
     if category.__module__.startswith("kbundle."):
         _err(f"kbundle: warning: {message}")
-    else:
-        _python_showwarning(message, category, filename, lineno, file, line)
+        return
+    from kbundle.render import printable
+
+    text = warnings.formatwarning(
+        printable(str(message), keep_newlines=False), category, filename, lineno, line
+    )
+    stream = file if file is not None else sys.stderr
+    if stream is None:  # no stderr at all (pythonw): as Python's own, nowhere to show it
+        return
+    with contextlib.suppress(OSError):  # as Python's own: a closed stderr loses the warning
+        stream.write(printable(text, keep_newlines=True))
 
 
 @main.command(
@@ -621,7 +683,7 @@ def show_code(bundle: Path, name: str | None, as_json: bool) -> None:
         return
     from kbundle.bundled_code import render_listings
 
-    click.echo(render_listings(listings), nl=False)
+    _out(render_listings(listings), nl=False)
 
 
 @main.command(
@@ -652,7 +714,11 @@ Examples:
 @_option_trusted_keys
 @_option_environment_gate
 @_option_policy
-@_option_force
+@_force_option(
+    "Replace DEST when it is a previous unpack's output, unchanged: a directory holding nothing "
+    "but what its kbundle.json lists. Never a symbolic link, the current directory or one "
+    "holding it, nor a directory holding BUNDLE or anything else."
+)
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
@@ -662,6 +728,7 @@ def unpack(
     no_load: bool,
     expect: str | None,
     trust_code: bool,
+    allow_distributions: tuple[str, ...],
     unsafe_lambda: bool,
     trusted_keys: tuple[Path, ...],
     require_signature: bool,
@@ -675,18 +742,21 @@ def unpack(
 ) -> None:
     """Verify BUNDLE while extracting it into DEST, then prove the model loads.
 
-    DEST appears only when every member verified. Before loading, the recorded environment
-    is checked (as 'kbundle check' does): errors refuse with exit 3 unless --ignore-env,
-    warnings are shown. After loading, the stored probe input is run again and the outputs
-    compared. With --no-load nothing runs here, so differences are shown but refuse nothing.
+    DEST appears only when every member verified; it holds the payload and kbundle.json, the
+    manifest, which lists all of it and marks DEST as an unpack's output: --force replaces
+    only such a directory, and only while it holds nothing else. Before loading, the recorded
+    environment is checked (as 'kbundle check' does): errors refuse with exit 3 unless
+    --ignore-env, warnings are shown. After loading, the stored probe input is run again and
+    the outputs compared. With --no-load nothing runs here, so differences are shown but
+    refuse nothing.
     """
     from kbundle.compat import resolve_policy
     from kbundle.reading import LoadOptions
     from kbundle.reading import unpack as unpack_bundle
 
-    warnings.showwarning = _show_warning  # a loaded bundle's code conflicts, as warning lines
     options = LoadOptions(
         trust_code=trust_code,
+        allow_distributions=allow_distributions,
         safe_mode=not unsafe_lambda,
         ignore_env=ignore_env,
         env_policy=resolve_policy(policy, severity),
@@ -735,7 +805,7 @@ def unpack(
         for finding in result.environment:
             if finding.location == "probe" and finding.severity == Severity.OK:
                 _err(f"probe: {finding.problem} ({finding.actual}; {finding.expected})")
-    click.echo(str(result.model_path))
+    _out(str(result.model_path))
 
 
 # --------------------------------------------------------------------------------------------
@@ -774,7 +844,7 @@ def check(bundle: Path, policy: str | None, severity: tuple[str, ...], as_json: 
         return
     from kbundle.render import render_compat
 
-    click.echo(render_compat(report))
+    _out(render_compat(report))
     report.raise_for_errors(str(bundle), loading=False)
 
 
@@ -796,6 +866,7 @@ Examples:
   kbundle env export model.kbundle
   kbundle env export model.kbundle -o requirements.lock --hashed
   kbundle env export model.kbundle --pins | pip install --no-deps -r /dev/stdin
+  kbundle env export model.kbundle --trust-code   # lets an https --index-url through
 """,
 )
 @_BUNDLE
@@ -809,13 +880,21 @@ Examples:
     help="The hash lock (an error if the bundle has none) or the plain pins. "
     "Default: the lock when there is one.",
 )
+@_option_trust_sources
 @_option_force
 @_handle_errors()
-def env_export(bundle: Path, output: Path | None, hashed: bool | None, force: bool) -> None:
-    """Write BUNDLE's pinned requirements (verified first), for pip install --no-deps -r."""
+def env_export(
+    bundle: Path, output: Path | None, hashed: bool | None, trust_code: bool, force: bool
+) -> None:
+    """Write BUNDLE's pinned requirements (verified first), for pip install --no-deps -r.
+
+    Every line must be a name==version pin (with --hash=sha256 options in a hashed lock),
+    a comment or blank; otherwise nothing is written: exit 4 for a pip option, a path or a
+    URL (--trust-code lets https indexes and URLs through), exit 1 for any other line.
+    """
     from kbundle.rebuild import export_requirements
 
-    text, with_hashes = export_requirements(bundle, hashed=hashed)
+    text, with_hashes = export_requirements(bundle, hashed=hashed, trust_code=trust_code)
     if output is None:
         click.echo(text, nl=False)
         return
@@ -834,6 +913,7 @@ Examples:
   kbundle env create model.kbundle .venv-model
   kbundle env create model.kbundle /opt/envs/model --python /usr/local/bin/python3.11
   kbundle env create model.kbundle env-dir --kbundle 'kbundle==1.0.0'
+  kbundle env create model.kbundle .venv-model --trust-code   # the bundle names an index
 """,
 )
 @_BUNDLE
@@ -850,6 +930,7 @@ Examples:
     metavar="SPEC",
     help="What to pip-install as kbundle. Default: this kbundle's checkout, else kbundle==VERSION.",
 )
+@_option_trust_sources
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
@@ -858,6 +939,7 @@ def env_create(
     directory: Path,
     python: str | None,
     kbundle_spec: str | None,
+    trust_code: bool,
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -866,12 +948,21 @@ def env_create(
     Uses the recorded Python minor, installs the pinned requirements with --no-deps (and
     --require-hashes when the bundle is hash-locked), installs kbundle, and finishes by
     running 'kbundle check' inside the new environment, which must come out clean.
+
+    The requirements are checked first, as for 'env export': a line that is not a
+    name==version pin is refused before any process starts and DIRECTORY is not made.
+    pip and every other child run with python -I in an empty directory.
     """
     from kbundle.rebuild import create_environment
 
     step = None if quiet or as_json else (lambda text: _err(f"kbundle: {text}"))
     created = create_environment(
-        bundle, directory, python=python, kbundle_spec=kbundle_spec, step=step
+        bundle,
+        directory,
+        python=python,
+        kbundle_spec=kbundle_spec,
+        trust_code=trust_code,
+        step=step,
     )
     if as_json:
         _json_out(
@@ -969,7 +1060,7 @@ def keygen(
         f"trust it where bundles are verified: copy {generated.public_path} "
         f"into {keys.trusted_keys_directory()}, or pass --key {generated.public_path}"
     )
-    click.echo(f"{generated.key_id}  {generated.public_path}")
+    _out(f"{generated.key_id}  {generated.public_path}")
 
 
 @main.command(
@@ -996,7 +1087,7 @@ Examples:
     help="Write the signed bundle here instead of replacing BUNDLE.",
 )
 @_option_passphrase
-@_option_force
+@_option_force_bundle
 @_option_quiet
 @_option_json
 @_handle_errors("as_json")
@@ -1034,7 +1125,7 @@ def sign(
             f"signed {result.path} with {result.key_id}"
             + ("" if len(result.signers) == 1 else f" ({len(result.signers)} signatures)")
         )
-    click.echo(f"{result.digest}  {result.path}")
+    _out(f"{result.digest}  {result.path}")
 
 
 # --------------------------------------------------------------------------------------------
@@ -1045,12 +1136,13 @@ def sign(
     epilog="""Exit codes: 0 the model loads; 1 corruption (damaged, truncated or unsafe file, or a
 bundle failing verification); 3 environment (another Keras major, backend or TensorFlow; ops
 this build lacks); 5 serialization (unresolvable custom objects, Lambda layers) or an
-unclassified load failure; 2 the path is missing or no kind of model.
+unclassified load failure; 4 not loaded because loading would run code nobody trusted (a
+SavedModel's graph: pass --trust-code); 2 the path is missing or no kind of model.
 
 \b
 Examples:
   kbundle doctor model.h5
-  kbundle doctor exported_savedmodel/
+  kbundle doctor exported_savedmodel/ --trust-code
   kbundle doctor model.kbundle --json | jq .findings.serialization
 """
 )
@@ -1062,24 +1154,30 @@ Examples:
     type=float,
     help="Seconds the child process may take to check and load the model.",
 )
+@click.option(
+    "--trust-code",
+    is_flag=True,
+    help="Let the load run code: a SavedModel's graph (its functions and resource "
+    "initialisers run when it is loaded). Without it a SavedModel is checked, not loaded.",
+)
 @_option_json
 @_handle_errors("as_json")
-def doctor(target: Path, timeout: float, as_json: bool) -> None:
+def doctor(target: Path, timeout: float, trust_code: bool, as_json: bool) -> None:
     """Diagnose why FILE does or does not load: a .keras/.h5 file, SavedModel or bundle.
 
     Reports every problem found, with evidence and a fix, filed as corruption, serialization
-    or environment; then loads the model in a child process (safe mode on, no bundled code)
-    and classifies the real error. Never runs code a bundle carries.
+    or environment; then loads the model in a child process (safe mode on, no bundled code,
+    a SavedModel only with --trust-code) and classifies the real error.
     """
     from kbundle.doctor import diagnose, render_diagnosis
 
-    diagnosis = diagnose(target, timeout=timeout)
+    diagnosis = diagnose(target, timeout=timeout, trust_code=trust_code)
     failure = diagnosis.error()
     code = exit_code_for(failure) if failure else EXIT_OK
     if as_json:
         _json_out({"ok": diagnosis.loads, "exit_code": code, **diagnosis.to_dict()})
     else:
-        click.echo(render_diagnosis(diagnosis))
+        _out(render_diagnosis(diagnosis))
         if failure:
             _err(f"kbundle: error: {failure}")
     sys.exit(code)

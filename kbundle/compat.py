@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import fnmatch
 import os
-import sys
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -32,6 +31,7 @@ from typing import Any
 
 from packaging.version import InvalidVersion, Version
 
+from kbundle.config import find_project_config
 from kbundle.distributions import canonical_name
 from kbundle.environment import TENSORFLOW_DISTRIBUTIONS, capture_environment
 from kbundle.errors import EnvironmentMismatchError, ModelLoadError, UsageError
@@ -210,32 +210,19 @@ def resolve_policy(
     has one, searching from ``start`` (the working directory) upward. ``origin`` names where
     ``severity`` came from, in findings and errors (``--severity``, ``env_severity``).
     """
-    config_path, table = _find_config(start or Path.cwd())
+    config = find_project_config(start)
     policy_name = "default"
     overrides: list[tuple[str, Severity, str]] = []
-    if table is not None:
-        source = str(config_path)
-        unknown = sorted(set(table) - {"policy", "severity"})
-        if unknown:
-            raise UsageError(
-                f"{source}: unknown key(s) in [tool.kbundle]: {', '.join(unknown)}",
-                hint="allowed: policy, severity",
-            )
-        configured = table.get("policy", "default")
+    if config.path is not None:
+        configured = config.policy or "default"
         if configured not in POLICIES:
             raise UsageError(
-                f"{source}: [tool.kbundle] policy must be one of {', '.join(POLICIES)}: "
+                f"{config.source}: [tool.kbundle] policy must be one of {', '.join(POLICIES)}: "
                 f"{configured!r}",
                 hint='e.g. policy = "strict"',
             )
         policy_name = configured
-        levels = table.get("severity", {})
-        if not isinstance(levels, dict):
-            raise UsageError(
-                f"{source}: [tool.kbundle.severity] must be a table of FIELD = LEVEL: {levels!r}",
-                hint='e.g. "keras.backend" = "warn"',
-            )
-        overrides.extend(_override(str(k), str(v), source) for k, v in levels.items())
+        overrides.extend(_override(k, v, config.source) for k, v in config.severity.items())
     if name is not None:
         if name not in POLICIES:
             raise UsageError(
@@ -247,35 +234,8 @@ def resolve_policy(
     return Policy(
         name=policy_name,
         overrides=tuple(overrides),
-        config=config_path if table is not None else None,
+        config=config.path,
     )
-
-
-def _find_config(start: Path) -> tuple[Path | None, dict[str, Any] | None]:
-    for directory in (start.resolve(), *start.resolve().parents):
-        candidate = directory / "pyproject.toml"
-        if not candidate.is_file():
-            continue
-        if sys.version_info >= (3, 11):
-            import tomllib
-        else:  # pragma: no cover - exercised on Python 3.10 only
-            import tomli as tomllib
-        try:
-            data = tomllib.loads(candidate.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as exc:
-            raise UsageError(
-                f"{candidate} is not valid TOML: {exc}",
-                hint="fix the file or run from another directory",
-            ) from None
-        table = data.get("tool", {}).get("kbundle")
-        if table is not None:
-            if not isinstance(table, dict):
-                raise UsageError(
-                    f"{candidate}: [tool.kbundle] must be a table: {table!r}",
-                    hint='e.g. [tool.kbundle] policy = "strict"',
-                )
-            return candidate, table
-    return None, None
 
 
 # --------------------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from kbundle.errors import (
     IntegrityError,
     KbundleError,
     ModelLoadError,
+    UntrustedCodeError,
     UsageError,
     first_sentence,
 )
@@ -147,6 +148,7 @@ class LoadAttempt:
     attempted: bool
     ok: bool = False
     skipped: str | None = None
+    needs_trust: bool = False  # skipped because loading would run code nobody trusted
     loader: str | None = None
     note: str | None = None
     error_type: str | None = None
@@ -185,12 +187,19 @@ class Diagnosis:
         for name in FAILURE_CLASSES:
             if any(f.severity >= Severity.ERROR for f in self.findings.get(name, [])):
                 return name
+        if self.load.needs_trust:
+            return None  # not a failure: doctor was not allowed to try
         return "unknown"
 
     def error(self) -> KbundleError | None:
         """The error that stands for this diagnosis (its exit code), or ``None`` if it loads."""
         failure = self.failure_class
         if failure is None:
+            if self.load.needs_trust and not self.loads:
+                return UntrustedCodeError(
+                    f"{self.path} was not loaded: {self.load.skipped}",
+                    hint="pass --trust-code (trust_code=True) if you trust it",
+                )
             return None
         kind: type[KbundleError] = {
             "corruption": IntegrityError,
@@ -225,11 +234,16 @@ class Diagnosis:
 # Entry point
 
 
-def diagnose(path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOUT) -> Diagnosis:
+def diagnose(
+    path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOUT, trust_code: bool = False
+) -> Diagnosis:
     """Diagnose a model file or directory (``.keras``, ``.h5``, SavedModel) or a bundle.
 
     Raises :class:`UsageError` only when ``path`` is missing or is no kind of model at all;
-    every problem with a model is a finding in the returned :class:`Diagnosis`.
+    every problem with a model is a finding in the returned :class:`Diagnosis`. Loading a
+    SavedModel runs its graph, so it is loaded only with ``trust_code``; otherwise the load
+    is skipped and the diagnosis says that it needs trust (its ``error()`` is an
+    :class:`UntrustedCodeError`).
     """
     target = Path(path)
     if not target.exists():
@@ -237,7 +251,7 @@ def diagnose(path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOUT) 
     if target.is_file():
         with target.open("rb") as handle:
             if handle.read(4) == ZSTD_MAGIC:
-                return _diagnose_bundle(target, timeout)
+                return _diagnose_bundle(target, timeout, trust_code)
     from kbundle.environment import capture_environment
 
     return _diagnose_model(
@@ -247,6 +261,7 @@ def diagnose(path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOUT) 
         shown=str(target),
         current=capture_environment(),
         timeout=timeout,
+        trusted=trust_code,
     )
 
 
@@ -272,7 +287,7 @@ def _format_of(path: Path) -> str:
         raise
 
 
-def _diagnose_bundle(path: Path, timeout: float) -> Diagnosis:
+def _diagnose_bundle(path: Path, timeout: float, trusted: bool) -> Diagnosis:
     from kbundle.compat import compare_environments
     from kbundle.environment import capture_environment
     from kbundle.reading import unpack
@@ -304,6 +319,7 @@ def _diagnose_bundle(path: Path, timeout: float) -> Diagnosis:
             current=current,
             timeout=timeout,
             custom_objects=manifest.custom_objects,
+            trusted=trusted,
         )
     recorded = [
         Finding(
@@ -340,8 +356,9 @@ def _diagnose_model(
     current: Environment,
     timeout: float,
     custom_objects: list[CustomObject] | None = None,
+    trusted: bool = False,
 ) -> Diagnosis:
-    child = _run_child(path, fmt, label, timeout)
+    child = _run_child(path, fmt, label, timeout, trusted)
     findings: dict[str, list[Finding]] = {name: [] for name in FAILURE_CLASSES}
     findings["corruption"] += [
         _finding(item) for item in child.record("preload").get("findings", [])
@@ -415,21 +432,34 @@ class _ChildResult:
         return self.records.get(stage, {})
 
 
-def _run_child(path: Path, fmt: str, label: str, timeout: float) -> _ChildResult:
+def _run_child(path: Path, fmt: str, label: str, timeout: float, trusted: bool) -> _ChildResult:
+    # Isolated (-I, in an empty directory): with the current directory on sys.path, doctor run
+    # inside an unpacked bundle let TensorFlow's own 'import code' run the bundle's
+    # code/__init__.py, and PYTHONPATH could do the same. kbundle's own root goes first on the
+    # child's sys.path explicitly, so a checkout that is not installed still works.
     package_root = str(Path(__file__).resolve().parent.parent)
+    bootstrap = (
+        "import sys; sys.path.insert(0, sys.argv[1]); "
+        "from kbundle._doctor_child import main; sys.exit(main(sys.argv[2:]))"
+    )
     env = dict(os.environ)
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    command = [sys.executable, "-m", "kbundle._doctor_child", fmt, str(path.resolve()), label]
+    trust = "trusted" if trusted else "untrusted"
+    command = [
+        *(sys.executable, "-I", "-c", bootstrap, package_root),
+        *(fmt, str(path.resolve()), label, trust),
+    ]
     try:
-        done = subprocess.run(
-            command,
-            capture_output=True,
-            env=env,
-            timeout=timeout,
-            stdin=subprocess.DEVNULL,
-            check=False,
-        )
+        with tempfile.TemporaryDirectory(prefix="kbundle-doctor-") as empty:
+            done = subprocess.run(
+                command,
+                capture_output=True,
+                env=env,
+                cwd=empty,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+                check=False,
+            )
         stdout, stderr, code, timed_out = done.stdout, done.stderr, done.returncode, False
     except subprocess.TimeoutExpired as exc:
         stdout, stderr, code, timed_out = exc.stdout or b"", exc.stderr or b"", None, True
@@ -453,6 +483,8 @@ def _run_child(path: Path, fmt: str, label: str, timeout: float) -> _ChildResult
 def _load_attempt(child: _ChildResult, findings: dict[str, list[Finding]]) -> LoadAttempt:
     load = child.records.get("load")
     if load is not None:
+        if load.get("skipped"):
+            return LoadAttempt(attempted=False, skipped=str(load["skipped"]), needs_trust=True)
         if load.get("ok"):
             return LoadAttempt(
                 attempted=True, ok=True, loader=load.get("loader"), note=load.get("note")
@@ -710,6 +742,8 @@ def _newer(left: str, right: str) -> bool:
 
 def render_diagnosis(diagnosis: Diagnosis) -> str:
     """The human-readable report (what ``kbundle doctor`` prints without ``--json``)."""
+    from kbundle.render import printable_lines
+
     maker = ", ".join(f"{k}={v}" for k, v in sorted(diagnosis.saved_by.items()))
     lines = [
         f"{'doctor':<14}{diagnosis.path} ({diagnosis.kind}, format {diagnosis.format or 'unknown'})"
@@ -745,4 +779,5 @@ def render_diagnosis(diagnosis: Diagnosis) -> str:
         else f"does not load: {diagnosis.failure_class}"
     )
     lines.append(f"{'verdict':<14}{verdict}")
-    return "\n".join(lines)
+    # Paths, findings and the child's error text quote the model: escaped line by line.
+    return printable_lines(lines)

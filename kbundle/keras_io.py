@@ -41,9 +41,15 @@ def _native_logs() -> Any:
 
 def _keras() -> Any:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Python-side TensorFlow logging
-    with _native_logs():
-        import keras
-
+    try:
+        with _native_logs():
+            import keras
+    except ImportError as exc:
+        raise EnvironmentMismatchError(
+            f"Keras is needed to load or run the model and does not import here: {exc}",
+            hint="install Keras with a backend (pip install 'kbundle[tensorflow-cpu]', or "
+            "keras with jax or torch); 'kbundle unpack --no-load' only verifies and extracts",
+        ) from exc
     return keras
 
 
@@ -179,7 +185,11 @@ def load_model_file(
             model = keras.saving.load_model(
                 path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
             )
-        except Exception as exc:
+        except (KeyboardInterrupt, GeneratorExit):
+            raise
+        except BaseException as exc:  # custom code runs inside; SystemExit is its failure too
+            if not isinstance(exc, Exception):
+                raise ModelLoadError(_load_message(exc), hint=_load_hint(exc)) from exc
             return _load_keras2_fallback(path, fmt, exc, custom_objects, safe_mode, compile)
     return LoadedModel(model, "keras")
 
@@ -219,11 +229,15 @@ def _load_keras2_fallback(
             "tf-keras (Keras 2) is not installed",
             hint=f"install tf-keras to load Keras 2 files: {_tf_keras_requirement()}",
         ) from keras3_error
+    if fmt == "keras":
+        _require_tf_keras_functions(tf_keras, read_model_config(path, fmt) or {}, custom_objects)
     try:
         model = tf_keras.models.load_model(
             path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
         )
-    except Exception as exc:
+    except (KeyboardInterrupt, GeneratorExit):
+        raise
+    except BaseException as exc:
         raise ModelLoadError(
             f"this model was {written}; neither Keras 3 ({type(keras3_error).__name__}: "
             f"{first_sentence(str(keras3_error))}) nor tf-keras ({type(exc).__name__}: "
@@ -236,6 +250,47 @@ def _load_keras2_fallback(
         "loaded with tf-keras"
     )
     return LoadedModel(model, "tf-keras", note)
+
+
+# Where tf-keras looks up a function a .keras config records under module "builtins" before
+# it falls back to Python's builtins module itself (tf_keras serialization_lib).
+_TF_KERAS_FUNCTION_MODULES = (
+    "activations",
+    "constraints",
+    "initializers",
+    "losses",
+    "metrics",
+    "optimizers",
+    "regularizers",
+)
+
+
+def _require_tf_keras_functions(
+    tf_keras: Any, config: Any, custom_objects: dict[str, Any] | None
+) -> None:
+    """Refuse a ``.keras`` config naming a ``builtins`` function that neither the load's custom
+    objects, tf-keras's registry nor its built-in modules define: tf-keras would hand Python's
+    own (``eval``, ``exit``, ``breakpoint``) to the model."""
+    from kbundle.errors import UntrustedCodeError
+    from kbundle.gate import config_modules
+
+    given = custom_objects or {}
+    for module, name in config_modules(config):
+        if module != "builtins":
+            continue
+        if any(key.endswith(name) for key in given):
+            continue  # tf-keras takes a custom object first
+        if tf_keras.saving.get_registered_object(name) is not None:
+            continue
+        if not any(
+            callable(getattr(getattr(tf_keras, where, None), name, None))
+            for where in _TF_KERAS_FUNCTION_MODULES
+        ):
+            raise UntrustedCodeError(
+                f"the model's config names function {name!r} of module builtins, which "
+                "tf-keras does not define: it would hand Python's own built-in to the model",
+                hint="the file was not written by tf-keras; do not load it",
+            )
 
 
 def _tf_keras_requirement() -> str:

@@ -64,6 +64,22 @@ _DIGEST_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 MODEL_FORMATS = ("keras", "keras-dir", "h5", "savedmodel")
 MEMBER_TYPES = ("file", "dir")
 TRANSPORTS = ("distribution", "source", "pickle", "builtin")
+# A .keras zip or an HDF5 file is one file; the other formats are directories. Loading the
+# wrong kind fails inside Keras (IsADirectoryError), so the reader refuses it up front.
+_MODEL_MEMBER_TYPES = {"keras": "file", "h5": "file", "keras-dir": "dir", "savedmodel": "dir"}
+# The fields that must reference every payload file outside model/, by area: a file nobody
+# references (say code/__init__.py) would still be unpacked, and a tree with the current
+# directory on sys.path imports it.
+_REFERENCED_BY = {
+    "code": "any custom object",
+    "objects": "any custom object",
+    "env": "requirements.requirements or requirements.lock",
+    "probe": "probe.inputs or probe.outputs",
+}
+_FORMAT_VERSION_RE = re.compile(r"[0-9]+\.[0-9]+")
+# Format version numbers are small; int() of a longer digit string would raise ValueError
+# (CPython refuses more than 4300 digits) instead of a finding.
+_MAX_VERSION_DIGITS = 9
 
 
 class NewerFormatWarning(UserWarning):
@@ -322,21 +338,38 @@ class Manifest:
                 parent = parent.rpartition("/")[0]
         if self.model.format not in MODEL_FORMATS:
             problems.append(f"model.format: must be one of {MODEL_FORMATS}: {self.model.format!r}")
-        if collision_key(self.model.path) not in seen:
-            problems.append(f"model.path: not a listed member: {self.model.path!r}")
+        listed = {member.path: member.type for member in self.members}
+        model_type = _MODEL_MEMBER_TYPES.get(self.model.format)
+        problems.extend(
+            _reference_problems(
+                "model.path",
+                self.model.path,
+                "model",
+                model_type,
+                listed,
+                what=f"a {self.model.format!r} model",
+            )
+        )
         for index, obj in enumerate(self.custom_objects):
             if obj.transport not in TRANSPORTS:
                 problems.append(
                     f"custom_objects[{index}].transport: must be one of {TRANSPORTS}: "
                     f"{obj.transport!r}"
                 )
-            problems.extend(_custom_object_problems(obj, f"custom_objects[{index}]"))
-            referenced = [s.path for s in obj.sources] + ([obj.pickle.path] if obj.pickle else [])
-            problems.extend(
-                f"custom_objects[{index}]: references unlisted member {path!r}"
-                for path in referenced
-                if collision_key(path) not in file_paths
-            )
+            problems.extend(_custom_object_problems(obj, f"custom_objects[{index}]", listed))
+        if self.requirements is not None:
+            for key, path in (
+                ("requirements", self.requirements.requirements),
+                ("lock", self.requirements.lock),
+            ):
+                if path is not None:
+                    problems.extend(
+                        _reference_problems(f"requirements.{key}", path, "env", "file", listed)
+                    )
+        if self.probe is not None:
+            for key, path in (("inputs", self.probe.inputs), ("outputs", self.probe.outputs)):
+                problems.extend(_reference_problems(f"probe.{key}", path, "probe", "file", listed))
+        problems.extend(self._unreferenced_problems())
         if problems:
             raise BundleFormatError(
                 f"the manifest breaks {len(problems)} format rule(s): {problems[0]}"
@@ -344,11 +377,75 @@ class Manifest:
                 hint="the bundle was not written by a conforming kbundle or was tampered with",
             )
 
+    def _unreferenced_problems(self) -> list[str]:
+        """Payload members outside ``model/`` that no manifest field references: a file must
+        be named by the field of its area, a directory must hold such a file."""
+        referenced: dict[str, set[str]] = {
+            "code": {source.path for obj in self.custom_objects for source in obj.sources},
+            "objects": {obj.pickle.path for obj in self.custom_objects if obj.pickle},
+            "env": set(),
+            "probe": set(),
+        }
+        if self.requirements is not None:
+            referenced["env"].add(self.requirements.requirements)
+            if self.requirements.lock is not None:
+                referenced["env"].add(self.requirements.lock)
+        if self.probe is not None:
+            referenced["probe"].update((self.probe.inputs, self.probe.outputs))
+        ancestors = {
+            path.rsplit("/", depth)[0]
+            for paths in referenced.values()
+            for path in paths
+            for depth in range(1, path.count("/") + 1)
+        }
+        problems = []
+        for index, member in enumerate(self.members):
+            area = member.path.partition("/")[0]
+            if area not in _REFERENCED_BY:
+                continue  # model/ holds whatever the model's own format holds
+            if member.type == "dir":
+                if member.path not in ancestors:
+                    problems.append(
+                        f"members[{index}].path: directory {member.path!r} holds no file "
+                        "that a manifest field references"
+                    )
+            elif member.path not in referenced[area]:
+                problems.append(
+                    f"members[{index}].path: {member.path!r} is not referenced by "
+                    f"{_REFERENCED_BY[area]}"
+                )
+        return problems
 
-def _custom_object_problems(obj: CustomObject, where: str) -> list[str]:
+
+def _reference_problems(
+    where: str,
+    path: str,
+    area: str,
+    member_type: str | None,
+    listed: dict[str, str],
+    *,
+    what: str = "it",
+) -> list[str]:
+    """Why a manifest field naming a member breaks the rules: the name must pass the member
+    naming rules, lie under ``area``, and be exactly the path of a listed member of
+    ``member_type`` (any type when None). At most one problem, the first that applies."""
+    problem = name_problem(path)
+    if problem:
+        return [f"{where}: {problem}: {path!r}"]
+    if not path.startswith(f"{area}/"):
+        return [f"{where}: must be under {area}/: {path!r}"]
+    found = listed.get(path)
+    if found is None:
+        return [f"{where}: not a listed member: {path!r}"]
+    if member_type is not None and found != member_type:
+        return [f"{where}: {what} must be a {member_type} member, not a {found}: {path!r}"]
+    return []
+
+
+def _custom_object_problems(obj: CustomObject, where: str, listed: dict[str, str]) -> list[str]:
     """Rules that keep bundled code where a reader looks for it: source files at the path
     their module name gives (``code/pkg/mod.py`` or ``code/pkg/__init__.py``), pickles under
-    ``objects/``, and the field each transport needs."""
+    ``objects/``, each a listed file, and the field each transport needs."""
     problems = []
     for i, source in enumerate(obj.sources):
         parts = source.module.split(".")
@@ -362,8 +459,13 @@ def _custom_object_problems(obj: CustomObject, where: str) -> list[str]:
                 f"{where}.sources[{i}].path: module {source.module} must live at {stem}.py or "
                 f"{stem}/__init__.py: {source.path!r}"
             )
-    if obj.pickle is not None and not obj.pickle.path.startswith("objects/"):
-        problems.append(f"{where}.pickle.path: must be under objects/: {obj.pickle.path!r}")
+        else:
+            location = f"{where}.sources[{i}].path"
+            problems.extend(_reference_problems(location, source.path, "code", "file", listed))
+    if obj.pickle is not None:
+        problems.extend(
+            _reference_problems(f"{where}.pickle.path", obj.pickle.path, "objects", "file", listed)
+        )
     if obj.transport == "source" and not obj.sources:
         problems.append(f"{where}.sources: a source object needs its source files")
     if obj.transport == "pickle" and obj.pickle is None:
@@ -423,9 +525,15 @@ def load_json_object(data: bytes, *, what: str, limit: int) -> dict[str, Any]:
 
 def check_format_version(version: Any) -> None:
     """Reject an unknown major version; warn on a newer minor one."""
-    if not isinstance(version, str) or not re.fullmatch(r"[0-9]+\.[0-9]+", version):
+    if not isinstance(version, str) or not _FORMAT_VERSION_RE.fullmatch(version):
         raise BundleFormatError(
             f"format_version must be 'MAJOR.MINOR': {version!r}", hint="the bundle is corrupt"
+        )
+    if any(len(part) > _MAX_VERSION_DIGITS for part in version.split(".")):
+        shown = version if len(version) <= 40 else f"{version[:37]}..."
+        raise BundleFormatError(
+            f"format_version has a number of more than {_MAX_VERSION_DIGITS} digits: {shown!r}",
+            hint="the bundle is corrupt",
         )
     major, minor = (int(part) for part in version.split("."))
     our_major, our_minor = (int(part) for part in FORMAT_VERSION.split("."))

@@ -219,12 +219,14 @@ def pack(
     left at ``output`` unless pack succeeds.
     """
     output_path = Path(output)
-    check_destination(output_path, force=force, what="bundle")
+    inputs = (Path(model),) if isinstance(model, str | os.PathLike) else ()
+    check_destination(output_path, force=force, what="bundle", inputs=inputs)
     compression = _parse_level(level)
     from kbundle import keras_io
 
     with tempfile.TemporaryDirectory(prefix="kbundle-pack-") as scratch:
         crc_watch: ZipCrcWatch | None = None  # Keras has just written a saved model
+        unchecked: tuple[str, ...] = ()
         if keras_io.is_keras_model(model):
             source = keras_io.save_model(model, Path(scratch))
             fmt = "keras"
@@ -237,7 +239,7 @@ def pack(
             checked = require_sound_before_streaming(
                 source, fmt, error=PackError, hint=f"run 'kbundle doctor {source}'"
             )
-            crc_watch = checked.watch
+            crc_watch, unchecked = checked.watch, checked.unchecked
             description = describe_model_file(source, fmt, h5_objects=checked.h5_objects)
         else:
             raise UsageError(
@@ -246,6 +248,7 @@ def pack(
             )
         payload = _model_payload(source, fmt, crc_watch)
         added = extras(model, Path(scratch), fmt) if extras else Extras()
+        added = added.merged(Extras(notes=unchecked))
         added = _with_custom_objects(
             added, model, source, fmt, Path(scratch), custom_objects, custom_modules
         )

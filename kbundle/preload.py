@@ -50,6 +50,7 @@ from kbundle.model_files import (
     read_saved_model,
     saved_model_file,
 )
+from kbundle.npz import npz_findings
 from kbundle.protowire import WireError
 from kbundle.writers import QueuedWriter
 from kbundle.zipmember import data_offset, open_zip_member, zip_name_problem
@@ -87,6 +88,8 @@ MAX_H5_OBJECTS = 1_000_000
 # value) would make the loader allocate memory it never needs. Small datasets are exempt.
 MAX_H5_EXPANSION = 1000
 H5_BOMB_FLOOR_BYTES = 64 * 1024 * 1024
+# Keras 3's other weights store, read when a .keras archive has no model.weights.h5.
+KERAS_NPZ_WEIGHTS_NAME = "model.weights.npz"
 # HDF5 looks for its superblock at 0, 512, 1024, 2048, ... (a user block may precede it).
 _H5_SUPERBLOCK_SEARCH_LIMIT = 1 << 20
 _UNDEFINED_ADDRESS = (1 << 64) - 1
@@ -124,6 +127,7 @@ class PackCheck:
 
     watch: ZipCrcWatch | None  # CRC-32s to check as the file streams; None: nothing left
     h5_objects: H5Objects  # the model's HDF5 objects (empty for formats without HDF5)
+    unchecked: tuple[str, ...] = ()  # what could not be checked here (INFO findings)
 
 
 def require_sound_before_streaming(
@@ -143,7 +147,9 @@ def require_sound_before_streaming(
         else check_model_file(path, fmt, h5_objects=objects)
     )
     _raise_problems(findings, str(path), error, hint)
-    return PackCheck(ZipCrcWatch(path, deferred, error, hint) if deferred else None, objects)
+    unchecked = tuple(f.describe() for f in findings if f.severity == Severity.INFO)
+    watch = ZipCrcWatch(path, deferred, error, hint) if deferred else None
+    return PackCheck(watch, objects, unchecked)
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,6 +217,9 @@ def check_model_file(
     when given, receives the HDF5 objects walked.
     """
     name = label or path.name
+    mismatch = _declared_format_findings(path, fmt, name)
+    if mismatch:
+        return mismatch
     if fmt == "keras":
         return _check_keras_zip(path, name, h5_objects=h5_objects)
     if fmt == "keras-dir":
@@ -221,6 +230,56 @@ def check_model_file(
     if fmt == "savedmodel":
         return _check_saved_model(path, name)
     return [Finding(location=name, problem=f"unknown model format {fmt!r}")]
+
+
+_KIND_OF_FORMAT = {"keras": "file", "h5": "file", "keras-dir": "dir", "savedmodel": "dir"}
+
+
+def _declared_format_findings(path: Path, fmt: str, name: str) -> FileFindings:
+    """The file must be what its declared format says, by its kind and its first bytes: a
+    loader that goes by the name and one that goes by the content must read the same thing.
+    An HDF5 file with a zip appended passes the HDF5 checks, and a loader that sees a zip
+    reads the zip instead."""
+    kind = _KIND_OF_FORMAT.get(fmt)
+    if kind is None:
+        return [Finding(location=name, problem=f"unknown model format {fmt!r}")]
+    if path.is_dir() if kind == "file" else not path.is_dir():
+        found = "a directory" if kind == "file" else "a file"
+        return [
+            Finding(
+                location=name,
+                problem=f"format {fmt} is a {kind}, but this is {found}",
+                expected=kind,
+                actual=found,
+                fix="this is not a model kbundle packed; do not load it",
+            )
+        ]
+    if fmt == "keras":
+        # zipfile finds an archive by its end record, so data before it goes unseen (an HDF5
+        # file, say); a .keras file starts with its first member. (The HDF5 checks find
+        # the signature of an h5 file themselves, where a user block may precede it.)
+        with path.open("rb") as handle:
+            magic = handle.read(len(ZIP_SIGNATURE))
+        if magic != ZIP_SIGNATURE:
+            return [
+                Finding(
+                    location=name,
+                    problem="declared format keras, but its first bytes are not a zip signature",
+                    expected=ZIP_SIGNATURE.hex(),
+                    actual=magic.hex() or "an empty file",
+                    fix=_DAMAGED_START,
+                )
+            ]
+    if fmt == "h5" and zipfile.is_zipfile(path):
+        return [
+            Finding(
+                location=name,
+                problem="an HDF5 file that is also a zip archive (data appended after it): "
+                "a loader that looks for a zip would read the appended one",
+                fix="this is not a file Keras wrote; do not load it",
+            )
+        ]
+    return []
 
 
 # --------------------------------------------------------------------------------------------
@@ -365,9 +424,11 @@ def unzip_sound_keras(
     the central directory lists at exactly that byte range with exactly that CRC-32, and no
     other member may reach into its range. Raises :class:`ModelFileError` naming the first
     problem (with all of them)."""
-    if split is None:
-        directory.mkdir()
-    findings = _check_keras_zip(path, label, directory, split=split or {})
+    findings = _declared_format_findings(path, "keras", label)
+    if not findings:
+        if split is None:
+            directory.mkdir()
+        findings = _check_keras_zip(path, label, directory, split=split or {})
     _raise_problems(findings, label, ModelFileError, hint)
 
 
@@ -683,6 +744,11 @@ def _keras_layout_findings(
         handle, size = opened
         with handle:
             findings += _check_h5(handle, size, f"{prefix}{KERAS_WEIGHTS_NAME}", h5_objects)
+    opened = open_member(KERAS_NPZ_WEIGHTS_NAME)  # Keras reads it when there is no .h5
+    if opened is not None:
+        handle, size = opened
+        with handle:
+            findings += npz_findings(handle, size, f"{prefix}{KERAS_NPZ_WEIGHTS_NAME}")
     return findings
 
 

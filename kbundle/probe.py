@@ -16,6 +16,7 @@ never executes anything). Stable: the member names and the ``ProbeInfo`` fields 
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import zipfile
 from collections.abc import Sequence
@@ -25,9 +26,10 @@ from typing import Any
 
 from kbundle.archive import PayloadFile
 from kbundle.compat import CompatReport
-from kbundle.errors import EnvironmentMismatchError, ModelLoadError, PackError
+from kbundle.errors import EnvironmentMismatchError, ModelFileError, ModelLoadError, PackError
 from kbundle.findings import Finding, Severity
 from kbundle.manifest import CustomObject, Manifest, ProbeInfo, TensorSpec
+from kbundle.npz import read_npz
 
 __all__ = [
     "PROBE_INPUTS",
@@ -133,14 +135,6 @@ def _write_npz(path: Path, arrays: Sequence[Any], prefix: str) -> int:
     return len(buffer.getvalue())
 
 
-def _read_npz(path: Path) -> list[Any]:
-    import numpy as np
-
-    with np.load(path, allow_pickle=False) as data:
-        names = sorted(data.files, key=lambda n: int(n.rsplit("_", 1)[1].split(".")[0]))
-        return [data[name] for name in names]
-
-
 def make_probe(
     model: Any, specs: Sequence[TensorSpec], directory: Path
 ) -> tuple[ProbeInfo, list[PayloadFile]]:
@@ -200,6 +194,8 @@ def probe_payload(
 
     live = model if keras_io.is_keras_model(model) else None
     if live is None:
+        if importlib.util.find_spec("keras") is None:
+            return skip("Keras is not installed here to run the model")
         if fmt not in ("keras", "h5"):
             kind = {"savedmodel": "a SavedModel", "keras-dir": "an unzipped .keras directory"}
             return skip(f"Keras does not load {kind.get(fmt, fmt)} as a model to run it")
@@ -238,8 +234,10 @@ def compare_probe(model: Any, directory: Path, info: ProbeInfo) -> ProbeComparis
     import numpy as np
 
     try:
-        inputs = _read_npz(directory / info.inputs)
-        expected = _read_npz(directory / info.outputs)
+        inputs = read_npz(directory / info.inputs, info.inputs)
+        expected = read_npz(directory / info.outputs, info.outputs)
+    except ModelFileError:
+        raise
     except (OSError, ValueError, zipfile.BadZipFile, IndexError) as exc:
         raise ModelLoadError(
             f"the probe files are unreadable: {exc}",

@@ -26,7 +26,8 @@ from kbundle.errors import (
     UsageError,
 )
 from kbundle.findings import Finding
-from kbundle.manifest import ModelInfo
+from kbundle.gate import ImportGate
+from kbundle.manifest import Manifest, ModelInfo
 from kbundle.model_files import keras_major
 from kbundle.names import MANIFEST_NAME, SIGNATURE_NAME
 from kbundle.preload import require_sound_model, unzip_sound_keras
@@ -176,14 +177,20 @@ def _extract_verified(
 
 @dataclass(frozen=True, kw_only=True, slots=True)
 class LoadOptions:
-    """What loading may do: run bundled code, turn Keras safe mode off, compile.
+    """What loading may do: run bundled code, import installed code, turn Keras safe mode off,
+    compile.
 
+    ``trust_code`` lets the bundle's own code run (bundled source, pickles, a SavedModel's
+    graph) and its custom objects import what they name. Without it, a load imports only
+    Keras's own packages and the modules of ``allow_distributions`` (installed distributions
+    the user allows, added to ``allow-distributions`` in ``[tool.kbundle]``; kbundle.gate).
     Before loading, the recorded environment is checked under ``env_policy`` (``None``: the
     ``[tool.kbundle]`` configuration, else ``default``); errors refuse unless ``ignore_env``.
     After loading, the stored probe is re-run unless ``probe`` is false.
     """
 
     trust_code: bool = False
+    allow_distributions: tuple[str, ...] = ()
     safe_mode: bool = True
     compile: bool = True
     ignore_env: bool = False
@@ -192,9 +199,11 @@ class LoadOptions:
 
 
 @contextmanager
-def _custom_objects(directory: Path, report: VerifyReport) -> Iterator[dict[str, Any] | None]:
+def _custom_objects(
+    directory: Path, report: VerifyReport, gate: ImportGate
+) -> Iterator[dict[str, Any] | None]:
     """The bundle's custom objects for Keras (``None`` when it has none); load the model inside
-    the block. Call only after ``_require_trust``: this imports and unpickles bundled code."""
+    the block. Call only after ``_require_trust``: every import goes through ``gate``."""
     manifest = report.head.manifest
     if not manifest.custom_objects:
         yield None
@@ -211,7 +220,7 @@ def _custom_objects(directory: Path, report: VerifyReport) -> Iterator[dict[str,
     with (
         registry_restored(),
         bundled_code.bundled_objects(
-            directory, manifest, label=label, registered=registered_object
+            directory, manifest, label=label, registered=registered_object, gate=gate
         ) as objects,
         preferred_objects(objects),
     ):
@@ -233,21 +242,53 @@ def show_code(bundle: str | os.PathLike[str], name: str | None = None) -> list[C
         return code_listings(result.path, result.report.head.manifest, name)
 
 
-def _require_trust(report: VerifyReport, options: LoadOptions) -> None:
-    """Bundled code runs only with ``trust_code`` or a verified signature by a trusted key."""
-    carried = [
-        o for o in report.head.manifest.custom_objects if o.transport in ("source", "pickle")
-    ]
+def _trusted(report: VerifyReport, options: LoadOptions) -> bool:
+    """Whether the bundle's own code may run: ``trust_code``, or a trusted signature."""
     signature = report.signature
-    if not carried or options.trust_code or (signature is not None and signature.trusted):
+    return options.trust_code or (signature is not None and signature.trusted)
+
+
+def _import_gate(report: VerifyReport, options: LoadOptions) -> ImportGate:
+    """The gate every import of this load goes through (kbundle.gate)."""
+    from kbundle.config import find_project_config
+
+    manifest = report.head.manifest
+    return ImportGate(
+        distributions=(*options.allow_distributions, *find_project_config().allow_distributions),
+        trusted=_trusted(report, options),
+        bundled=[s.module for o in manifest.custom_objects for s in o.sources],
+    )
+
+
+def _require_trust(report: VerifyReport, options: LoadOptions) -> None:
+    """Code the bundle brings runs only with ``trust_code`` or a verified signature by a
+    trusted key: bundled source and pickles, and a SavedModel, whose graph runs its functions
+    and resource initialisers when it is loaded."""
+    if _trusted(report, options):
+        return
+    manifest = report.head.manifest
+    signature = report.signature
+    signed = f"; {signature.describe()}" if signature is not None and signature.signers else ""
+    if manifest.model.format == "savedmodel":
+        raise UntrustedCodeError(
+            "loading a SavedModel runs its graph (functions and resource initialisers can "
+            f"read and write files), and nobody trusted this one{signed}",
+            hint="pass --trust-code (trust_code=True) if you trust where it came from, or "
+            "trust the signer's key; 'kbundle unpack --no-load' extracts it without loading",
+        )
+    carried = [o for o in manifest.custom_objects if o.transport in ("source", "pickle")]
+    if not carried:
         return
     names = ", ".join(f"{o.name} ({o.transport})" for o in carried)
-    signed = f"; {signature.describe()}" if signature is not None and signature.signers else ""
     raise UntrustedCodeError(
         f"loading would run bundled code nobody trusted: {names}{signed}",
         hint="review it with 'kbundle show-code', then pass --trust-code (trust_code=True), "
         "or trust the signer's public key (--key, or the trusted keys directory)",
     )
+
+
+# The file names Keras reads as each format (keras.saving.load_model goes by the suffix).
+_LOADER_SUFFIXES = {"keras": (".keras",), "h5": (".h5", ".hdf5")}
 
 
 @contextmanager
@@ -267,6 +308,15 @@ def _sound_model(
 
     path = directory / info.path
     hint = "run 'kbundle doctor' on the bundle"
+    suffixes = _LOADER_SUFFIXES.get(info.format)
+    if suffixes and not info.path.lower().endswith(suffixes):
+        # Keras picks its reader by the file name: a name of another format would have
+        # another reader open the file than the checks below.
+        raise ModelFileError(
+            f"{info.path}: a {info.format} model must be named *{suffixes[0]}, "
+            "as Keras chooses how to read a file by its name",
+            hint="the bundle was not written by a conforming kbundle; do not load it",
+        )
     unzip = info.format == "keras" and keras_major(info.saved_by) == 3
     unzip = unzip and keras_io.loads_unzipped_keras()
     if split is not None and split.member != info.path:
@@ -315,32 +365,66 @@ def _load_verified(
     ``private``: ``directory`` is a copy made only for this load, which may consume it;
     ``split``: how the model zip was split while it was extracted.
     """
-    from kbundle import keras_io
+    from kbundle.compat import environment_gate
 
     manifest = report.head.manifest
-    from kbundle.compat import environment_gate
 
     compat = environment_gate(manifest, options.env_policy, ignore=options.ignore_env, what=name)
     _require_trust(report, options)
-    with (
-        _sound_model(directory, manifest.model, private=private, split=split) as (model_path, fmt),
-        _custom_objects(directory, report) as objects,
+    gate = _import_gate(report, options)
+    with _sound_model(directory, manifest.model, private=private, split=split) as (
+        model_path,
+        fmt,
     ):
-        try:
-            model = keras_io.load_model(
-                model_path,
-                fmt=fmt,
-                custom_objects=objects,
-                safe_mode=options.safe_mode,
-                compile=options.compile,
-            )
-        except ModelLoadError as exc:
-            raise compat.explain_load_failure(exc) from exc
-        if options.probe and manifest.probe is not None:
-            from kbundle.probe import run_probe
+        _require_config_modules(gate, model_path, fmt, manifest, name)
+        with _custom_objects(directory, report, gate) as objects:
+            model = _load_model(model_path, fmt, objects, options, compat)
+            if options.probe and manifest.probe is not None:
+                from kbundle.probe import run_probe
 
-            compat = run_probe(model, directory, manifest, compat, what=name)
+                compat = run_probe(model, directory, manifest, compat, what=name)
     return model, compat
+
+
+def _require_config_modules(
+    gate: ImportGate, model_path: Path, fmt: str, manifest: Manifest, name: str
+) -> None:
+    """Refuse, before anything is imported, a config naming a module a Keras loader would
+    import that nobody allowed (kbundle.gate)."""
+    if fmt == "savedmodel":
+        return  # trusted already: a SavedModel is code (_require_trust)
+    from kbundle.model_files import read_model_config
+
+    try:
+        config = read_model_config(model_path, fmt)
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(
+            f"{name}: the model's config cannot be read: {exc}",
+            hint="the model file is damaged; run 'kbundle doctor' on the bundle",
+        ) from exc
+    provided = [o.name for o in manifest.custom_objects if o.transport != "builtin"]
+    gate.require_config(config, provided, what=name)
+
+
+def _load_model(
+    model_path: Path,
+    fmt: str,
+    objects: dict[str, Any] | None,
+    options: LoadOptions,
+    compat: CompatReport,
+) -> Any:
+    from kbundle import keras_io
+
+    try:
+        return keras_io.load_model(
+            model_path,
+            fmt=fmt,
+            custom_objects=objects,
+            safe_mode=options.safe_mode,
+            compile=options.compile,
+        )
+    except ModelLoadError as exc:
+        raise compat.explain_load_failure(exc) from exc
 
 
 def unpack(
@@ -358,7 +442,10 @@ def unpack(
     """Verify ``bundle`` while extracting it; ``destination`` appears only if all is intact.
 
     The destination holds ``kbundle.json`` and the payload (``model/...``). An existing
-    destination is replaced only with ``force``. With ``load_model`` the model is loaded from
+    destination is replaced only with ``force``, and only when it is an earlier unpack's
+    output that nothing was added to (everything in it is listed by its ``kbundle.json``), not
+    a symbolic link, the current directory or a directory holding it, and never when it is or
+    holds ``bundle`` itself (kbundle.atomic). With ``load_model`` the model is loaded from
     the verified files before they are moved into place, proving that it loads.
     ``trusted_keys`` and ``require_signature`` are as for :func:`verify`; a signature by a
     trusted key lets bundled code run without ``trust_code``.
@@ -368,7 +455,7 @@ def unpack(
     policy = SignaturePolicy.create(trusted_keys, require_signature)
     read_head(path)  # a bad bundle fails before any directory is made
     chosen = options or LoadOptions()
-    with atomic_directory(Path(destination), force=force) as staging:
+    with atomic_directory(Path(destination), force=force, inputs=(path,)) as staging:
         report = _extract_verified(path, staging, expect, progress, policy)
         if load_model:
             model, compat = _load_verified(staging, report, chosen, str(path))
@@ -409,6 +496,7 @@ def load(
     *,
     expect: str | None = None,
     trust_code: bool = False,
+    allow_distributions: Iterable[str] = (),
     safe_mode: bool = True,
     compile: bool = True,
     trusted_keys: TrustedKeys | None = None,
@@ -423,10 +511,13 @@ def load(
 
     Returns a ``keras.Model`` for ``.keras`` and ``.h5`` models (a ``tf_keras`` model for a
     Keras 2 file only tf-keras can read) and a ``keras.layers.TFSMLayer`` for a SavedModel
-    (docs/formats.md). The model file is checked before Keras opens it. Bundled code runs
-    only with ``trust_code=True`` or when the bundle is signed by a trusted key
-    (``trusted_keys``, else the trusted-keys directory; see :func:`verify`); Keras
-    ``safe_mode`` stays on unless ``safe_mode=False``. The environment is checked first under
+    (docs/formats.md). The model file is checked before Keras opens it. Code the bundle
+    brings (bundled source, pickles, a SavedModel's graph) runs only with ``trust_code=True``
+    or when the bundle is signed by a trusted key (``trusted_keys``, else the trusted-keys
+    directory; see :func:`verify`); otherwise only Keras's own packages and the installed
+    distributions in ``allow_distributions`` (and ``[tool.kbundle] allow-distributions``) may
+    be imported to find custom objects (:class:`LoadOptions`). Keras ``safe_mode`` stays on
+    unless ``safe_mode=False``. The environment is checked first under
     ``env_policy`` (``default``, ``strict``, ``lenient``; ``env_severity`` holds
     ``FIELD=LEVEL`` overrides; see docs/compatibility.md): errors raise
     :class:`EnvironmentMismatchError` unless ``ignore_env``; warnings are issued once, as one
@@ -441,6 +532,7 @@ def load(
     env = resolve_policy(env_policy, env_severity, origin="env_severity")
     options = LoadOptions(
         trust_code=trust_code,
+        allow_distributions=tuple(allow_distributions),
         safe_mode=safe_mode,
         compile=compile,
         ignore_env=ignore_env,

@@ -1,12 +1,19 @@
 """Rebuilding the environment a bundle was packed in: ``kbundle env export`` and ``env create``.
 
-Both read the bundle's ``env/`` files only after verifying the whole bundle (they are what
-pip will install). ``create_environment`` makes a virtual environment with the recorded
-Python minor (the running interpreter when it matches, else ``pythonX.Y`` on ``PATH``), installs
-the pinned closure with ``--no-deps`` (the closure is complete, and ``--no-deps`` stops
-tf-keras from pulling plain ``tensorflow`` over ``tensorflow-cpu``) and with
-``--require-hashes`` when the bundle has a hashed lock, installs kbundle itself, and ends by
-running ``kbundle check`` inside the new environment, which must come out clean.
+Both read the bundle's ``env/`` files only after verifying the whole bundle, and only through
+:func:`kbundle.lock.check_requirements`: every line a ``name==version`` pin (with hashes in a
+lock), so nothing is ever installed from inside the bundle or from a local path, and an index
+or URL the bundle names passes only with ``trust_code``.
+
+``create_environment`` checks the requirements before it starts any process, makes a virtual
+environment with the recorded Python minor (the running interpreter when it matches, else
+``pythonX.Y`` on ``PATH``), installs the pinned closure with ``--no-deps`` (the closure is
+complete, and ``--no-deps`` stops tf-keras from pulling plain ``tensorflow`` over
+``tensorflow-cpu``) and with ``--require-hashes`` when the bundle has a hashed lock, installs
+kbundle itself, and ends by running ``kbundle check`` inside the new environment, which must
+come out clean. pip reads the checked lines alone, never a file of the extracted bundle, and
+every child (the version probe, venv, pip, the check) runs isolated through
+:func:`kbundle.lock.run_tool`: ``python -I`` in an empty directory.
 
 kbundle is installed into the new environment from the source tree the running kbundle was
 imported from when that is a checkout (it has kbundle's ``pyproject.toml``), else as
@@ -28,7 +35,13 @@ from pathlib import Path
 from kbundle._version import __version__
 from kbundle.errors import EnvironmentMismatchError, UsageError
 from kbundle.findings import Finding, Severity
-from kbundle.lock import last_line, run_tool
+from kbundle.lock import (
+    CheckedRequirements,
+    absolute_if_path,
+    check_requirements,
+    last_line,
+    run_tool,
+)
 from kbundle.manifest import Manifest
 
 __all__ = [
@@ -62,13 +75,27 @@ def _verified_env_files(bundle: Path, scratch: Path) -> tuple[Manifest, Path]:
     return manifest, result.path
 
 
+def _checked_requirements(
+    manifest: Manifest, root: Path, *, hashed: bool, trust_code: bool
+) -> CheckedRequirements:
+    """The lock (``hashed``) or the pins of an extracted bundle, checked line by line."""
+    requirements = manifest.requirements
+    assert requirements is not None
+    member = requirements.lock if hashed and requirements.lock else requirements.requirements
+    return check_requirements(
+        (root / member).read_bytes(), member=member, hashed=hashed, trust_code=trust_code
+    )
+
+
 def export_requirements(
-    bundle: str | os.PathLike[str], *, hashed: bool | None = None
+    bundle: str | os.PathLike[str], *, hashed: bool | None = None, trust_code: bool = False
 ) -> tuple[str, bool]:
     """The bundle's requirements text and whether it carries hashes.
 
     ``hashed=None`` gives the hashed lock when the bundle has one, else the pins;
     ``True`` insists on the lock (a usage error when there is none); ``False`` gives the pins.
+    The text is returned only if every line passes
+    :func:`~kbundle.lock.check_requirements` (``trust_code`` lets https sources through).
     """
     with tempfile.TemporaryDirectory(prefix="kbundle-env-") as scratch:
         manifest, root = _verified_env_files(Path(bundle), Path(scratch))
@@ -82,8 +109,8 @@ def export_requirements(
                 hint="export the pins without --hashed, or re-pack with --lock",
             )
         use_lock = has_lock if hashed is None else hashed
-        member = requirements.lock if use_lock and requirements.lock else requirements.requirements
-        return (root / member).read_text(encoding="utf-8"), use_lock
+        checked = _checked_requirements(manifest, root, hashed=use_lock, trust_code=trust_code)
+        return checked.text, use_lock
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,7 +147,7 @@ def kbundle_install_spec() -> str:
 
 def _interpreter_version(executable: str) -> str | None:
     code = "import sys; print(f'{sys.version_info[0]}.{sys.version_info[1]}')"
-    done = run_tool([executable, "-c", code], timeout=INTERPRETER_TIMEOUT_SECONDS)
+    done = run_tool(executable, ["-c", code], timeout=INTERPRETER_TIMEOUT_SECONDS)
     return done.stdout.strip() if done is not None and done.returncode == 0 else None
 
 
@@ -152,8 +179,8 @@ def find_interpreter(minor: str, python: str | None = None) -> str:
     )
 
 
-def _run(command: list[str], what: str, timeout: float) -> None:
-    done = run_tool(command, timeout=timeout)
+def _run(interpreter: str, arguments: list[str], what: str, timeout: float) -> None:
+    done = run_tool(interpreter, arguments, timeout=timeout)
     if done is None:
         raise EnvironmentMismatchError(
             f"{what} did not finish within {timeout:.0f} s",
@@ -173,13 +200,17 @@ def create_environment(
     *,
     python: str | None = None,
     kbundle_spec: str | None = None,
+    trust_code: bool = False,
     step: Callable[[str], None] | None = None,
 ) -> CreatedEnvironment:
     """Build a virtual environment at ``directory`` that reproduces ``bundle``'s environment.
 
-    ``step`` is called with a short description before each stage. If anything fails
-    before the final check, ``directory`` is removed again; if the final check finds errors
-    the environment is kept for inspection and :class:`EnvironmentMismatchError` is raised.
+    The requirements are checked (:func:`~kbundle.lock.check_requirements`; ``trust_code``
+    lets https sources through) before any process starts, so a refused bundle leaves no
+    ``directory`` behind. ``step`` is called with a short description before each stage. If
+    anything fails before the final check, ``directory`` is removed again; if the final check
+    finds errors the environment is kept for inspection and
+    :class:`EnvironmentMismatchError` is raised.
     """
     bundle_path, target = Path(bundle).resolve(), Path(directory)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
@@ -192,34 +223,42 @@ def create_environment(
         manifest, root = _verified_env_files(bundle_path, Path(scratch))
         requirements = manifest.requirements
         assert requirements is not None
+        hashed = bool(requirements.lock and requirements.lock_hashed)
+        checked = _checked_requirements(manifest, root, hashed=hashed, trust_code=trust_code)
+        # pip reads the checked lines alone, never a file of the extracted bundle.
+        pip_requirements = Path(scratch) / "requirements-checked.txt"
+        pip_requirements.write_text(checked.for_pip(), encoding="utf-8")
         minor = ".".join(manifest.environment.python.version.split(".")[:2])
         interpreter = find_interpreter(minor, python)
-        hashed = bool(requirements.lock and requirements.lock_hashed)
-        member = requirements.lock if hashed and requirements.lock else requirements.requirements
         existed = target.exists()  # and is empty: anything else was refused above
+        # The children start in an empty directory: what they are given must be absolute.
+        venv_directory = target.absolute()
+        venv_python = str(_venv_python(venv_directory))
         try:
             announce(
                 f"creating a virtual environment with {interpreter} (Python {minor}) in {target}"
             )
             _run(
-                [interpreter, "-m", "venv", str(target)],
+                interpreter,
+                ["-m", "venv", str(venv_directory)],
                 "creating the virtual environment",
                 INSTALL_TIMEOUT_SECONDS,
             )
-            venv_python = str(_venv_python(target))
             how = "hash-checked" if hashed else requirements.note or "not hash-locked"
             announce(f"installing the pinned requirements ({how})")
+            pip_install = ["-m", "pip", "install", "--disable-pip-version-check"]
             checks = ["--no-deps", "--require-hashes"] if hashed else ["--no-deps"]
-            install = [venv_python, "-m", "pip", "install", *checks, "-r", str(root / member)]
             _run(
-                [*install, "--disable-pip-version-check"],
+                venv_python,
+                [*pip_install, *checks, "-r", str(pip_requirements)],
                 "pip install of the recorded requirements",
                 INSTALL_TIMEOUT_SECONDS,
             )
             spec = kbundle_spec or kbundle_install_spec()
             announce(f"installing kbundle from {spec}")
             _run(
-                [venv_python, "-m", "pip", "install", "--disable-pip-version-check", spec],
+                venv_python,
+                [*pip_install, absolute_if_path(spec)],
                 "pip install of kbundle",
                 INSTALL_TIMEOUT_SECONDS,
             )
@@ -244,12 +283,16 @@ def create_environment(
 
 
 def _check_inside(venv_python: str, bundle: Path, backend: str | None) -> tuple[Finding, ...]:
+    # run_tool's -I keeps PYTHONPATH out: the check sees the new environment's kbundle alone.
     env = dict(os.environ)
-    env.pop("PYTHONPATH", None)  # the check must see the new environment's kbundle, nothing else
     if backend:
         env["KERAS_BACKEND"] = backend
-    command = [venv_python, "-m", "kbundle", "check", str(bundle), "--json"]
-    done = run_tool(command, timeout=CHECK_TIMEOUT_SECONDS, env=env)
+    done = run_tool(
+        venv_python,
+        ["-m", "kbundle", "check", str(bundle), "--json"],
+        timeout=CHECK_TIMEOUT_SECONDS,
+        env=env,
+    )
     if done is None:
         raise EnvironmentMismatchError(
             "kbundle check in the new environment did not finish", hint="run it by hand"

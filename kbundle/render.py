@@ -1,22 +1,77 @@
-"""Human-readable text for a bundle's manifest (what ``kbundle inspect`` prints).
+"""Human-readable text: what may reach a terminal (``printable``), and the text of a bundle's
+manifest (``kbundle inspect``) and of an environment check (``kbundle check``).
 
-Pure formatting: takes records, returns a string; never prints. Stable: the text may change
-between releases; scripts should use ``--json``.
+Bundle content is hostile until shown otherwise, and a terminal obeys control characters: an
+ESC sequence in a model name could move the cursor and forge a "signed ... (trusted)" line, a
+bidi override could reorder a line of code under review. ``printable`` escapes every character
+that is not printable; the renderers escape each line they build, so a value can never start a
+line of its own, and the CLI escapes everything it prints once more.
+
+Pure formatting: takes records, returns a string; never prints. Importing it is cheap (the
+CLI's error path uses ``printable``). Stable: the text may change between releases; scripts
+should use ``--json``.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
-from kbundle.archive import BundleHead
 from kbundle.findings import Severity
-from kbundle.manifest import TensorSpec
-from kbundle.signing import signer_ids
 
 if TYPE_CHECKING:
+    from kbundle.archive import BundleHead
     from kbundle.compat import CompatReport
+    from kbundle.manifest import TensorSpec
 
-__all__ = ["render_compat", "render_manifest"]
+__all__ = ["printable", "printable_lines", "render_compat", "render_manifest"]
+
+# The escapes everyone reads at a glance; every other character that is not printable is
+# shown by its code point, as Python's repr() shows it.
+_SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(char: str) -> str:
+    short = _SHORT_ESCAPES.get(char)
+    if short is not None:
+        return short
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def printable(text: str, *, keep_newlines: bool, keep_tabs: bool = False) -> str:
+    """``text`` made safe for a terminal: every character that is not printable becomes a
+    visible escape (``\\x1b``, ``\\r``, ``\\u202e``, ``\\udcff``).
+
+    Not printable means what ``str.isprintable`` says: Unicode categories Cc (C0 and C1
+    controls: ESC, CR, CSI U+009B), Cf (bidi embeddings, overrides and isolates U+202A-U+202E
+    and U+2066-U+2069, zero-width characters), Cs (lone surrogates, as undecodable file names
+    arrive), Co (private use), Cn (unassigned, whose rendering no one can predict), Zl, Zp
+    (line and paragraph separators) and Zs other than the ASCII space. ``\\n`` is kept only
+    with ``keep_newlines`` (text of several lines), ``\\t`` only with ``keep_tabs`` (source
+    code). A backslash is not escaped: it moves no cursor.
+    """
+    if keep_newlines and "\n" in text:  # line by line, so that most take the fast path
+        return "\n".join(
+            printable(line, keep_newlines=False, keep_tabs=keep_tabs) for line in text.split("\n")
+        )
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() or (keep_tabs and char == "\t") else _escape(char)
+        for char in text
+    )
+
+
+def printable_lines(lines: Iterable[str]) -> str:
+    """Lines joined into one text, each escaped on its own: a newline inside a line (a value
+    taken from a bundle) is shown as ``\\n`` and never starts a line of its own."""
+    return "\n".join(printable(line, keep_newlines=False) for line in lines)
+
 
 # Table cells longer than this are cut with an ellipsis so that a row fits a terminal line;
 # the full values are in --json.
@@ -32,6 +87,8 @@ def _specs(specs: list[TensorSpec] | None) -> str:
 def _signers(signature: bytes | None) -> str:
     if signature is None:
         return "no (integrity-checked, not signed)"
+    from kbundle.signing import signer_ids
+
     signers = signer_ids(signature)
     if isinstance(signers, str):
         return f"unreadable signature member ({signers}); verify will refuse this bundle"
@@ -39,6 +96,7 @@ def _signers(signature: bytes | None) -> str:
 
 
 def render_manifest(head: BundleHead) -> str:
+    """The ``kbundle inspect`` text: one line per fact, every line escaped."""
     manifest = head.manifest
     model = manifest.model
     env = manifest.environment
@@ -114,11 +172,12 @@ def render_manifest(head: BundleHead) -> str:
             lines.append(f"  {'':>12}  {'dir':71}  {member.path}/")
         else:
             lines.append(f"  {member.size:>12}  {member.digest}  {member.path}")
-    return "\n".join(lines)
+    return printable_lines(lines)
 
 
 def _cell(value: str | None) -> str:
-    text = "-" if value is None else value
+    # Escaped before it is measured, so that the columns line up with what is shown.
+    text = "-" if value is None else printable(value, keep_newlines=False)
     return text if len(text) <= _CELL_WIDTH else text[: _CELL_WIDTH - 3] + "..."
 
 
@@ -127,7 +186,13 @@ def render_compat(report: CompatReport) -> str:
     header = ("FIELD", "RECORDED", "CURRENT", "SEVERITY")
     rows = [header]
     rows += [
-        (f.location, _cell(f.expected), _cell(f.actual), str(f.severity)) for f in report.findings
+        (
+            printable(f.location, keep_newlines=False),
+            _cell(f.expected),
+            _cell(f.actual),
+            str(f.severity),
+        )
+        for f in report.findings
     ]
     widths = [max(len(row[i]) for row in rows) for i in range(3)]
     lines = [
@@ -146,4 +211,4 @@ def render_compat(report: CompatReport) -> str:
     source = f" from {policy.config}" if policy.config else ""
     lines.append("")
     lines.append(f"verdict: {report.summary()} (policy {policy.name}{source})")
-    return "\n".join(lines)
+    return printable_lines(lines)

@@ -33,6 +33,19 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+def env_with_unreachable_index(**extra: str) -> dict[str, str]:
+    """A child environment whose package index refuses connections (no pip config, no
+    mirrors, no retries); ``PIP_*`` variables reach pip even under ``python -I``."""
+    return child_env(
+        PIP_CONFIG_FILE=os.devnull,
+        PIP_INDEX_URL="http://127.0.0.1:9/simple",
+        PIP_EXTRA_INDEX_URL="",
+        PIP_FIND_LINKS="",
+        PIP_RETRIES="0",
+        **extra,
+    )
+
+
 def run_cli(
     *args: str | os.PathLike[str],
     cwd: Path | None = None,
@@ -139,6 +152,32 @@ def zip_member_data_offset(path: Path, member: str) -> int:
     name_len = int.from_bytes(raw[header + 26 : header + 28], "little")
     extra_len = int.from_bytes(raw[header + 28 : header + 30], "little")
     return header + 30 + name_len + extra_len
+
+
+def python_with_site(tmp_path: Path, files: dict[str, str]) -> Path:
+    """An interpreter whose own site-packages holds ``files`` (relative path -> text) ahead of
+    this environment's packages: a real virtual environment (no pip) whose ``.pth`` file adds
+    this environment's site-packages after its own. kbundle starts its children with
+    ``python -I``, which ignores PYTHONPATH and the current directory; this is how a test
+    changes what such a child imports."""
+    import sysconfig
+
+    venv = tmp_path / "site-overlay"
+    made = run_python("-m", "venv", "--without-pip", venv)
+    assert made.returncode == 0, made.stderr
+    python = venv / ("Scripts" if os.name == "nt" else "bin") / "python"
+    purelib = run_python(
+        "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", python=python
+    ).stdout.strip()
+    site_dir = Path(purelib)
+    for relative, text in files.items():
+        (site_dir / relative).parent.mkdir(parents=True, exist_ok=True)
+        (site_dir / relative).write_text(text)
+    here = sysconfig.get_paths()["purelib"]
+    (site_dir / "zz-parent-environment.pth").write_text(
+        f"import site; site.addsitedir({here!r})\n"
+    )
+    return python
 
 
 def env_without_tf_keras(tmp_path: Path) -> dict[str, str]:

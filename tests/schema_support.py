@@ -31,6 +31,19 @@ def manifest_validator() -> Draft202012Validator:
     return Draft202012Validator(schema)
 
 
+@functools.cache
+def definition_validator(name: str) -> Draft202012Validator:
+    """A validator for one of the schema's ``$defs`` (``memberPath``, ``envPath``, ...) alone,
+    so a test can ask what the schema says of one value without the rules around it."""
+    definitions = manifest_validator().schema["$defs"]
+    return Draft202012Validator({"$defs": definitions, "$ref": f"#/$defs/{name}"})
+
+
+def definition_accepts(name: str, value: Any) -> bool:
+    """Whether ``value`` is valid under the schema's ``$defs`` entry ``name``."""
+    return bool(definition_validator(name).is_valid(value))
+
+
 def schema_errors(manifest: Any) -> list[str]:
     """Every schema violation in ``manifest`` as ``location: message``, sorted."""
     return sorted(

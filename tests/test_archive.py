@@ -282,7 +282,10 @@ def _forged_findings(
 
 
 def _honest(base: dict[str, Any], entries: list[Entry]) -> dict[str, Any]:
-    return manifest_for(entries, {**base, "model": {**base["model"], "path": MODEL.name}})
+    """``base`` listing ``entries``, with MODEL as the model: one file, so the format is a
+    one-file format (the reader refuses a savedmodel whose path is a file)."""
+    model = {**base["model"], "format": "h5", "path": MODEL.name}
+    return manifest_for(entries, {**base, "model": model})
 
 
 def test_forged_honest_bundle_verifies(tmp_path: Path, base_manifest: dict[str, Any]) -> None:
@@ -524,6 +527,36 @@ def test_zstd_window_bomb_refused(
         match="zstd frame 2 asks for a 16777216-byte window, more than the limit of 1048576",
     ):
         kbundle.verify(path)
+
+
+def test_restreamed_payload_keeps_the_pax_header_of_its_first_member(
+    tmp_path: Path, base_manifest: dict[str, Any]
+) -> None:
+    """rewrite_header re-streams a payload it cannot splice from the first payload entry's
+    first header: for a long name that is its pax header, not the ustar header after it
+    (which holds only the first 100 bytes of the name)."""
+    long_model = Entry("model/" + "n" * 120 + ".h5", b"model bytes")
+    manifest = {
+        **manifest_for([long_model], base_manifest),
+        "model": {**base_manifest["model"], "format": "h5", "path": long_model.name},
+    }
+    stored = forge(tmp_path / "stored.kbundle", manifest, [long_model]).read_bytes()
+    with (tmp_path / "stored.kbundle").open("rb") as handle:
+        header_size = archive.header_region_size(handle)
+    assert header_size is not None
+    content = zstandard.ZstdDecompressor().decompress(stored[:header_size])
+    other_layout = tmp_path / "other-layout.kbundle"
+    other_layout.write_bytes(
+        zstandard.ZstdCompressor(level=9, write_checksum=True).compress(content)
+        + stored[header_size:]
+    )
+    head = archive.read_head(other_layout)
+
+    with (tmp_path / "out.kbundle").open("wb") as out:
+        copied = archive.rewrite_header(other_layout, out, head, None, level=3)
+
+    assert not copied
+    assert kbundle.verify(tmp_path / "out.kbundle").files_checked == 1
 
 
 def test_limits_are_named_with_reasons() -> None:

@@ -16,6 +16,8 @@ from typing import Any
 import pytest
 from conftest import assert_clean_failure, child_env, run_cli
 
+from kbundle.zstdframes import ZSTD_MAGIC
+
 NO_TF_PROBE = """
 import atexit, runpy, sys
 def report():
@@ -75,6 +77,17 @@ def test_pack_refuses_to_overwrite_and_keeps_the_original(
         == f"kbundle: error: bundle {bundle} already exists; pass --force to replace it\n"
     )
     assert bundle.read_bytes() == b"precious"
+    # --force replaces a bundle, not whatever file has the name (THREATS.md row 27)...
+    refused = run_cli("pack", saved_keras_file, "-o", bundle, "--force")
+    assert_clean_failure(refused, 2)
+    assert refused.stderr == (
+        f"kbundle: error: will not replace bundle {bundle}: it is not a kbundle bundle (it "
+        "starts with 70726563); --force replaces only a bundle; choose another -o, or move it "
+        "away yourself\n"
+    )
+    assert bundle.read_bytes() == b"precious"
+    # ... which it does replace, damaged or not.
+    bundle.write_bytes(ZSTD_MAGIC + b"a damaged bundle")
     forced = run_cli("pack", saved_keras_file, "-o", bundle, "--force")
     assert forced.returncode == 0, forced.stderr
     assert run_cli("verify", bundle).returncode == 0

@@ -33,6 +33,7 @@ from kbundle.bundled_code import CodeConflictWarning, bundled_objects, check_run
 from kbundle.custom_objects import config_references
 from kbundle.environment import capture_environment
 from kbundle.errors import BundleFormatError, EnvironmentMismatchError
+from kbundle.gate import ImportGate
 from kbundle.manifest import (
     CustomObject,
     Manifest,
@@ -818,7 +819,11 @@ def test_bundled_source_is_imported_in_isolation(
         with (
             pytest.warns(CodeConflictWarning) as caught,
             bundled_objects(
-                tmp_path / "verified", _manifest([obj]), label="t", registered=lambda name: None
+                tmp_path / "verified",
+                _manifest([obj]),
+                label="t",
+                registered=lambda name: None,
+                gate=ImportGate(trusted=True),
             ) as objects,
         ):
             assert objects["thing"]() == "bundledbundled"
@@ -966,9 +971,9 @@ def test_manifest_refuses_code_outside_its_canonical_place(packed: Workspace) ->
     with pytest.raises(
         BundleFormatError,
         match=(
-            r"^the manifest breaks 1 format rule\(s\): custom_objects\[0\]\.sources\[1\]\.path: module "
+            r"^the manifest breaks 2 format rule\(s\): custom_objects\[0\]\.sources\[1\]\.path: module "
             r"mypkg\.layers must live at code/mypkg/layers\.py or code/mypkg/layers/__init__\.py: "
-            r"'code/mypkg/__init__\.py'"
+            r"'code/mypkg/__init__\.py' \(and 1 more\);"
         ),
     ):
         Manifest.from_dict(data)
@@ -992,7 +997,11 @@ def test_distribution_objects_load_from_the_installed_distribution() -> None:
     with (
         pytest.warns(CodeConflictWarning) as caught,
         bundled_objects(
-            Path("unused"), manifest, label="t", registered=lambda name: None
+            Path("unused"),
+            manifest,
+            label="t",
+            registered={"Version": Version}.get,  # as if packaging registered it with Keras
+            gate=ImportGate(distributions=["packaging"]),
         ) as objects,
     ):
         assert objects == {"Version": Version}
@@ -1053,14 +1062,17 @@ def test_loading_the_same_bundle_twice_reports_no_conflict(tmp_path: Path) -> No
         sources=[SourceFile(module="lonepkg", path="code/lonepkg/__init__.py")],
     )
     manifest = _manifest([obj])
-    with bundled_objects(verified, manifest, label="first", registered=lambda name: None) as first:
+    trusted = ImportGate(trusted=True)
+    with bundled_objects(
+        verified, manifest, label="first", registered=lambda name: None, gate=trusted
+    ) as first:
         pass
     shutil.rmtree(verified / "code")  # the files are gone after a load; the objects are not
     (verified / "code" / "lonepkg").mkdir(parents=True)
     (verified / "code" / "lonepkg" / "__init__.py").write_text(text)
     # Any warning fails this test (filterwarnings = error).
     with bundled_objects(
-        verified, manifest, label="second", registered=lambda name: first[name]
+        verified, manifest, label="second", registered=lambda name: first[name], gate=trusted
     ) as second:
         assert second["lone>Thing"] is not first["lone>Thing"]
     assert first["lone>Thing"]().value() == 42 and "lonepkg" not in sys.modules

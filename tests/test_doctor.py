@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import os
 import subprocess
 import sys
 import zipfile
@@ -20,9 +19,9 @@ from typing import Any
 import pytest
 from conftest import (
     assert_clean_failure,
-    child_env,
-    env_without_tf_keras,
+    python_with_site,
     run_cli,
+    run_python,
     zip_member_data_offset,
 )
 
@@ -32,10 +31,18 @@ CLASSES = ("corruption", "serialization", "environment")
 
 
 def _doctor(
-    target: Path, *args: str, cwd: Path | None = None, env: dict[str, str] | None = None
+    target: Path,
+    *args: str,
+    cwd: Path | None = None,
+    env: dict[str, str] | None = None,
+    python: Path | None = None,
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    """Run ``kbundle doctor --json`` and return the process and its parsed report."""
-    done = run_cli("doctor", target, "--json", *args, cwd=cwd, env=env)
+    """Run ``kbundle doctor --json`` (with ``python``, else this interpreter) and return the
+    process and its parsed report."""
+    done = run_python(
+        "-m", "kbundle", "doctor", target, "--json", *args,
+        python=python or sys.executable, cwd=cwd, env=env,
+    )
     assert "Traceback" not in done.stderr, done.stderr
     return done, json.loads(done.stdout)
 
@@ -79,6 +86,7 @@ def test_truncated_h5(keras2_files: Path, tmp_path: Path) -> None:
         "attempted": False,
         "ok": False,
         "skipped": "the file is corrupt or unsafe (see corruption); Keras was not run on it",
+        "needs_trust": False,
     }
     _only(report, "corruption")
 
@@ -193,7 +201,7 @@ def test_flipped_savedmodel_weights_found_by_the_real_load(
     data[100] ^= 0xFF  # no structure changes: only TensorFlow's per-tensor checksum sees it
     shard.write_bytes(bytes(data))
 
-    done, report = _doctor(directory)
+    done, report = _doctor(directory, "--trust-code")
 
     assert done.returncode == 1
     assert report["load"]["attempted"] is True and report["load"]["error_type"] == "DataLossError"
@@ -239,8 +247,12 @@ def test_unregistered_custom_layer(tmp_path: Path, keras: Any) -> None:
     )
     path = tmp_path / "custom.keras"
     model.save(path)
+    # kbtest_layers is installed where doctor runs (importable there, never imported).
+    python = python_with_site(
+        tmp_path, {"kbtest_layers.py": (tmp_path / "kbtest_layers.py").read_text()}
+    )
 
-    done, report = _doctor(path, cwd=tmp_path)  # kbtest_layers is importable there, not imported
+    done, report = _doctor(path, python=python)
 
     assert done.returncode == 5
     assert report["failure_class"] == "serialization"
@@ -318,9 +330,13 @@ def test_keras2_file_loads_through_tf_keras_with_environment_warnings(keras2_fil
 
 
 def test_keras2_file_without_tf_keras(keras2_files: Path, tmp_path: Path) -> None:
-    env = env_without_tf_keras(tmp_path)
+    python = python_with_site(  # an environment whose tf_keras does not import
+        tmp_path,
+        {"tf_keras/__init__.py": "raise ModuleNotFoundError(\"No module named 'tf_keras'\", "
+         "name='tf_keras')\n"},
+    )
 
-    done, report = _doctor(keras2_files / "tfop.h5", env=env)
+    done, report = _doctor(keras2_files / "tfop.h5", python=python)
 
     assert done.returncode == 3
     assert report["failure_class"] == "environment"
@@ -349,7 +365,7 @@ def test_gpu_only_ops_on_a_cpu_build(tmp_path: Path) -> None:
     directory = tmp_path / "cudnn"
     tf.saved_model.save(Cudnn(), str(directory))
 
-    done, report = _doctor(directory)
+    done, report = _doctor(directory, "--trust-code")  # loading a SavedModel runs its graph
 
     assert done.returncode == 0  # it loads; calling it is what fails on this build
     (finding,) = report["findings"]["environment"]
@@ -360,13 +376,11 @@ def test_gpu_only_ops_on_a_cpu_build(tmp_path: Path) -> None:
 
 
 def test_importing_keras_crashes(saved_keras_file: Path, tmp_path: Path) -> None:
-    crash = tmp_path / "crash"
-    crash.mkdir()
-    (crash / "keras.py").write_text("import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n")
-    env = child_env()
-    env["PYTHONPATH"] = os.pathsep.join([str(crash), env["PYTHONPATH"]])
+    python = python_with_site(
+        tmp_path, {"keras.py": "import os, signal\nos.kill(os.getpid(), signal.SIGSEGV)\n"}
+    )
 
-    done, report = _doctor(saved_keras_file, env=env)
+    done, report = _doctor(saved_keras_file, python=python)
 
     assert done.returncode == 3
     assert report["load"]["error_type"] == "SIGSEGV"

@@ -25,7 +25,13 @@ from conftest import (
 import kbundle
 import kbundle.packing
 from kbundle import preload
-from kbundle.errors import IntegrityError, ModelFileError, ModelLoadError, PackError
+from kbundle.errors import (
+    IntegrityError,
+    ModelFileError,
+    ModelLoadError,
+    PackError,
+    UntrustedCodeError,
+)
 from kbundle.model_files import describe_model_file, identify_format
 from kbundle.preload import check_model_file
 
@@ -216,7 +222,9 @@ def test_savedmodel_packs_and_loads_as_a_callable_layer(
         "model/saved_model/saved_model.pb",
         "model/saved_model/variables/variables.index",
     } <= members
-    loaded = kbundle.load(result.path)
+    with pytest.raises(UntrustedCodeError, match="loading a SavedModel runs its graph"):
+        kbundle.load(result.path)  # a SavedModel is code (THREATS row 19)
+    loaded = kbundle.load(result.path, trust_code=True)
     assert isinstance(loaded, keras.layers.TFSMLayer)
     np.testing.assert_allclose(_outputs(loaded, x), sequential_model(x).numpy(), rtol=1e-6)
 
@@ -228,7 +236,7 @@ def test_keras2_savedmodel_loads_as_a_callable_layer(
 
     assert result.manifest.model.saved_by["keras_version"] == "2.21.0"
     assert result.manifest.model.class_name == "Sequential"
-    loaded = kbundle.load(result.path)
+    loaded = kbundle.load(result.path, trust_code=True)
     assert isinstance(loaded, keras.layers.TFSMLayer)
     np.testing.assert_allclose(
         _outputs(loaded), np.load(keras2_files / "expected.npz")["plain"], rtol=1e-6

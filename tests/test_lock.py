@@ -7,13 +7,12 @@ in test_env_venv.py.
 from __future__ import annotations
 
 import importlib.metadata as metadata
-import os
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_clean_failure, child_env, run_cli
+from conftest import assert_clean_failure, env_with_unreachable_index, run_cli
 
 import kbundle
 from kbundle.distributions import versions
@@ -24,17 +23,6 @@ from kbundle.packing import Extras
 pytestmark = pytest.mark.keras
 
 TENSORFLOW = "tensorflow-cpu"
-
-
-def _unreachable_index() -> dict[str, str]:
-    """A child environment whose package index refuses connections (no config, no mirrors)."""
-    return child_env(
-        PIP_CONFIG_FILE=os.devnull,
-        PIP_INDEX_URL="http://127.0.0.1:9/simple",
-        PIP_EXTRA_INDEX_URL="",
-        PIP_FIND_LINKS="",
-        PIP_RETRIES="0",
-    )
 
 
 @pytest.fixture
@@ -83,7 +71,7 @@ def test_local_version_labels_are_kept_and_missing_requirements_named() -> None:
 def test_a_lock_with_an_unreachable_index_still_packs_and_says_why(
     tmp_path: Path, saved_keras_file: Path
 ) -> None:
-    unreachable = _unreachable_index()
+    unreachable = env_with_unreachable_index()
     result = run_cli(
         "pack",
         saved_keras_file,
@@ -166,7 +154,7 @@ def test_env_create_needs_the_recorded_python(tmp_path: Path, sequential_model: 
 def test_env_create_leaves_nothing_behind_when_pip_cannot_install(
     bundle: Path, tmp_path: Path
 ) -> None:
-    unreachable = _unreachable_index()
+    unreachable = env_with_unreachable_index()
     result = run_cli("env", "create", bundle, tmp_path / "venv", env=unreachable)
     assert_clean_failure(result, 3)
     error = next(line for line in result.stderr.splitlines() if line.startswith("kbundle: error:"))
@@ -178,3 +166,98 @@ def test_env_create_leaves_nothing_behind_when_pip_cannot_install(
         "'kbundle check' shows what differs"
     )
     assert not (tmp_path / "venv").exists()
+
+
+# --------------------------------------------------------------------------------------------
+# Reading a bundle's requirements back (THREATS row 20) and running pip-compile (row 22).
+# tests/security/test_threats_env.py runs hostile bundles through the CLI.
+
+_HASH = "0123456789abcdef" * 4
+
+
+def test_row20_check_requirements_reads_lines_as_pip_does() -> None:
+    from kbundle.lock import check_requirements
+
+    text = (
+        "# -*- coding: utf-8 -*-\r\n"
+        "numpy==2.1.3 \\\r\n"
+        f"    --hash=sha256:{_HASH} \\\n"
+        f"    --hash=sha256:{_HASH.upper()}  # pip cuts a comment after whitespace\n"
+        "\n"
+        "#   a comment line ending in a backslash joins nothing \\\n"
+        f"Keras==3.15.1+cu121 --hash=sha256:{_HASH}\n"
+    )
+    checked = check_requirements(
+        text.encode(), member="env/requirements.lock", hashed=True, trust_code=False
+    )
+    assert checked.text == text
+    assert checked.lines == (
+        f"numpy==2.1.3 --hash=sha256:{_HASH} --hash=sha256:{_HASH.upper()}",
+        f"Keras==3.15.1+cu121 --hash=sha256:{_HASH}",
+    )
+    assert checked.for_pip() == "".join(f"{line}\n" for line in checked.lines)
+    assert parse_pins(text) == {"numpy": "2.1.3", "keras": "3.15.1+cu121"}
+
+
+def test_row20_check_requirements_collects_every_bad_line() -> None:
+    from kbundle.errors import BundleFormatError, UntrustedCodeError
+    from kbundle.lock import check_requirements
+
+    text = b"numpy>=2\nh5py==3.16.0\n--find-links env\nevil @ https://evil.example/e.whl\n"
+    with pytest.raises(UntrustedCodeError) as refused:
+        check_requirements(text, member="env/requirements.txt", hashed=False)
+    assert str(refused.value) == (
+        "env/requirements.txt line 3 names a location other than a plain https URL: "
+        "'--find-links env' (and 2 more problems); kbundle never lets pip install from the "
+        "bundle, a local path, a file: URL or through another pip option, even with "
+        "--trust-code; install such a package yourself"
+    )
+    assert [f.describe() for f in refused.value.findings] == [
+        "env/requirements.txt line 3: names a location other than a plain https URL "
+        "(found '--find-links env')",
+        "env/requirements.txt line 4: chooses where pip downloads packages from "
+        "(found 'evil @ https://evil.example/e.whl')",
+        "env/requirements.txt line 1: is not a name==version pin (found 'numpy>=2')",
+    ]
+    with pytest.raises(BundleFormatError) as malformed:
+        check_requirements(
+            b"numpy>=2\n", member="env/requirements.txt", hashed=False, trust_code=True
+        )
+    assert not isinstance(malformed.value, UntrustedCodeError)
+    trusted = check_requirements(
+        b"h5py==3.16.0\nevil @ https://evil.example/e.whl\n",
+        member="env/requirements.txt",
+        hashed=False,
+        trust_code=True,
+    )
+    assert trusted.lines == ("h5py==3.16.0", "evil @ https://evil.example/e.whl")
+
+
+def test_row22_pip_compile_runs_isolated_from_its_directory_and_pythonpath(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from kbundle.lock import hash_lock
+
+    pytest.importorskip("piptools")
+    pack_dir = tmp_path / "pack"
+    (pack_dir / "env").mkdir(parents=True)
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    touch = "import pathlib; pathlib.Path({!r}).touch()\n"
+    shadow = pack_dir / "env" / "piptools"  # pip-compile ran in the requirements' directory
+    shadow.mkdir()
+    (shadow / "__init__.py").write_text(touch.format(str(markers / "piptools")))
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(touch.format(str(markers / "sitecustomize")))
+    for name, value in env_with_unreachable_index().items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    requirements = pack_dir / "env" / "requirements.txt"
+    requirements.write_text("six==1.17.0\n")
+
+    why_not = hash_lock(requirements, pack_dir / "env" / "requirements.lock", timeout=300)
+
+    assert why_not is not None
+    assert why_not.startswith("pip-compile failed (is the package index reachable?): "), why_not
+    assert sorted(p.name for p in markers.iterdir()) == []

@@ -361,7 +361,10 @@ def test_manifest_rewritten_with_new_hashes(
         members = [
             Member(path="model/model.keras", size=swap[0].size, digest=digests["model/model.keras"])
         ]
-        return serialize_manifest(replace(head.manifest, members=members))
+        # Only the model travels: the fields naming the other members go with them.
+        return serialize_manifest(
+            replace(head.manifest, members=members, requirements=None, probe=None)
+        )
 
     def forge(path: Path, signature: bytes | None) -> Path:
         with path.open("wb") as out:

@@ -7,6 +7,7 @@ boilerplate of an honest manifest, a stored bundle, or a pax header carrying any
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 import tarfile
@@ -22,7 +23,15 @@ import kbundle
 from kbundle.archive import PayloadFile, write_bundle
 from kbundle.environment import capture_environment
 from kbundle.errors import KbundleError
-from kbundle.manifest import FORMAT_VERSION, Manifest, Member, ModelInfo, serialize_manifest
+from kbundle.manifest import (
+    FORMAT_VERSION,
+    Manifest,
+    Member,
+    ModelInfo,
+    ProbeInfo,
+    Requirements,
+    serialize_manifest,
+)
 from kbundle.tarstream import padding
 
 MODEL_PATH = "model/model.keras"
@@ -31,6 +40,23 @@ MODEL_PATH = "model/model.keras"
 @functools.cache
 def _environment() -> Any:
     return capture_environment()
+
+
+def referencing_fields(paths: list[str]) -> dict[str, Any]:
+    """The ``requirements`` and ``probe`` fields that reference the files listed under
+    ``env/`` and ``probe/`` (the reader refuses members no field references): the first env
+    file is the requirements, the second the lock; the first and last probe files are the
+    inputs and outputs."""
+    env = [p for p in paths if p.startswith("env/")]
+    probe = [p for p in paths if p.startswith("probe/")]
+    fields: dict[str, Any] = {}
+    if env:
+        fields["requirements"] = Requirements(
+            requirements=env[0], lock=env[1] if len(env) > 1 else None
+        )
+    if probe:
+        fields["probe"] = ProbeInfo(inputs=probe[0], outputs=probe[-1], rtol=1e-5, atol=1e-6)
+    return fields
 
 
 def manifest_record(
@@ -53,6 +79,7 @@ def manifest_record(
         model=ModelInfo(format=fmt, path=model_path, saved_by=saved_by),
         members=members,
         environment=_environment(),
+        **referencing_fields([m.path for m in members if m.type == "file"]),
     )
 
 
@@ -81,6 +108,8 @@ def model_bundle(
     manifest = manifest_for(
         entries, base_manifest(fmt=fmt, model_path=model_path, keras_version=keras_version)
     )
+    for key, value in referencing_fields(list(files)).items():
+        manifest[key] = dataclasses.asdict(value)
     if custom_objects is not None:
         manifest["custom_objects"] = custom_objects
     return forge(path, manifest, entries, level=level)

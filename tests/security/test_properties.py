@@ -331,14 +331,28 @@ def _custom_objects(modules: list[str], pickles: list[str]) -> st.SearchStrategy
     return st.one_of(options)
 
 
+def _in_area(area: str) -> st.SearchStrategy[str]:
+    """Member names under one payload area."""
+    return st.lists(_SAFE_COMPONENT, min_size=1, max_size=5).map(
+        lambda parts: "/".join([area, *parts])
+    )
+
+
 @st.composite
 def manifests(draw: st.DrawFn) -> Manifest:
+    """Manifests that keep every cross-field rule (spec 8.9): the model's files under
+    model/, every file under code/, objects/, env/ and probe/ referenced by its field, and
+    model.path a listed member of the type its format needs."""
+
+    def file_member(path: str) -> Member:
+        return Member(path=path, size=draw(st.integers(0, 2**53)), digest=draw(_digest))
+
     paths = draw(
-        st.lists(safe_name, min_size=1, max_size=6, unique_by=collision_key).filter(
+        st.lists(_in_area("model"), min_size=1, max_size=6, unique_by=collision_key).filter(
             _no_file_is_a_directory
         )
     )
-    files = [Member(path=p, size=draw(st.integers(0, 2**53)), digest=draw(_digest)) for p in paths]
+    model_files = [file_member(p) for p in paths]
     directories = [Member(path=p.rpartition("/")[0], type="dir") for p in paths if p.count("/") > 1]
     directories = list(
         {
@@ -348,16 +362,6 @@ def manifests(draw: st.DrawFn) -> Manifest:
         }.values()
     )
     code_modules, pickle_names = draw(_code_and_pickles(paths))
-    files += [
-        Member(path=f"code/{m}.py", size=draw(st.integers(0, 2**53)), digest=draw(_digest))
-        for m in code_modules
-    ]
-    files += [
-        Member(path=f"objects/{n}.pkl", size=draw(st.integers(0, 2**53)), digest=draw(_digest))
-        for n in pickle_names
-    ]
-    members = draw(st.permutations(files + directories))
-    file_paths = st.sampled_from(paths)
     environment = draw(
         st.builds(
             Environment,
@@ -393,6 +397,39 @@ def manifests(draw: st.DrawFn) -> Manifest:
         )
     )
     custom_objects = draw(st.lists(_custom_objects(code_modules, pickle_names), max_size=3))
+    referenced = {source.path for obj in custom_objects for source in obj.sources}
+    referenced |= {obj.pickle.path for obj in custom_objects if obj.pickle is not None}
+    env = draw(st.lists(_in_area("env"), min_size=1, max_size=2, unique_by=collision_key))
+    requirements = draw(
+        st.none()
+        | st.builds(
+            Requirements,
+            requirements=st.just(env[0]),
+            lock=st.none() if len(env) == 1 else st.just(env[1]),
+            lock_hashed=st.booleans(),
+            note=st.none() | _text,
+        )
+    )
+    if requirements is not None:
+        referenced |= set(env if requirements.lock else env[:1])
+    probe_files = draw(st.lists(_in_area("probe"), min_size=1, max_size=2, unique_by=collision_key))
+    probe = draw(
+        st.none()
+        | st.builds(
+            ProbeInfo,
+            inputs=st.just(probe_files[0]),
+            outputs=st.just(probe_files[-1]),
+            rtol=_finite,
+            atol=_finite,
+        )
+    )
+    if probe is not None:
+        referenced |= set(probe_files)
+    members = draw(
+        st.permutations(model_files + directories + [file_member(p) for p in sorted(referenced)])
+    )
+    fmt = draw(st.sampled_from(MODEL_FORMATS if directories else ("keras", "h5")))
+    holders = directories if fmt in ("keras-dir", "savedmodel") else model_files
     return Manifest(
         format_version=FORMAT_VERSION,
         generator=draw(_text),
@@ -400,8 +437,8 @@ def manifests(draw: st.DrawFn) -> Manifest:
         model=draw(
             st.builds(
                 ModelInfo,
-                format=st.sampled_from(MODEL_FORMATS),
-                path=file_paths,
+                format=st.just(fmt),
+                path=st.sampled_from([m.path for m in holders]),
                 class_name=st.none() | _text,
                 name=st.none() | _text,
                 inputs=st.none() | _specs,
@@ -413,22 +450,8 @@ def manifests(draw: st.DrawFn) -> Manifest:
         members=members,
         environment=environment,
         custom_objects=custom_objects,
-        requirements=draw(
-            st.none()
-            | st.builds(
-                Requirements,
-                requirements=_text,
-                lock=st.none() | _text,
-                lock_hashed=st.booleans(),
-                note=st.none() | _text,
-            )
-        ),
-        probe=draw(
-            st.none()
-            | st.builds(
-                ProbeInfo, inputs=file_paths, outputs=file_paths, rtol=_finite, atol=_finite
-            )
-        ),
+        requirements=requirements,
+        probe=probe,
     )
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 from conftest import REPO, child_env
-from hostile import MODEL_PATH, manifest_record
+from hostile import MODEL_PATH, manifest_record, model_bundle
 
 import kbundle
 from kbundle.archive import PayloadFile, write_bundle
@@ -240,12 +240,13 @@ def test_unpack_force_killed_mid_extraction_keeps_the_old_destination(
     big_bundle: Path, tmp_path: Path
 ) -> None:
     destination = tmp_path / "out"
-    destination.mkdir()
-    (destination / "keep.txt").write_text("the previous, complete unpack")
+    previous = model_bundle(tmp_path / "previous.kbundle", {MODEL_PATH: b"the previous unpack"})
+    kbundle.unpack(previous, destination)  # --force replaces only an earlier unpack's output
+    previous.unlink()
     caught = _kill_while_extracting(big_bundle, destination, "--force")
     if not caught:
         pytest.skip("unpack finished before it could be killed mid-extraction")
 
-    assert _files(destination) == ["keep.txt"]
-    assert (destination / "keep.txt").read_text() == "the previous, complete unpack"
+    assert _files(destination) == ["kbundle.json", MODEL_PATH]
+    assert (destination / MODEL_PATH).read_bytes() == b"the previous unpack"
     assert all(name.endswith(".partial") for name in _staging_only(tmp_path, destination))
