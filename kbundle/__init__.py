@@ -8,7 +8,7 @@ Public API::
     kbundle.inspect("model.kbundle")                 -> BundleHead (manifest only)
     kbundle.unpack("model.kbundle", "dir")           -> UnpackResult
     kbundle.load("model.kbundle")                    -> keras.Model (docs/formats.md)
-    kbundle.sign_bundle("model.kbundle", key)        -> SignResult (keys: kbundle.keys)
+    kbundle.sign_bundle("model.kbundle", key)        -> SignResult (keys: kbundle.signing.keys)
     kbundle.diagnose("model.h5")                     -> Diagnosis (why it does not load)
 
 Importing kbundle never imports TensorFlow or Keras; ``load`` and packing a live model do.
@@ -34,27 +34,27 @@ from kbundle.findings import Finding, Severity
 # Everything else is imported on first use (PEP 562): `kbundle verify` pays neither for the
 # pack pipeline (environment capture, signing keys) nor for the compatibility rules.
 _LAZY = {
-    "PackResult": "kbundle.packing",
-    "pack": "kbundle.packing",
-    "UnpackResult": "kbundle.reading",
-    "inspect": "kbundle.reading",
-    "load": "kbundle.reading",
-    "unpack": "kbundle.reading",
-    "verify": "kbundle.reading",
-    "CompatReport": "kbundle.compat",
-    "check": "kbundle.compat",
-    "Diagnosis": "kbundle.doctor",
-    "diagnose": "kbundle.doctor",
-    "SignResult": "kbundle.sign",
-    "sign_bundle": "kbundle.sign",
+    "PackResult": "kbundle.pipelines.pack",
+    "pack": "kbundle.pipelines.pack",
+    "UnpackResult": "kbundle.pipelines.read",
+    "inspect": "kbundle.pipelines.read",
+    "load": "kbundle.pipelines.read",
+    "unpack": "kbundle.pipelines.read",
+    "verify": "kbundle.pipelines.read",
+    "CompatReport": "kbundle.env.rules",
+    "check": "kbundle.env.rules",
+    "Diagnosis": "kbundle.doctor.diagnose",
+    "diagnose": "kbundle.doctor.diagnose",
+    "SignResult": "kbundle.pipelines.sign",
+    "sign_bundle": "kbundle.pipelines.sign",
 }
 
 if TYPE_CHECKING:
-    from kbundle.compat import CompatReport, check
-    from kbundle.doctor import Diagnosis, diagnose
-    from kbundle.packing import PackResult, pack
-    from kbundle.reading import UnpackResult, inspect, load, unpack, verify
-    from kbundle.sign import SignResult, sign_bundle
+    from kbundle.doctor.diagnose import Diagnosis, diagnose
+    from kbundle.env.rules import CompatReport, check
+    from kbundle.pipelines.pack import PackResult, pack
+    from kbundle.pipelines.read import UnpackResult, inspect, load, unpack, verify
+    from kbundle.pipelines.sign import SignResult, sign_bundle
 
 
 def __getattr__(name: str) -> Any:

@@ -4,10 +4,10 @@ Found by searching from the working directory upward; the first ``pyproject.toml
 the table wins. It holds what the command line would otherwise repeat on every call:
 
 - ``policy``: how strictly environment differences count (``default``, ``strict``,
-  ``lenient``; see ``kbundle.compat``);
+  ``lenient``; see ``kbundle.env.rules``);
 - ``severity``: a table of ``FIELD = LEVEL`` overrides for differing environment fields;
 - ``allow-distributions``: installed distributions whose modules a load may import to find a
-  model's custom objects (see ``kbundle.gate``), as ``--allow-distribution`` does.
+  model's custom objects (see ``kbundle.code.gate``), as ``--allow-distribution`` does.
 
 Reading it never imports anything from the project. Stable: the keys are public.
 """
@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kbundle.distributions import canonical_name
+from kbundle.env.distributions import canonical_name
 from kbundle.errors import UsageError
 
 __all__ = ["ProjectConfig", "find_project_config"]

@@ -17,9 +17,9 @@ from typing import Any
 
 import zstandard
 
-from kbundle.archive import header_region
-from kbundle.tarstream import END_OF_ARCHIVE, padding
-from kbundle.zstdframes import trailer_frame
+from kbundle.container.archive import header_region
+from kbundle.container.tarstream import END_OF_ARCHIVE, padding
+from kbundle.container.zstdframes import trailer_frame
 
 
 @dataclass
@@ -102,7 +102,7 @@ def forge(
 
 def real_manifest(bundle: Path) -> dict[str, Any]:
     """The manifest of an existing bundle, as a dict (for forging variations of it)."""
-    from kbundle.archive import read_head
+    from kbundle.container.archive import read_head
 
     return json.loads(read_head(bundle).manifest_bytes)
 

@@ -20,9 +20,16 @@ from bundle_factory import Entry, assemble, digest, forge, manifest_for, real_ma
 from conftest import assert_clean_failure, run_cli
 
 import kbundle
-from kbundle import archive, limits, zstdframes
-from kbundle.archive import PayloadFile, scan_bundle, write_bundle
-from kbundle.environment import capture_environment
+from kbundle.container import archive, limits, zstdframes
+from kbundle.container.archive import PayloadFile, scan_bundle, write_bundle
+from kbundle.container.manifest import (
+    FORMAT_VERSION,
+    Manifest,
+    Member,
+    ModelInfo,
+    serialize_manifest,
+)
+from kbundle.env.capture import capture_environment
 from kbundle.errors import (
     BundleFormatError,
     IntegrityError,
@@ -31,7 +38,6 @@ from kbundle.errors import (
     NotABundleError,
     UnsupportedFormatVersionError,
 )
-from kbundle.manifest import FORMAT_VERSION, Manifest, Member, ModelInfo, serialize_manifest
 
 
 def _manifest_bytes(payload: list[PayloadFile], digests: dict[str, str]) -> bytes:

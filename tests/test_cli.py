@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 from conftest import assert_clean_failure, child_env, run_cli
 
-from kbundle.zstdframes import ZSTD_MAGIC
+from kbundle.container.zstdframes import ZSTD_MAGIC
 
 NO_TF_PROBE = """
 import atexit, runpy, sys
@@ -256,7 +256,7 @@ def test_json_outputs_are_machine_readable(saved_keras_file: Path, tmp_path: Pat
 
 
 def test_native_tensorflow_chatter_is_filtered_but_real_errors_are_not() -> None:
-    from kbundle.native_logs import is_noise
+    from kbundle.models.native_logs import is_noise
 
     noise = [
         "WARNING: All log messages before absl::InitializeLog() is called are written to STDERR",

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from kbundle.compat import Policy, check_manifest, compare_environments, resolve_policy
-from kbundle.environment import capture_environment
+from kbundle.container.manifest import CustomObject, Environment, Manifest, ModelInfo, SourceFile
+from kbundle.env.capture import capture_environment
+from kbundle.env.rules import Policy, check_manifest, compare_environments, resolve_policy
 from kbundle.errors import EnvironmentMismatchError, UsageError
 from kbundle.findings import Finding, Severity
-from kbundle.manifest import CustomObject, Environment, Manifest, ModelInfo, SourceFile
 
 REAL = capture_environment()
 

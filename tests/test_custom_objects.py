@@ -28,13 +28,12 @@ import pytest
 from conftest import REPO, assert_clean_failure, child_env, run_cli
 
 import kbundle
-from kbundle.archive import PayloadFile, read_head, write_bundle
-from kbundle.bundled_code import CodeConflictWarning, bundled_objects, check_runnable
-from kbundle.custom_objects import config_references
-from kbundle.environment import capture_environment
-from kbundle.errors import BundleFormatError, EnvironmentMismatchError
-from kbundle.gate import ImportGate
-from kbundle.manifest import (
+from kbundle.code.bundled import CodeConflictWarning, bundled_objects, check_runnable
+from kbundle.code.capture import config_references
+from kbundle.code.gate import ImportGate
+from kbundle.code.sources import definition_digest, definition_source, imported_modules
+from kbundle.container.archive import PayloadFile, read_head, write_bundle
+from kbundle.container.manifest import (
     CustomObject,
     Manifest,
     ModelInfo,
@@ -43,7 +42,8 @@ from kbundle.manifest import (
     parse_manifest,
     serialize_manifest,
 )
-from kbundle.pysource import definition_digest, definition_source, imported_modules
+from kbundle.env.capture import capture_environment
+from kbundle.errors import BundleFormatError, EnvironmentMismatchError
 
 PROJECT = Path(__file__).parent / "custom_objects_project"
 DEPLOY = Path(__file__).parent / "custom_objects_deploy"

@@ -1,4 +1,4 @@
-"""kbundle.distributions against importlib.metadata, on this environment and on small
+"""kbundle.env.distributions against importlib.metadata, on this environment and on small
 distributions written into a directory put on sys.path."""
 
 from __future__ import annotations
@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 from conftest import run_python
 
-from kbundle import distributions
-from kbundle.distributions import canonical_name
+from kbundle.env import distributions
+from kbundle.env.distributions import canonical_name
 
 
 def _importlib_view() -> dict[str, tuple[str, list[str]]]:
@@ -143,7 +143,7 @@ def test_environment_capture_does_not_import_importlib_metadata() -> None:
     result = run_python(
         "-c",
         "import sys\n"
-        "from kbundle.environment import capture_environment\n"
+        "from kbundle.env.capture import capture_environment\n"
         "env = capture_environment()\n"
         "assert env.keras and env.tensorflow and env.distributions['h5py']\n"
         "print(sorted(m for m in sys.modules if m.startswith(('importlib.metadata', 'email'))))",

@@ -23,8 +23,7 @@ from conftest import (
 )
 
 import kbundle
-import kbundle.packing
-from kbundle import preload
+import kbundle.pipelines.pack
 from kbundle.errors import (
     IntegrityError,
     ModelFileError,
@@ -32,8 +31,9 @@ from kbundle.errors import (
     PackError,
     UntrustedCodeError,
 )
-from kbundle.model_files import describe_model_file, identify_format
-from kbundle.preload import check_model_file
+from kbundle.models import checks as preload
+from kbundle.models.checks import check_model_file
+from kbundle.models.formats import describe_model_file, identify_format
 
 X = np.array(KERAS2_INPUT, dtype="float32")
 
@@ -301,7 +301,7 @@ def keras_file_for_crc(request: Any, saved_keras_file: Path, keras: Any) -> Path
     weights exceed STREAMED_CRC_MIN_BYTES, checked from the bytes pack streams."""
     if request.param == "small":
         return saved_keras_file
-    from kbundle.preload import STREAMED_CRC_MIN_BYTES
+    from kbundle.models.checks import STREAMED_CRC_MIN_BYTES
 
     units = int((STREAMED_CRC_MIN_BYTES / 4) ** 0.5) + 8
     model = keras.Sequential([keras.Input((units,)), keras.layers.Dense(units)], name="large")
@@ -405,7 +405,7 @@ def test_pack_refuses_hostile_h5(
 def hostile_packer(monkeypatch: pytest.MonkeyPatch) -> None:
     """kbundle.pack without its pre-pack checks, as a hostile packer would write bundles."""
     monkeypatch.setattr(
-        kbundle.packing,
+        kbundle.pipelines.pack,
         "require_sound_before_streaming",
         lambda *args, **kwargs: preload.PackCheck(watch=None, h5_objects={}),
     )
@@ -526,7 +526,7 @@ def test_savedmodel_with_missing_shard_or_truncated_graph_is_refused(
 
 
 def _meta_graph_length(pb: Path) -> int:
-    from kbundle.protowire import read_fields
+    from kbundle.models.protowire import read_fields
 
     return next(len(f.data) for f in read_fields(pb.read_bytes()) if f.number == 2)
 

@@ -15,10 +15,10 @@ import pytest
 from conftest import assert_clean_failure, env_with_unreachable_index, run_cli
 
 import kbundle
-from kbundle.distributions import versions
-from kbundle.lock import closure, parse_pins
-from kbundle.manifest import Requirements
-from kbundle.packing import Extras
+from kbundle.container.manifest import Requirements
+from kbundle.env.distributions import versions
+from kbundle.env.requirements import closure, parse_pins
+from kbundle.pipelines.pack import Extras
 
 pytestmark = pytest.mark.keras
 
@@ -114,7 +114,7 @@ def test_env_export_writes_the_pins(bundle: Path, tmp_path: Path) -> None:
 
 def test_env_create_needs_the_recorded_python(tmp_path: Path, sequential_model: Any) -> None:
     def old_python(model: Any, scratch: Path, fmt: str) -> Extras:
-        environment = kbundle.environment.capture_environment()
+        environment = kbundle.env.capture.capture_environment()
         return Extras(
             fields={
                 "environment": replace(
@@ -176,7 +176,7 @@ _HASH = "0123456789abcdef" * 4
 
 
 def test_row20_check_requirements_reads_lines_as_pip_does() -> None:
-    from kbundle.lock import check_requirements
+    from kbundle.env.requirements import check_requirements
 
     text = (
         "# -*- coding: utf-8 -*-\r\n"
@@ -200,8 +200,8 @@ def test_row20_check_requirements_reads_lines_as_pip_does() -> None:
 
 
 def test_row20_check_requirements_collects_every_bad_line() -> None:
+    from kbundle.env.requirements import check_requirements
     from kbundle.errors import BundleFormatError, UntrustedCodeError
-    from kbundle.lock import check_requirements
 
     text = b"numpy>=2\nh5py==3.16.0\n--find-links env\nevil @ https://evil.example/e.whl\n"
     with pytest.raises(UntrustedCodeError) as refused:
@@ -236,7 +236,7 @@ def test_row20_check_requirements_collects_every_bad_line() -> None:
 def test_row22_pip_compile_runs_isolated_from_its_directory_and_pythonpath(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kbundle.lock import hash_lock
+    from kbundle.env.requirements import hash_lock
 
     pytest.importorskip("piptools")
     pack_dir = tmp_path / "pack"

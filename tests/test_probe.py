@@ -16,7 +16,7 @@ from conftest import REPO, assert_clean_failure, child_env, run_cli, run_python
 
 import kbundle
 from kbundle.errors import PackError
-from kbundle.probe import compare_probe, make_probe
+from kbundle.models.probe import compare_probe, make_probe
 
 pytestmark = pytest.mark.keras
 
@@ -40,7 +40,7 @@ def test_pack_stores_the_model_output_on_a_deterministic_input(
 ) -> None:
     first = kbundle.pack(sequential_model, tmp_path / "a.kbundle").manifest
     kbundle.pack(sequential_model, tmp_path / "b.kbundle")
-    assert first.probe == kbundle.manifest.ProbeInfo(
+    assert first.probe == kbundle.container.manifest.ProbeInfo(
         inputs="probe/inputs.npz", outputs="probe/outputs.npz", rtol=1e-4, atol=1e-5
     )
     assert [m.path for m in first.members if m.path.startswith("probe/")] == [
@@ -104,8 +104,8 @@ def test_the_comparison_uses_the_stored_tolerance(tmp_path: Path, sequential_mod
     )
 
 
-def sequential_model_specs(model: Any) -> list[kbundle.manifest.TensorSpec]:
-    from kbundle.keras_io import describe_live_model
+def sequential_model_specs(model: Any) -> list[kbundle.container.manifest.TensorSpec]:
+    from kbundle.models.keras_io import describe_live_model
 
     return describe_live_model(model)["inputs"]  # type: ignore[no-any-return]
 

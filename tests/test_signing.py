@@ -1,7 +1,7 @@
 """Signed bundles: keygen, sign, pack --sign, verify with trusted keys, code trust by signature.
 
 Covers THREATS.md rows 2 (a manifest rewritten with new hashes) and 16 (a forged environment
-block in a signed bundle). Forged bundles are built here with kbundle.archive's own writers,
+block in a signed bundle). Forged bundles are built here with kbundle.container.archive's own writers,
 so every checksum and digest is consistent and only the signature can catch the forgery.
 """
 
@@ -24,14 +24,26 @@ import zstandard
 from conftest import REPO, assert_clean_failure, child_env, run_cli
 
 import kbundle
-from kbundle import keys
-from kbundle.archive import PayloadFile, header_region, header_region_size, read_head, write_bundle
+from kbundle.container.archive import (
+    PayloadFile,
+    header_region,
+    header_region_size,
+    read_head,
+    write_bundle,
+)
+from kbundle.container.hashing import file_digest
+from kbundle.container.manifest import (
+    CustomObject,
+    Member,
+    SourceFile,
+    parse_manifest,
+    serialize_manifest,
+)
 from kbundle.errors import SignatureError, UntrustedCodeError, UsageError
-from kbundle.hashing import file_digest
-from kbundle.manifest import CustomObject, Member, SourceFile, parse_manifest, serialize_manifest
-from kbundle.packing import Extras
-from kbundle.sign import sign_bundle
-from kbundle.signing import parse_signatures, serialize_signatures, signature_member_size
+from kbundle.pipelines.pack import Extras
+from kbundle.pipelines.sign import sign_bundle
+from kbundle.signing import keys
+from kbundle.signing.signatures import parse_signatures, serialize_signatures, signature_member_size
 
 pytestmark = pytest.mark.keras
 
@@ -530,7 +542,7 @@ def test_duplicate_signer_is_refused() -> None:
 
 def test_signature_member_has_a_fixed_size(key: keys.GeneratedKey) -> None:
     signing_key = keys.load_signing_key(key.private_path)
-    from kbundle.signing import manifest_signer
+    from kbundle.signing.signatures import manifest_signer
 
     sizes = {len(manifest_signer(signing_key)(b"{}" * n)) for n in (1, 10, 1000)}
     assert sizes == {signature_member_size(1)} == {353}  # the size docs/signing.md states

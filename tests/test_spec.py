@@ -26,22 +26,22 @@ from conftest import child_env, run_cli
 from schema_support import SPEC_DIR, assert_valid_manifest, definition_accepts, schema_errors
 
 import kbundle
-from kbundle.archive import header_region
+from kbundle.container.archive import header_region
+from kbundle.container.manifest import (
+    Manifest,
+    NewerFormatWarning,
+    parse_manifest,
+    serialize_manifest,
+)
+from kbundle.container.names import name_problem
+from kbundle.container.tarstream import END_OF_ARCHIVE, padding
+from kbundle.container.zstdframes import TRAILER_SIZE, FrameTracker, trailer_frame
 from kbundle.errors import (
     BundleFormatError,
     IntegrityError,
     KbundleError,
     UnsupportedFormatVersionError,
 )
-from kbundle.manifest import (
-    Manifest,
-    NewerFormatWarning,
-    parse_manifest,
-    serialize_manifest,
-)
-from kbundle.names import name_problem
-from kbundle.tarstream import END_OF_ARCHIVE, padding
-from kbundle.zstdframes import TRAILER_SIZE, FrameTracker, trailer_frame
 
 EXAMPLE_PATH = SPEC_DIR / "example-manifest.json"
 SPEC_PATH = SPEC_DIR / "bundle-format.md"

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from kbundle import writers
-from kbundle.writers import ALIGNMENT, DirectWriter, QueuedWriter, direct_writes
+from kbundle._io import writers
+from kbundle._io.writers import ALIGNMENT, DirectWriter, QueuedWriter, direct_writes
 
 
 def _supports_direct(directory: Path) -> bool:

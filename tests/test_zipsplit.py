@@ -1,4 +1,4 @@
-"""Splitting a .keras zip's large stored members out of the stream (kbundle.zipsplit), and the
+"""Splitting a .keras zip's large stored members out of the stream (kbundle.models.zipsplit), and the
 load path that uses it. Real zip files, a real Keras model for the end-to-end case."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import kbundle
-from kbundle import reading
-from kbundle.zipsplit import ZipSplit
+from kbundle.models.zipsplit import ZipSplit
+from kbundle.pipelines import read as reading
 
 BIG = 64 * 1024  # split threshold used in the unit tests (MIN_SPLIT_BYTES is 1 MiB)
 
@@ -122,7 +122,7 @@ def test_unsafe_names_are_not_written_outside_the_directory(tmp_path: Path) -> N
 
 def _packed_model(keras: Any, tmp_path: Path, seed: int) -> tuple[Any, Path, Any]:
     """A model with weights above MIN_SPLIT_BYTES, its bundle, and an input for it."""
-    from kbundle.zipsplit import MIN_SPLIT_BYTES
+    from kbundle.models.zipsplit import MIN_SPLIT_BYTES
 
     units = int((MIN_SPLIT_BYTES / 4) ** 0.5) + 8
     keras.utils.set_random_seed(seed)
@@ -154,7 +154,7 @@ def test_load_writes_large_weights_straight_from_the_stream(
 def test_load_with_a_keras_that_reads_only_zips_refills_the_holes(
     keras: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kbundle import keras_io
+    from kbundle.models import keras_io
 
     model, bundle, x = _packed_model(keras, tmp_path, 4)
     monkeypatch.setattr(keras_io, "loads_unzipped_keras", lambda: False)

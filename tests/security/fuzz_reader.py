@@ -57,10 +57,22 @@ import zstandard
 from hostile import manifest_record
 
 import kbundle
-from kbundle.archive import PayloadFile, header_region, header_region_size, read_head, write_bundle
+from kbundle.container.archive import (
+    PayloadFile,
+    header_region,
+    header_region_size,
+    read_head,
+    write_bundle,
+)
+from kbundle.container.manifest import (
+    CustomObject,
+    Member,
+    PickleInfo,
+    SourceFile,
+    serialize_manifest,
+)
+from kbundle.container.zstdframes import TRAILER_SIZE, trailer_frame
 from kbundle.errors import KbundleError
-from kbundle.manifest import CustomObject, Member, PickleInfo, SourceFile, serialize_manifest
-from kbundle.zstdframes import TRAILER_SIZE, trailer_frame
 
 __all__ = ["Chooser", "FuzzBug", "Seed", "build_input", "check_input", "make_seeds", "run_random"]
 
@@ -164,7 +176,7 @@ def _write_seed(
     path = directory / f"{name}.kbundle"
     signature_size = 0
     if sign is not None:
-        from kbundle.signing import signature_member_size
+        from kbundle.signing.signatures import signature_member_size
 
         signature_size = signature_member_size(1)
     with path.open("w+b") as out:
@@ -182,11 +194,11 @@ def _write_seed(
 
 
 def _signer(directory: Path) -> Callable[[bytes], bytes] | None:
-    from kbundle import keys
+    from kbundle.signing import keys
 
     if not keys.signing_available():
         return None
-    from kbundle.signing import manifest_signer
+    from kbundle.signing.signatures import manifest_signer
 
     generated = keys.generate_key(directory / "fuzz-key")
     return manifest_signer(keys.load_signing_key(generated.private_path))

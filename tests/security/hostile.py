@@ -20,10 +20,8 @@ import pytest
 from bundle_factory import Entry, forge, manifest_for
 
 import kbundle
-from kbundle.archive import PayloadFile, write_bundle
-from kbundle.environment import capture_environment
-from kbundle.errors import KbundleError
-from kbundle.manifest import (
+from kbundle.container.archive import PayloadFile, write_bundle
+from kbundle.container.manifest import (
     FORMAT_VERSION,
     Manifest,
     Member,
@@ -32,7 +30,9 @@ from kbundle.manifest import (
     Requirements,
     serialize_manifest,
 )
-from kbundle.tarstream import padding
+from kbundle.container.tarstream import padding
+from kbundle.env.capture import capture_environment
+from kbundle.errors import KbundleError
 
 MODEL_PATH = "model/model.keras"
 

@@ -29,7 +29,8 @@ from hostile import (
 )
 
 import kbundle
-from kbundle import archive, keys, limits, manifest, names, signing, tarstream
+from kbundle.container import archive, limits, manifest, names, tarstream
+from kbundle.container.tarstream import END_OF_ARCHIVE
 from kbundle.errors import (
     BundleFormatError,
     IntegrityError,
@@ -37,8 +38,9 @@ from kbundle.errors import (
     SignatureError,
     UsageError,
 )
-from kbundle.sign import sign_bundle
-from kbundle.tarstream import END_OF_ARCHIVE
+from kbundle.pipelines.sign import sign_bundle
+from kbundle.signing import keys
+from kbundle.signing import signatures as signing
 
 MODEL = Entry(MODEL_PATH, b"model bytes")
 

@@ -20,8 +20,8 @@ from hostile import base_manifest, stored_bundle, verify_error
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from kbundle.limits import MAX_MEMBER_NAME_BYTES
-from kbundle.manifest import (
+from kbundle.container.limits import MAX_MEMBER_NAME_BYTES
+from kbundle.container.manifest import (
     FORMAT_VERSION,
     MODEL_FORMATS,
     CustomObject,
@@ -41,7 +41,7 @@ from kbundle.manifest import (
     parse_manifest,
     serialize_manifest,
 )
-from kbundle.names import PAYLOAD_AREAS, collision_key, name_problem
+from kbundle.container.names import PAYLOAD_AREAS, collision_key, name_problem
 
 BOUNDED = settings(
     max_examples=300,

@@ -22,11 +22,11 @@ from conftest import assert_clean_failure, run_cli
 from hostile import MODEL_PATH, base_manifest, flip, pax_entry, stored_bundle, tree
 
 import kbundle
-from kbundle import archive
+from kbundle.container import archive
+from kbundle.container.limits import MAX_MANIFEST_BYTES
+from kbundle.container.tarstream import END_OF_ARCHIVE, member_header
+from kbundle.container.zstdframes import ZSTD_MAGIC, raw_frame
 from kbundle.errors import IntegrityError, LimitExceededError
-from kbundle.limits import MAX_MANIFEST_BYTES
-from kbundle.tarstream import END_OF_ARCHIVE, member_header
-from kbundle.zstdframes import ZSTD_MAGIC, raw_frame
 
 MODEL = Entry(MODEL_PATH, b"PK model bytes")
 

@@ -28,8 +28,8 @@ from conftest import assert_clean_failure, run_cli
 from hostile import model_bundle
 
 import kbundle
-from kbundle import npz
 from kbundle.errors import ModelFileError
+from kbundle.models import npz
 
 pytestmark = pytest.mark.keras
 

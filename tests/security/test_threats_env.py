@@ -32,14 +32,14 @@ from conftest import (
 )
 
 import kbundle
-from kbundle.rebuild import find_interpreter
+from kbundle.pipelines.rebuild import find_interpreter
 
 pytestmark = pytest.mark.keras
 
 REQUIREMENTS = "env/requirements.txt"
 LOCK = "env/requirements.lock"
 
-# The fixes each refusal names (kbundle/lock.py), spelled out: the tests read the whole line.
+# The fixes each refusal names (kbundle/env/requirements.py), spelled out: the tests read the whole line.
 PINS_ONLY = (
     "a bundle's requirements hold only name==version pins (with --hash=sha256 options in a "
     "hashed lock); re-pack the model with kbundle"

@@ -2,7 +2,7 @@
 and files swapped between verification and load. Real Keras, tiny models built here.
 
 For rows 9 and 10 the bundles are forged here with honest digests (pack itself refuses such
-files), so only the pre-load checks of the load path (kbundle/preload.py) stand between the
+files), so only the pre-load checks of the load path (kbundle/models/checks/__init__.py) stand between the
 hostile file and Keras.
 """
 
@@ -22,8 +22,8 @@ from conftest import assert_clean_failure, run_cli
 from hostile import MODEL_PATH, model_bundle
 
 import kbundle
-from kbundle import keras_io
 from kbundle.errors import IntegrityError, KbundleError, ModelLoadError
+from kbundle.models import keras_io
 
 pytestmark = pytest.mark.keras
 
@@ -102,8 +102,8 @@ def test_row09_keras_zip_with_bad_crc(
 @pytest.fixture
 def split_keras_file(keras: Any, tmp_path: Path) -> Path:
     """A .keras file whose weights are large enough for load to split them out of the stream
-    (kbundle.zipsplit) instead of unzipping them afterwards."""
-    from kbundle.zipsplit import MIN_SPLIT_BYTES
+    (kbundle.models.zipsplit) instead of unzipping them afterwards."""
+    from kbundle.models.zipsplit import MIN_SPLIT_BYTES
 
     units = int((MIN_SPLIT_BYTES / 4) ** 0.5) + 8
     model = keras.Sequential([keras.Input((units,)), keras.layers.Dense(units)], name="split")

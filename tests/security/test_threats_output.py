@@ -93,7 +93,7 @@ def _hostile_bundle(path: Path) -> Path:
     ],
 )
 def test_row25_every_non_printable_character_is_escaped(char: str, shown: str) -> None:
-    from kbundle.render import printable
+    from kbundle.cli.render import printable
 
     for keep_newlines in (False, True):
         text = printable(f"a{char}b", keep_newlines=keep_newlines, keep_tabs=True)
@@ -101,7 +101,7 @@ def test_row25_every_non_printable_character_is_escaped(char: str, shown: str) -
 
 
 def test_row25_printable_keeps_text_and_only_the_line_breaks_asked_for() -> None:
-    from kbundle.render import printable
+    from kbundle.cli.render import printable
 
     text = "Dense 'é' 中文 \\x1b already escaped"
     assert printable(text, keep_newlines=False) == text

@@ -38,12 +38,12 @@ from hostile import MODEL_PATH, base_manifest, tree, verify_error
 from schema_support import assert_valid_manifest, schema_errors
 
 import kbundle
-from kbundle import manifest as manifest_module
-from kbundle import tarstream
+from kbundle.container import manifest as manifest_module
+from kbundle.container import tarstream
+from kbundle.container.manifest import parse_manifest
+from kbundle.container.tarstream import BLOCK, END_OF_ARCHIVE, TarReader, member_header, padding
+from kbundle.container.zstdframes import raw_frame, trailer_frame
 from kbundle.errors import BundleFormatError, IntegrityError
-from kbundle.manifest import parse_manifest
-from kbundle.tarstream import BLOCK, END_OF_ARCHIVE, TarReader, member_header, padding
-from kbundle.zstdframes import raw_frame, trailer_frame
 
 MODEL = Entry(MODEL_PATH, b"PK model bytes")
 DATA = Entry("model/data.bin", b"weights the manifest lists")

@@ -25,12 +25,12 @@ from conftest import assert_clean_failure, child_env, run_cli
 from hostile import MODEL_PATH, base_manifest, empty_trusted_keys, model_bundle
 
 import kbundle
-from kbundle import keys
-from kbundle.compat import compare_environments
-from kbundle.environment import capture_environment
+from kbundle.container.manifest import parse_manifest
+from kbundle.env.capture import capture_environment
+from kbundle.env.rules import compare_environments
 from kbundle.errors import IntegrityError, KbundleError, SignatureError, UntrustedCodeError
-from kbundle.manifest import parse_manifest
-from kbundle.sign import sign_bundle
+from kbundle.pipelines.sign import sign_bundle
+from kbundle.signing import keys
 
 
 @pytest.fixture

@@ -1,0 +1,3 @@
+"""Large files written on a background thread: the I/O under the container and the
+model checks. Private.
+"""

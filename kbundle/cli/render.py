@@ -1,0 +1,214 @@
+"""Human-readable text: what may reach a terminal (``printable``), and the text of a bundle's
+manifest (``kbundle inspect``) and of an environment check (``kbundle check``).
+
+Bundle content is hostile until shown otherwise, and a terminal obeys control characters: an
+ESC sequence in a model name could move the cursor and forge a "signed ... (trusted)" line, a
+bidi override could reorder a line of code under review. ``printable`` escapes every character
+that is not printable; the renderers escape each line they build, so a value can never start a
+line of its own, and the CLI escapes everything it prints once more.
+
+Pure formatting: takes records, returns a string; never prints. Importing it is cheap (the
+CLI's error path uses ``printable``). Stable: the text may change between releases; scripts
+should use ``--json``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING
+
+from kbundle.findings import Severity
+
+if TYPE_CHECKING:
+    from kbundle.container.archive import BundleHead
+    from kbundle.container.manifest import TensorSpec
+    from kbundle.env.rules import CompatReport
+
+__all__ = ["printable", "printable_lines", "render_compat", "render_manifest"]
+
+# The escapes everyone reads at a glance; every other character that is not printable is
+# shown by its code point, as Python's repr() shows it.
+_SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(char: str) -> str:
+    short = _SHORT_ESCAPES.get(char)
+    if short is not None:
+        return short
+    code = ord(char)
+    if code < 0x100:
+        return f"\\x{code:02x}"
+    if code < 0x10000:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+def printable(text: str, *, keep_newlines: bool, keep_tabs: bool = False) -> str:
+    """``text`` made safe for a terminal: every character that is not printable becomes a
+    visible escape (``\\x1b``, ``\\r``, ``\\u202e``, ``\\udcff``).
+
+    Not printable means what ``str.isprintable`` says: Unicode categories Cc (C0 and C1
+    controls: ESC, CR, CSI U+009B), Cf (bidi embeddings, overrides and isolates U+202A-U+202E
+    and U+2066-U+2069, zero-width characters), Cs (lone surrogates, as undecodable file names
+    arrive), Co (private use), Cn (unassigned, whose rendering no one can predict), Zl, Zp
+    (line and paragraph separators) and Zs other than the ASCII space. ``\\n`` is kept only
+    with ``keep_newlines`` (text of several lines), ``\\t`` only with ``keep_tabs`` (source
+    code). A backslash is not escaped: it moves no cursor.
+    """
+    if keep_newlines and "\n" in text:  # line by line, so that most take the fast path
+        return "\n".join(
+            printable(line, keep_newlines=False, keep_tabs=keep_tabs) for line in text.split("\n")
+        )
+    if text.isprintable():
+        return text
+    return "".join(
+        char if char.isprintable() or (keep_tabs and char == "\t") else _escape(char)
+        for char in text
+    )
+
+
+def printable_lines(lines: Iterable[str]) -> str:
+    """Lines joined into one text, each escaped on its own: a newline inside a line (a value
+    taken from a bundle) is shown as ``\\n`` and never starts a line of its own."""
+    return "\n".join(printable(line, keep_newlines=False) for line in lines)
+
+
+# Table cells longer than this are cut with an ellipsis so that a row fits a terminal line;
+# the full values are in --json.
+_CELL_WIDTH = 34
+
+
+def _specs(specs: list[TensorSpec] | None) -> str:
+    if not specs:
+        return "unknown"
+    return ", ".join(f"{s.name or '?'} {s.shape} {s.dtype or ''}".strip() for s in specs)
+
+
+def _signers(signature: bytes | None) -> str:
+    if signature is None:
+        return "no (integrity-checked, not signed)"
+    from kbundle.signing.signatures import signer_ids
+
+    signers = signer_ids(signature)
+    if isinstance(signers, str):
+        return f"unreadable signature member ({signers}); verify will refuse this bundle"
+    return f"by {', '.join(signers)} (not checked by inspect; run 'kbundle verify')"
+
+
+def render_manifest(head: BundleHead) -> str:
+    """The ``kbundle inspect`` text: one line per fact, every line escaped."""
+    manifest = head.manifest
+    model = manifest.model
+    env = manifest.environment
+    lines = [
+        f"bundle      {head.digest}",
+        f"format      kbundle {manifest.format_version}, "
+        f"written by {manifest.generator} at {manifest.created}",
+        f"signed      {_signers(head.signature)}",
+        (
+            f"model       {model.class_name or '?'} {model.name or ''} "
+            f"({model.format}, {model.path})"
+        ).rstrip(),
+        f"parameters  {model.parameter_count if model.parameter_count is not None else 'unknown'}",
+        f"inputs      {_specs(model.inputs)}",
+        f"outputs     {_specs(model.outputs)}",
+    ]
+    if model.saved_by:
+        lines.append(
+            "saved by    " + ", ".join(f"{k}={v}" for k, v in sorted(model.saved_by.items()))
+        )
+    lines.append(
+        f"python      {env.python.implementation} {env.python.version} "
+        f"(pickle protocol {env.python.pickle_protocol})"
+    )
+    lines.append(
+        (
+            f"platform    {env.platform.system} {env.platform.machine} {env.platform.libc or ''}"
+        ).rstrip()
+    )
+    if env.tensorflow:
+        tf = env.tensorflow
+        build = ", ".join(f"{k}={v}" for k, v in sorted(tf.build_info.items())) or "unknown"
+        lines.append(
+            f"tensorflow  {tf.distribution} {tf.version} ({build}; captured {tf.captured})"
+        )
+    else:
+        lines.append("tensorflow  not installed")
+    if env.keras:
+        k = env.keras
+        lines.append(
+            f"keras       {k.distribution} {k.version} "
+            f"(Keras {k.major}, backend {k.backend}, floatx {k.floatx})"
+        )
+    lines.append(f"gpus        {', '.join(env.gpus) or 'none'}")
+    lines.append(f"libraries   {', '.join(f'{n} {v}' for n, v in env.libraries.items())}")
+    lines.append(f"installed   {len(env.distributions)} distributions")
+    if manifest.custom_objects:
+        lines.append("custom objects:")
+        for obj in manifest.custom_objects:
+            where = obj.requirement or obj.source_digest or (obj.pickle.path if obj.pickle else "")
+            lines.append(
+                f"  {obj.name:24} {obj.kind:12} {obj.transport:12} "
+                f"{obj.module}.{obj.qualname} {where}"
+            )
+    if manifest.requirements:
+        req = manifest.requirements
+        lines.append(
+            f"requirements {req.requirements}"
+            + (
+                f", lock {req.lock} ({'hashed' if req.lock_hashed else 'unhashed'})"
+                if req.lock
+                else ""
+            )
+        )
+    if manifest.probe:
+        lines.append(
+            f"probe       {manifest.probe.inputs} "
+            f"(rtol {manifest.probe.rtol}, atol {manifest.probe.atol})"
+        )
+    lines.append(f"members     {len(manifest.members)} ({manifest.payload_size} bytes):")
+    for member in manifest.members:
+        if member.type == "dir":
+            lines.append(f"  {'':>12}  {'dir':71}  {member.path}/")
+        else:
+            lines.append(f"  {member.size:>12}  {member.digest}  {member.path}")
+    return printable_lines(lines)
+
+
+def _cell(value: str | None) -> str:
+    # Escaped before it is measured, so that the columns line up with what is shown.
+    text = "-" if value is None else printable(value, keep_newlines=False)
+    return text if len(text) <= _CELL_WIDTH else text[: _CELL_WIDTH - 3] + "..."
+
+
+def render_compat(report: CompatReport) -> str:
+    """The ``kbundle check`` text: a table of every field, then why/fix per difference, verdict."""
+    header = ("FIELD", "RECORDED", "CURRENT", "SEVERITY")
+    rows = [header]
+    rows += [
+        (
+            printable(f.location, keep_newlines=False),
+            _cell(f.expected),
+            _cell(f.actual),
+            str(f.severity),
+        )
+        for f in report.findings
+    ]
+    widths = [max(len(row[i]) for row in rows) for i in range(3)]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True))
+        + "  "
+        + row[3]
+        for row in rows
+    ]
+    differences = [f for f in report.findings if f.severity > Severity.OK]
+    if differences:
+        lines.append("")
+    for finding in differences:
+        lines.append(f"{finding.location} [{finding.severity}]: {finding.problem}")
+        lines.extend(finding.explanation("  "))
+    policy = report.policy
+    source = f" from {policy.config}" if policy.config else ""
+    lines.append("")
+    lines.append(f"verdict: {report.summary()} (policy {policy.name}{source})")
+    return printable_lines(lines)

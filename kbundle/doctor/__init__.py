@@ -1,0 +1,2 @@
+"""Diagnosing a model file or bundle that will not load.
+"""

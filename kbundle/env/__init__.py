@@ -1,0 +1,3 @@
+"""The environment: capturing it, installed distributions, the compatibility rules
+(one engine for check, load and doctor), and pinned requirements.
+"""

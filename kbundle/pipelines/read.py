@@ -1,0 +1,551 @@
+"""The reading pipelines: inspect (manifest only), verify (every byte), unpack and load.
+
+``verify`` and ``inspect`` never import Keras or TensorFlow. ``unpack`` and ``load`` verify
+while extracting into a fresh private directory and use only the files they verified.
+Stable: the function signatures are public API.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from kbundle.code.gate import ImportGate
+from kbundle.container.archive import BundleHead, VerifyReport, read_head, scan_bundle
+from kbundle.container.manifest import Manifest, ModelInfo
+from kbundle.container.names import MANIFEST_NAME, SIGNATURE_NAME
+from kbundle.errors import (
+    IntegrityError,
+    ModelFileError,
+    ModelLoadError,
+    SignatureError,
+    UntrustedCodeError,
+    UsageError,
+)
+from kbundle.findings import Finding
+from kbundle.models.checks import require_sound_model, unzip_sound_keras
+from kbundle.models.formats import keras_major
+from kbundle.models.zipsplit import ZipSplit
+from kbundle.signing.signatures import SignaturePolicy, TrustedKeys, check_signatures
+from kbundle.storage.atomic import atomic_directory
+
+if TYPE_CHECKING:
+    from kbundle.code.bundled import CodeListing
+    from kbundle.env.rules import CompatReport, Policy
+
+__all__ = ["LoadOptions", "UnpackResult", "inspect", "load", "show_code", "unpack", "verify"]
+
+_DIGEST_PREFIX = "sha256:"
+
+
+def _as_path(bundle: str | os.PathLike[str]) -> Path:
+    return Path(bundle)
+
+
+def inspect(bundle: str | os.PathLike[str]) -> BundleHead:
+    """Read the manifest (and signature) only; nothing else of the bundle is read."""
+    return read_head(_as_path(bundle))
+
+
+def _check_expected(expect: str | None) -> None:
+    if expect is None:
+        return
+    hexpart = expect.removeprefix(_DIGEST_PREFIX)
+    if len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
+        raise UsageError(
+            f"--expect must be 'sha256:' followed by 64 lowercase hex digits: {expect!r}",
+            hint="copy the digest that 'kbundle pack' printed",
+        )
+
+
+def _raise_findings(report: VerifyReport, bundle: Path) -> None:
+    if not report.findings:
+        return
+    first = report.findings[0]
+    more = len(report.findings) - 1
+    only_signature = all(f.location == SIGNATURE_NAME for f in report.findings)
+    raise (SignatureError if only_signature else IntegrityError)(
+        f"{bundle} failed verification: {first.describe()}"
+        + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""),
+        hint=first.fix or "the bundle is corrupt or was altered; fetch an intact copy",
+        findings=report.findings,
+    )
+
+
+def _expect_finding(report: VerifyReport, expect: str | None) -> None:
+    if expect is not None and report.head.digest != _DIGEST_PREFIX + expect.removeprefix(
+        _DIGEST_PREFIX
+    ):
+        report.findings.insert(
+            0,
+            Finding(
+                location=MANIFEST_NAME,
+                problem="bundle digest differs from --expect",
+                expected=_DIGEST_PREFIX + expect.removeprefix(_DIGEST_PREFIX),
+                actual=report.head.digest,
+                fix="this is not the bundle you pinned; check which file you were given",
+            ),
+        )
+
+
+def _signature_findings(report: VerifyReport, policy: SignaturePolicy) -> None:
+    status, findings = check_signatures(report.head, policy)
+    report.signature = status
+    report.findings.extend(findings)
+
+
+def verify(
+    bundle: str | os.PathLike[str],
+    *,
+    expect: str | None = None,
+    trusted_keys: TrustedKeys | None = None,
+    require_signature: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> VerifyReport:
+    """Check every member's size and digest, names, kinds and structure; raise on any problem.
+
+    ``expect`` pins the bundle digest (``sha256:...``). A signature, when present, must verify
+    (docs/signing.md): ``trusted_keys`` (key files or :class:`~kbundle.signing.keys.PublicKey`) are
+    the keys trusted for this call, and naming any also requires a signature by one of them;
+    without it the trusted-keys directory is used. ``require_signature`` demands a trusted
+    signature. Raises :class:`IntegrityError` (:class:`SignatureError` when only signatures
+    are at fault) listing every finding; returns the report, whose ``signature`` says who
+    signed, when the bundle is intact.
+    """
+    path = _as_path(bundle)
+    _check_expected(expect)
+    policy = SignaturePolicy.create(trusted_keys, require_signature)
+    report = scan_bundle(path, progress=_progress_adapter(progress, path))
+    _expect_finding(report, expect)
+    _signature_findings(report, policy)
+    _raise_findings(report, path)
+    return report
+
+
+def _progress_adapter(
+    progress: Callable[[int, int], None] | None, path: Path
+) -> Callable[[int], None] | None:
+    if progress is None:
+        return None
+    total = read_head(path).manifest.payload_size
+    done = 0
+
+    def advance(count: int) -> None:
+        nonlocal done
+        done += count
+        progress(done, total)
+
+    return advance
+
+
+@dataclass(slots=True)
+class UnpackResult:
+    """Where the verified files are, the verification report, and the model when loaded."""
+
+    path: Path
+    report: VerifyReport
+    model: Any = None
+    environment: list[Finding] = field(default_factory=list)
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.report.head.manifest.model.path
+
+
+def _extract_verified(
+    path: Path,
+    directory: Path,
+    expect: str | None,
+    progress: Callable[[int, int], None] | None,
+    policy: SignaturePolicy,
+    split: ZipSplit | None = None,
+) -> VerifyReport:
+    report = scan_bundle(
+        path, extract_to=directory, progress=_progress_adapter(progress, path), split=split
+    )
+    _expect_finding(report, expect)
+    _signature_findings(report, policy)
+    _raise_findings(report, path)
+    (directory / MANIFEST_NAME).write_bytes(report.head.manifest_bytes)
+    return report
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class LoadOptions:
+    """What loading may do: run bundled code, import installed code, turn Keras safe mode off,
+    compile.
+
+    ``trust_code`` lets the bundle's own code run (bundled source, pickles, a SavedModel's
+    graph) and its custom objects import what they name. Without it, a load imports only
+    Keras's own packages and the modules of ``allow_distributions`` (installed distributions
+    the user allows, added to ``allow-distributions`` in ``[tool.kbundle]``; kbundle.code.gate).
+    Before loading, the recorded environment is checked under ``env_policy`` (``None``: the
+    ``[tool.kbundle]`` configuration, else ``default``); errors refuse unless ``ignore_env``.
+    After loading, the stored probe is re-run unless ``probe`` is false.
+    """
+
+    trust_code: bool = False
+    allow_distributions: tuple[str, ...] = ()
+    safe_mode: bool = True
+    compile: bool = True
+    ignore_env: bool = False
+    env_policy: Policy | None = None
+    probe: bool = True
+
+
+@contextmanager
+def _custom_objects(
+    directory: Path, report: VerifyReport, gate: ImportGate
+) -> Iterator[dict[str, Any] | None]:
+    """The bundle's custom objects for Keras (``None`` when it has none); load the model inside
+    the block. Call only after ``_require_trust``: every import goes through ``gate``."""
+    manifest = report.head.manifest
+    if not manifest.custom_objects:
+        yield None
+        return
+    from kbundle.code import bundled as bundled_code
+    from kbundle.code.registry import (
+        preferred_objects,
+        registered_object,
+        registry_restored,
+    )
+
+    bundled_code.check_runnable(manifest)
+    label = report.head.digest.removeprefix(_DIGEST_PREFIX)[:12]
+    with (
+        registry_restored(),
+        bundled_code.bundled_objects(
+            directory, manifest, label=label, registered=registered_object, gate=gate
+        ) as objects,
+        preferred_objects(objects),
+    ):
+        yield objects
+
+
+def show_code(bundle: str | os.PathLike[str], name: str | None = None) -> list[CodeListing]:
+    """The bundled code of every custom object (or of ``name``), for review.
+
+    The bundle is verified into a private temporary directory and the files are read from
+    there; nothing is imported or unpickled, and neither Keras nor TensorFlow is loaded.
+    """
+    from kbundle.code.bundled import code_listings, select_objects
+
+    path = _as_path(bundle)
+    select_objects(read_head(path).manifest, name)  # an unknown name fails before extracting
+    with tempfile.TemporaryDirectory(prefix="kbundle-code-") as private:
+        result = unpack(path, Path(private) / "bundle")
+        return code_listings(result.path, result.report.head.manifest, name)
+
+
+def _trusted(report: VerifyReport, options: LoadOptions) -> bool:
+    """Whether the bundle's own code may run: ``trust_code``, or a trusted signature."""
+    signature = report.signature
+    return options.trust_code or (signature is not None and signature.trusted)
+
+
+def _import_gate(report: VerifyReport, options: LoadOptions) -> ImportGate:
+    """The gate every import of this load goes through (kbundle.code.gate)."""
+    from kbundle.config import find_project_config
+
+    manifest = report.head.manifest
+    return ImportGate(
+        distributions=(*options.allow_distributions, *find_project_config().allow_distributions),
+        trusted=_trusted(report, options),
+        bundled=[s.module for o in manifest.custom_objects for s in o.sources],
+    )
+
+
+def _require_trust(report: VerifyReport, options: LoadOptions) -> None:
+    """Code the bundle brings runs only with ``trust_code`` or a verified signature by a
+    trusted key: bundled source and pickles, and a SavedModel, whose graph runs its functions
+    and resource initialisers when it is loaded."""
+    if _trusted(report, options):
+        return
+    manifest = report.head.manifest
+    signature = report.signature
+    signed = f"; {signature.describe()}" if signature is not None and signature.signers else ""
+    if manifest.model.format == "savedmodel":
+        raise UntrustedCodeError(
+            "loading a SavedModel runs its graph (functions and resource initialisers can "
+            f"read and write files), and nobody trusted this one{signed}",
+            hint="pass --trust-code (trust_code=True) if you trust where it came from, or "
+            "trust the signer's key; 'kbundle unpack --no-load' extracts it without loading",
+        )
+    carried = [o for o in manifest.custom_objects if o.transport in ("source", "pickle")]
+    if not carried:
+        return
+    names = ", ".join(f"{o.name} ({o.transport})" for o in carried)
+    raise UntrustedCodeError(
+        f"loading would run bundled code nobody trusted: {names}{signed}",
+        hint="review it with 'kbundle show-code', then pass --trust-code (trust_code=True), "
+        "or trust the signer's public key (--key, or the trusted keys directory)",
+    )
+
+
+# The file names Keras reads as each format (keras.saving.load_model goes by the suffix).
+_LOADER_SUFFIXES = {"keras": (".keras",), "h5": (".h5", ".hdf5")}
+
+
+@contextmanager
+def _sound_model(
+    directory: Path, info: ModelInfo, *, private: bool = False, split: ZipSplit | None = None
+) -> Iterator[tuple[Path, str]]:
+    """The verified model file checked for Keras (its path and format, inside the block).
+
+    The checksums prove the model is what was packed, not that it is harmless, so the
+    pre-load checks run again. A Keras 3 ``.keras`` zip is unzipped while it is checked
+    (into a directory inside ``directory``, removed after the block) and loaded from there:
+    Keras reads the weights from the file instead of copying them into memory first. In a
+    ``private`` directory (load's own copy, usually on tmpfs) the zip is deleted once
+    unzipped, so its memory is free again before Keras allocates the model's. With ``split``
+    the large members were already written into ``split.directory`` during extraction."""
+    from kbundle.models import keras_io
+
+    path = directory / info.path
+    hint = "run 'kbundle doctor' on the bundle"
+    suffixes = _LOADER_SUFFIXES.get(info.format)
+    if suffixes and not info.path.lower().endswith(suffixes):
+        # Keras picks its reader by the file name: a name of another format would have
+        # another reader open the file than the checks below.
+        raise ModelFileError(
+            f"{info.path}: a {info.format} model must be named *{suffixes[0]}, "
+            "as Keras chooses how to read a file by its name",
+            hint="the bundle was not written by a conforming kbundle; do not load it",
+        )
+    unzip = info.format == "keras" and keras_major(info.saved_by) == 3
+    unzip = unzip and keras_io.loads_unzipped_keras()
+    if split is not None and split.member != info.path:
+        split = None  # planned for another member: this model was written whole
+    if split is not None and not unzip:
+        split.restore(path)  # this Keras reads only the zip: fill its holes again
+    if not unzip:
+        require_sound_model(path, info.format, error=ModelFileError, label=info.path, hint=hint)
+        yield path, info.format
+        return
+    if split is not None:
+        unzip_sound_keras(path, split.directory, label=info.path, hint=hint, split=split.members)
+        path.unlink()  # a private copy with holes where the split members were
+        yield split.directory, "keras-dir"
+        return
+    with tempfile.TemporaryDirectory(prefix="kbundle-unzip-", dir=directory) as scratch:
+        unzipped = Path(scratch) / "keras_model"
+        unzip_sound_keras(path, unzipped, label=info.path, hint=hint)
+        if private:
+            path.unlink()
+        yield unzipped, "keras-dir"
+
+
+def _zip_split(info: ModelInfo, directory: Path) -> ZipSplit | None:
+    """For a Keras 3 ``.keras`` model: write its large members into ``directory`` while the
+    bundle is extracted, instead of unzipping the zip later (decided without importing Keras,
+    so a damaged bundle still fails before TensorFlow is imported)."""
+    if info.format != "keras" or keras_major(info.saved_by) != 3:
+        return None
+    return ZipSplit(info.path, directory)
+
+
+def _load_verified(
+    directory: Path,
+    report: VerifyReport,
+    options: LoadOptions,
+    name: str = "the bundle",
+    *,
+    private: bool = False,
+    split: ZipSplit | None = None,
+) -> tuple[Any, CompatReport]:
+    """Load the model from files that were just verified into ``directory``.
+
+    The environment check runs first (errors refuse unless ``ignore_env``); the probe runs
+    after loading. Returns the model and every environment finding, probe included.
+    ``private``: ``directory`` is a copy made only for this load, which may consume it;
+    ``split``: how the model zip was split while it was extracted.
+    """
+    from kbundle.env.rules import environment_gate
+
+    manifest = report.head.manifest
+
+    compat = environment_gate(manifest, options.env_policy, ignore=options.ignore_env, what=name)
+    _require_trust(report, options)
+    gate = _import_gate(report, options)
+    with _sound_model(directory, manifest.model, private=private, split=split) as (
+        model_path,
+        fmt,
+    ):
+        _require_config_modules(gate, model_path, fmt, manifest, name)
+        with _custom_objects(directory, report, gate) as objects:
+            model = _load_model(model_path, fmt, objects, options, compat)
+            if options.probe and manifest.probe is not None:
+                from kbundle.models.probe import run_probe
+
+                compat = run_probe(model, directory, manifest, compat, what=name)
+    return model, compat
+
+
+def _require_config_modules(
+    gate: ImportGate, model_path: Path, fmt: str, manifest: Manifest, name: str
+) -> None:
+    """Refuse, before anything is imported, a config naming a module a Keras loader would
+    import that nobody allowed (kbundle.code.gate)."""
+    if fmt == "savedmodel":
+        return  # trusted already: a SavedModel is code (_require_trust)
+    from kbundle.models.formats import read_model_config
+
+    try:
+        config = read_model_config(model_path, fmt)
+    except (OSError, ValueError) as exc:
+        raise ModelFileError(
+            f"{name}: the model's config cannot be read: {exc}",
+            hint="the model file is damaged; run 'kbundle doctor' on the bundle",
+        ) from exc
+    provided = [o.name for o in manifest.custom_objects if o.transport != "builtin"]
+    gate.require_config(config, provided, what=name)
+
+
+def _load_model(
+    model_path: Path,
+    fmt: str,
+    objects: dict[str, Any] | None,
+    options: LoadOptions,
+    compat: CompatReport,
+) -> Any:
+    from kbundle.models import keras_io
+
+    try:
+        return keras_io.load_model(
+            model_path,
+            fmt=fmt,
+            custom_objects=objects,
+            safe_mode=options.safe_mode,
+            compile=options.compile,
+        )
+    except ModelLoadError as exc:
+        raise compat.explain_load_failure(exc) from exc
+
+
+def unpack(
+    bundle: str | os.PathLike[str],
+    destination: str | os.PathLike[str],
+    *,
+    force: bool = False,
+    expect: str | None = None,
+    load_model: bool = False,
+    options: LoadOptions | None = None,
+    trusted_keys: TrustedKeys | None = None,
+    require_signature: bool = False,
+    progress: Callable[[int, int], None] | None = None,
+) -> UnpackResult:
+    """Verify ``bundle`` while extracting it; ``destination`` appears only if all is intact.
+
+    The destination holds ``kbundle.json`` and the payload (``model/...``). An existing
+    destination is replaced only with ``force``, and only when it is an earlier unpack's
+    output that nothing was added to (everything in it is listed by its ``kbundle.json``), not
+    a symbolic link, the current directory or a directory holding it, and never when it is or
+    holds ``bundle`` itself (kbundle.storage.atomic). With ``load_model`` the model is loaded from
+    the verified files before they are moved into place, proving that it loads.
+    ``trusted_keys`` and ``require_signature`` are as for :func:`verify`; a signature by a
+    trusted key lets bundled code run without ``trust_code``.
+    """
+    path = _as_path(bundle)
+    _check_expected(expect)
+    policy = SignaturePolicy.create(trusted_keys, require_signature)
+    read_head(path)  # a bad bundle fails before any directory is made
+    chosen = options or LoadOptions()
+    with atomic_directory(Path(destination), force=force, inputs=(path,)) as staging:
+        report = _extract_verified(path, staging, expect, progress, policy)
+        if load_model:
+            model, compat = _load_verified(staging, report, chosen, str(path))
+        else:  # nothing runs here, so differences are reported but refuse nothing
+            from kbundle.env.rules import environment_gate
+
+            model, compat = None, environment_gate(report.head.manifest, chosen.env_policy)
+    return UnpackResult(Path(destination), report, model, list(compat.findings))
+
+
+# A memory-backed directory for load()'s private copy: the model is read back at once and the
+# copy deleted, so nothing needs to reach the disk. Loading a just-written file from disk was
+# 2-3x slower than from tmpfs for a 1 GiB model here (dirty pages being written back while
+# Keras reads them). Used only with room to spare: free space and available memory of at
+# least this many times the payload.
+_MEMORY_SCRATCH = Path("/dev/shm")
+_MEMORY_HEADROOM = 4
+
+
+def _load_scratch(payload_size: int) -> str | None:
+    """Where load() extracts: TMPDIR when the user set it, else tmpfs when it has room."""
+    if os.environ.get("TMPDIR"):
+        return None
+    try:
+        stats = os.statvfs(_MEMORY_SCRATCH)
+        with open("/proc/meminfo", encoding="ascii") as meminfo:
+            available = next(
+                int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:")
+            )
+    except (OSError, StopIteration, ValueError, AttributeError):  # AttributeError: no statvfs
+        return None
+    room = min(stats.f_bavail * stats.f_frsize, available)
+    return str(_MEMORY_SCRATCH) if room >= _MEMORY_HEADROOM * payload_size else None
+
+
+def load(
+    bundle: str | os.PathLike[str],
+    *,
+    expect: str | None = None,
+    trust_code: bool = False,
+    allow_distributions: Iterable[str] = (),
+    safe_mode: bool = True,
+    compile: bool = True,
+    trusted_keys: TrustedKeys | None = None,
+    require_signature: bool = False,
+    ignore_env: bool = False,
+    env_policy: str | None = None,
+    env_severity: Iterable[str] = (),
+    probe: bool = True,
+    progress: Callable[[int, int], None] | None = None,
+) -> Any:
+    """Verify the bundle into a private temporary directory and load the model from there.
+
+    Returns a ``keras.Model`` for ``.keras`` and ``.h5`` models (a ``tf_keras`` model for a
+    Keras 2 file only tf-keras can read) and a ``keras.layers.TFSMLayer`` for a SavedModel
+    (docs/formats.md). The model file is checked before Keras opens it. Code the bundle
+    brings (bundled source, pickles, a SavedModel's graph) runs only with ``trust_code=True``
+    or when the bundle is signed by a trusted key (``trusted_keys``, else the trusted-keys
+    directory; see :func:`verify`); otherwise only Keras's own packages and the installed
+    distributions in ``allow_distributions`` (and ``[tool.kbundle] allow-distributions``) may
+    be imported to find custom objects (:class:`LoadOptions`). Keras ``safe_mode`` stays on
+    unless ``safe_mode=False``. The environment is checked first under
+    ``env_policy`` (``default``, ``strict``, ``lenient``; ``env_severity`` holds
+    ``FIELD=LEVEL`` overrides; see docs/compatibility.md): errors raise
+    :class:`EnvironmentMismatchError` unless ``ignore_env``; warnings are issued once, as one
+    :class:`kbundle.env.rules.EnvironmentWarning`. The stored probe is re-run after loading
+    unless ``probe=False``; a mismatch raises.
+    """
+    path = _as_path(bundle)
+    _check_expected(expect)
+    policy = SignaturePolicy.create(trusted_keys, require_signature)
+    from kbundle.env.rules import resolve_policy
+
+    env = resolve_policy(env_policy, env_severity, origin="env_severity")
+    options = LoadOptions(
+        trust_code=trust_code,
+        allow_distributions=tuple(allow_distributions),
+        safe_mode=safe_mode,
+        compile=compile,
+        ignore_env=ignore_env,
+        env_policy=env,
+        probe=probe,
+    )
+    manifest = read_head(path).manifest
+    scratch = _load_scratch(manifest.payload_size)
+    with tempfile.TemporaryDirectory(prefix="kbundle-load-", dir=scratch) as private:
+        files = Path(private) / "bundle"
+        files.mkdir()
+        split = _zip_split(manifest.model, Path(private) / "keras_model")
+        report = _extract_verified(path, files, expect, progress, policy, split)
+        model, compat = _load_verified(files, report, options, str(path), private=True, split=split)
+    compat.warn_once(str(path))
+    return model

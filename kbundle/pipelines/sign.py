@@ -1,0 +1,93 @@
+"""The sign pipeline: add a signature to an existing bundle without changing its identity.
+
+The bundle is verified first (every member, and any signatures it already carries), so a key
+never vouches for a damaged bundle. The new ``kbundle.sig`` member keeps the signatures of
+other keys and replaces one by the same key. The manifest bytes are not touched, so the
+bundle digest stays the same; the payload frames are copied byte for byte (or re-compressed
+when another tool re-compressed the bundle). The output is written to a temporary file and
+renamed into place, so signing in place leaves the original intact on any failure.
+Stable: the ``sign_bundle()`` signature is public API.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from kbundle.container.archive import DEFAULT_LEVEL, rewrite_header
+from kbundle.errors import UsageError
+from kbundle.pipelines.read import verify
+from kbundle.signing.keys import SigningKey
+from kbundle.signing.signatures import (
+    MAX_SIGNATURES,
+    parse_signatures,
+    serialize_signatures,
+    sign_manifest,
+)
+from kbundle.storage.atomic import atomic_file, check_destination
+
+__all__ = ["SignResult", "sign_bundle"]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class SignResult:
+    """What signing wrote: where, the (unchanged) bundle digest, every signer now on it."""
+
+    path: Path
+    digest: str
+    key_id: str
+    signers: tuple[str, ...]
+    copied: bool  # payload frames copied byte for byte (False: re-compressed)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.samefile(b)
+    except OSError:
+        return False
+
+
+def sign_bundle(
+    bundle: str | os.PathLike[str],
+    key: SigningKey,
+    *,
+    output: str | os.PathLike[str] | None = None,
+    force: bool = False,
+) -> SignResult:
+    """Sign ``bundle`` with ``key``, in place or into ``output``.
+
+    An existing ``output`` is replaced only with ``force``; signing in place needs no flag,
+    because the content stays the same bundle. Raises :class:`IntegrityError` when the bundle
+    (or a signature already on it) does not verify; nothing is written then.
+    """
+    source = Path(bundle)
+    target = Path(output) if output is not None else source
+    in_place = output is None or _same_file(source, target)
+    if not in_place:
+        check_destination(target, force=force, what="bundle")
+    # Existing signatures must verify, but nobody needs to trust them to add another.
+    report = verify(source, trusted_keys=())
+    head = report.head
+    records = (
+        [r for r in parse_signatures(head.signature) if r.key_id != key.key_id]
+        if head.signature
+        else []
+    )
+    records.append(sign_manifest(key, head.manifest_bytes))
+    if len(records) > MAX_SIGNATURES:
+        raise UsageError(
+            f"{source} already carries {len(records) - 1} signatures, the most a bundle may hold",
+            hint="sign a copy made without signatures (repack it)",
+        )
+    with atomic_file(target, force=in_place or force) as handle:
+        copied = rewrite_header(
+            source, handle, head, serialize_signatures(records), level=DEFAULT_LEVEL
+        )
+    return SignResult(
+        path=target,
+        digest=head.digest,
+        key_id=key.key_id,
+        signers=tuple(r.key_id for r in records),
+        copied=copied,
+    )

@@ -1,0 +1,2 @@
+"""Ed25519 keys and the signatures over a bundle's manifest.
+"""
