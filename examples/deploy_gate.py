@@ -5,7 +5,8 @@
 Only a bundle that is intact and signed by ``release.pub`` gets through; naming the key
 trusts exactly that key (the machine's trusted-keys directory is not consulted) and requires
 its signature. Because the release key signed the bundle, its custom-object code may run
-without ``trust_code=True``. Exit codes follow kbundle's table (``kbundle.cli.EXIT_CODES``).
+without ``trust_code=True``. Exit codes are kbundle's own: each error carries its
+``exit_code``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ from __future__ import annotations
 import sys
 
 import kbundle
-from kbundle.cli import exit_code_for
 
 
 def main(argv: list[str]) -> int:
@@ -28,7 +28,7 @@ def main(argv: list[str]) -> int:
         print(f"deploy gate: REFUSED {bundle}: {exc}", file=sys.stderr)
         for finding in exc.findings[1:]:
             print(f"  - {finding.describe()}", file=sys.stderr)
-        return exit_code_for(exc)
+        return exc.exit_code
     assert report.signature is not None and report.signature.trusted
     print(f"deploy gate: {bundle} {report.head.digest}: {report.signature.describe()}")
 
@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
         model = kbundle.load(bundle, expect=report.head.digest, trusted_keys=[release_key])
     except kbundle.KbundleError as exc:
         print(f"deploy gate: {bundle} verified but did not load: {exc}", file=sys.stderr)
-        return exit_code_for(exc)
+        return exc.exit_code
     print(f"deploy gate: serving {model.name} ({model.count_params()} parameters)")
     return 0
 

@@ -1,17 +1,21 @@
 """kbundle: environment-locking packager for Keras/TensorFlow models.
 
-Public API::
+The public API is what this module exports (``kbundle.__all__``); everything under the
+subpackages is internal, and docs/ and examples/ use only these names::
 
     kbundle.pack(model_or_path, "model.kbundle")    -> PackResult (digest, manifest)
     kbundle.verify("model.kbundle", expect=digest)   -> VerifyReport, or IntegrityError
-    kbundle.check("model.kbundle")                   -> CompatReport (this environment vs recorded)
     kbundle.inspect("model.kbundle")                 -> BundleHead (manifest only)
+    kbundle.check("model.kbundle")                   -> CompatReport (this environment vs recorded)
     kbundle.unpack("model.kbundle", "dir")           -> UnpackResult
-    kbundle.load("model.kbundle")                    -> keras.Model (docs/formats.md)
-    kbundle.sign_bundle("model.kbundle", key)        -> SignResult (keys: kbundle.signing.keys)
+    kbundle.load("model.kbundle")                    -> keras.Model (docs/model-formats.md)
+    kbundle.show_code("model.kbundle")               -> [CodeListing] (bundled code, for review)
+    kbundle.sign_bundle("model.kbundle", key)        -> SignResult (keys: load_signing_key)
     kbundle.diagnose("model.h5")                     -> Diagnosis (why it does not load)
+    kbundle.export_requirements / create_environment -> the recorded environment, rebuilt
 
-Importing kbundle never imports TensorFlow or Keras; ``load`` and packing a live model do.
+Every error is a :class:`KbundleError` whose ``exit_code`` is the CLI's. Importing kbundle
+never imports TensorFlow or Keras; ``load`` and packing a live model do.
 """
 
 from __future__ import annotations
@@ -21,11 +25,18 @@ from typing import TYPE_CHECKING, Any
 from kbundle import errors
 from kbundle._version import __version__
 from kbundle.errors import (
+    BundleFormatError,
     EnvironmentMismatchError,
     IntegrityError,
     KbundleError,
+    LimitExceededError,
+    ModelFileError,
     ModelLoadError,
+    NotABundleError,
+    OutputExistsError,
+    PackError,
     SignatureError,
+    UnsupportedFormatVersionError,
     UntrustedCodeError,
     UsageError,
 )
@@ -36,25 +47,65 @@ from kbundle.findings import Finding, Severity
 _LAZY = {
     "PackResult": "kbundle.pipelines.pack",
     "pack": "kbundle.pipelines.pack",
-    "UnpackResult": "kbundle.pipelines.read",
-    "inspect": "kbundle.pipelines.read",
-    "load": "kbundle.pipelines.read",
-    "unpack": "kbundle.pipelines.read",
-    "verify": "kbundle.pipelines.read",
+    "LoadOptions": "kbundle.pipelines.load",
+    "UnpackResult": "kbundle.pipelines.load",
+    "load": "kbundle.pipelines.load",
+    "unpack": "kbundle.pipelines.load",
+    "VerifyReport": "kbundle.pipelines.verify",
+    "inspect": "kbundle.pipelines.verify",
+    "verify": "kbundle.pipelines.verify",
+    "BundleHead": "kbundle.container.reader",
+    "Manifest": "kbundle.container.manifest",
+    "NewerFormatWarning": "kbundle.container.manifest",
+    "check": "kbundle.pipelines.check",
     "CompatReport": "kbundle.env.rules",
-    "check": "kbundle.env.rules",
-    "Diagnosis": "kbundle.doctor.diagnose",
-    "diagnose": "kbundle.doctor.diagnose",
+    "EnvironmentWarning": "kbundle.env.rules",
+    "show_code": "kbundle.pipelines.review",
+    "CodeConflictWarning": "kbundle.code.bundled",
+    "CodeListing": "kbundle.code.bundled",
     "SignResult": "kbundle.pipelines.sign",
     "sign_bundle": "kbundle.pipelines.sign",
+    "GeneratedKey": "kbundle.signing.keys",
+    "PublicKey": "kbundle.signing.keys",
+    "SigningKey": "kbundle.signing.keys",
+    "generate_key": "kbundle.signing.keys",
+    "load_signing_key": "kbundle.signing.keys",
+    "trusted_keys_directory": "kbundle.signing.keys",
+    "SignatureStatus": "kbundle.signing.signatures",
+    "TrustedKeys": "kbundle.signing.signatures",
+    "CreatedEnvironment": "kbundle.pipelines.rebuild",
+    "create_environment": "kbundle.pipelines.rebuild",
+    "export_requirements": "kbundle.pipelines.rebuild",
+    "Diagnosis": "kbundle.doctor.diagnose",
+    "diagnose": "kbundle.doctor.diagnose",
 }
 
 if TYPE_CHECKING:
+    from kbundle.code.bundled import CodeConflictWarning, CodeListing
+    from kbundle.container.manifest import Manifest, NewerFormatWarning
+    from kbundle.container.reader import BundleHead
     from kbundle.doctor.diagnose import Diagnosis, diagnose
-    from kbundle.env.rules import CompatReport, check
+    from kbundle.env.rules import CompatReport, EnvironmentWarning
+    from kbundle.pipelines.check import check
+    from kbundle.pipelines.load import LoadOptions, UnpackResult, load, unpack
     from kbundle.pipelines.pack import PackResult, pack
-    from kbundle.pipelines.read import UnpackResult, inspect, load, unpack, verify
+    from kbundle.pipelines.rebuild import (
+        CreatedEnvironment,
+        create_environment,
+        export_requirements,
+    )
+    from kbundle.pipelines.review import show_code
     from kbundle.pipelines.sign import SignResult, sign_bundle
+    from kbundle.pipelines.verify import VerifyReport, inspect, verify
+    from kbundle.signing.keys import (
+        GeneratedKey,
+        PublicKey,
+        SigningKey,
+        generate_key,
+        load_signing_key,
+        trusted_keys_directory,
+    )
+    from kbundle.signing.signatures import SignatureStatus, TrustedKeys
 
 
 def __getattr__(name: str) -> Any:
@@ -69,28 +120,55 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "BundleFormatError",
+    "BundleHead",
+    "CodeConflictWarning",
+    "CodeListing",
     "CompatReport",
+    "CreatedEnvironment",
     "Diagnosis",
     "EnvironmentMismatchError",
+    "EnvironmentWarning",
     "Finding",
+    "GeneratedKey",
     "IntegrityError",
     "KbundleError",
+    "LimitExceededError",
+    "LoadOptions",
+    "Manifest",
+    "ModelFileError",
     "ModelLoadError",
+    "NewerFormatWarning",
+    "NotABundleError",
+    "OutputExistsError",
+    "PackError",
     "PackResult",
+    "PublicKey",
     "Severity",
     "SignResult",
     "SignatureError",
+    "SignatureStatus",
+    "SigningKey",
+    "TrustedKeys",
     "UnpackResult",
+    "UnsupportedFormatVersionError",
     "UntrustedCodeError",
     "UsageError",
+    "VerifyReport",
     "__version__",
     "check",
+    "create_environment",
     "diagnose",
     "errors",
+    "export_requirements",
+    "generate_key",
     "inspect",
     "load",
+    "load_signing_key",
     "pack",
+    "show_code",
     "sign_bundle",
+    "trusted_keys_directory",
     "unpack",
     "verify",
 ]

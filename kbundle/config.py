@@ -19,7 +19,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from kbundle.env.distributions import canonical_name
 from kbundle.errors import UsageError
 
 __all__ = ["ProjectConfig", "find_project_config"]
@@ -106,5 +105,5 @@ def _parse(path: Path, table: dict[str, Any]) -> ProjectConfig:
         path=path,
         policy=policy,
         severity={str(key): str(value) for key, value in severity.items()},
-        allow_distributions=tuple(canonical_name(name) for name in allowed),
+        allow_distributions=tuple(allowed),  # normalised where they are compared
     )

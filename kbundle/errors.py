@@ -2,8 +2,9 @@
 
 Every failure kbundle reports is a :class:`KbundleError`. Each concrete error also subclasses
 the builtin exception it stands in for, so ``except ValueError`` or ``except FileExistsError``
-in a caller's code keeps working. The CLI maps these classes to exit codes in one table
-(``kbundle.cli.EXIT_CODES``); the library itself never prints or exits.
+in a caller's code keeps working. Each class carries the exit code the ``kbundle`` command
+ends with when it is raised (``exit_code``; the CLI's table is derived from these classes);
+the library itself never prints or exits.
 
 An error's ``str()`` is one line: what failed, the value received, and what to do. Errors that
 come from collecting several problems carry them in ``findings``. Stable: public API.
@@ -13,7 +14,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Sequence
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 from kbundle.findings import Finding
 
@@ -45,7 +46,11 @@ class KbundleError(Exception):
 
     ``message`` says what failed and shows the value received; ``hint`` names the flag or step
     that fixes it; ``findings`` lists every individual problem when there are several.
+    ``exit_code`` is what the ``kbundle`` command exits with (70, internal error, for this
+    base class: every error kbundle raises is one of the subclasses).
     """
+
+    exit_code: ClassVar[int] = 70
 
     def __init__(
         self,
@@ -60,12 +65,21 @@ class KbundleError(Exception):
         self.findings: tuple[Finding, ...] = tuple(findings)
 
     @classmethod
-    def from_findings(cls: type[_E], findings: Sequence[Finding], first: str) -> _E:
+    def from_findings(
+        cls: type[_E],
+        findings: Sequence[Finding],
+        first: str,
+        *,
+        noun: str = "problem",
+        hint: str | None = None,
+    ) -> _E:
         """One error for several findings, raised once: ``first`` describes the first finding,
-        the count of the others follows, and the first finding's fix is the hint."""
+        the count of the others follows (``(and 2 more problems)``; ``noun`` names them), and
+        the hint is ``hint``, else the first finding's fix. The one place that builds this
+        message."""
         more = len(findings) - 1
-        rest = f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""
-        return cls(first + rest, hint=findings[0].fix, findings=findings)
+        rest = f" (and {more} more {noun}{'s' if more > 1 else ''})" if more else ""
+        return cls(first + rest, hint=hint or findings[0].fix, findings=findings)
 
     def __str__(self) -> str:
         if self.hint:
@@ -82,21 +96,31 @@ def exception_summary(exc: BaseException) -> str:
 class UsageError(KbundleError, ValueError):
     """The caller asked for something that cannot be done as asked (bad option, bad path)."""
 
+    exit_code = 2
+
 
 class OutputExistsError(KbundleError, FileExistsError):
     """The output already exists and overwriting was not allowed."""
+
+    exit_code = 2
 
 
 class NotABundleError(KbundleError, ValueError):
     """The input is not a kbundle bundle at all (wrong kind of file)."""
 
+    exit_code = 2
+
 
 class UnsupportedFormatVersionError(KbundleError, ValueError):
     """The bundle was written in a format major version this kbundle cannot read."""
 
+    exit_code = 2
+
 
 class IntegrityError(KbundleError, ValueError):
     """The bundle is corrupt, truncated, tampered with, or structurally unsafe."""
+
+    exit_code = 1
 
 
 class BundleFormatError(IntegrityError):
@@ -119,17 +143,25 @@ class SignatureError(IntegrityError):
 class EnvironmentMismatchError(KbundleError, RuntimeError):
     """The current environment cannot load the bundled model under the chosen policy."""
 
+    exit_code = 3
+
 
 class UntrustedCodeError(KbundleError, PermissionError):
     """Loading would run bundled code that nobody trusted."""
+
+    exit_code = 4
 
 
 class ModelLoadError(KbundleError, RuntimeError):
     """The verified model failed to load (or to be described) in Keras."""
 
+    exit_code = 5
+
 
 class PackError(KbundleError, RuntimeError):
     """A model could not be packed (it failed to save, or something it needs cannot travel)."""
+
+    exit_code = 2
 
 
 def first_sentence(text: str, limit: int = 300) -> str:

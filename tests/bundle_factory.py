@@ -17,8 +17,8 @@ from typing import Any
 
 import zstandard
 
-from kbundle.container.archive import header_region
 from kbundle.container.tarstream import END_OF_ARCHIVE, padding
+from kbundle.container.writer import header_region
 from kbundle.container.zstdframes import trailer_frame
 
 
@@ -102,7 +102,7 @@ def forge(
 
 def real_manifest(bundle: Path) -> dict[str, Any]:
     """The manifest of an existing bundle, as a dict (for forging variations of it)."""
-    from kbundle.container.archive import read_head
+    from kbundle.container.reader import read_head
 
     return json.loads(read_head(bundle).manifest_bytes)
 

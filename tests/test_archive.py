@@ -20,8 +20,7 @@ from bundle_factory import Entry, assemble, digest, forge, manifest_for, real_ma
 from conftest import assert_clean_failure, run_cli
 
 import kbundle
-from kbundle.container import archive, limits, zstdframes
-from kbundle.container.archive import PayloadFile, scan_bundle, write_bundle
+from kbundle.container import limits, reader, rewrite, writer, zstdframes
 from kbundle.container.manifest import (
     FORMAT_VERSION,
     Manifest,
@@ -29,6 +28,8 @@ from kbundle.container.manifest import (
     ModelInfo,
     serialize_manifest,
 )
+from kbundle.container.reader import scan_bundle
+from kbundle.container.writer import PayloadFile, write_bundle
 from kbundle.env.capture import capture_environment
 from kbundle.errors import (
     BundleFormatError,
@@ -466,7 +467,7 @@ def test_tar_zst_from_another_tool_is_refused(
 def test_oversized_manifest_refused_before_reading(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, base_manifest: dict[str, Any]
 ) -> None:
-    monkeypatch.setattr(archive, "MAX_MANIFEST_BYTES", 4096)
+    monkeypatch.setattr(reader, "MAX_MANIFEST_BYTES", 4096)
     manifest = _honest(base_manifest, [MODEL])
     manifest["padding"] = "x" * 5000
     with pytest.raises(
@@ -548,7 +549,7 @@ def test_restreamed_payload_keeps_the_pax_header_of_its_first_member(
     }
     stored = forge(tmp_path / "stored.kbundle", manifest, [long_model]).read_bytes()
     with (tmp_path / "stored.kbundle").open("rb") as handle:
-        header_size = archive.header_region_size(handle)
+        header_size = writer.header_region_size(handle)
     assert header_size is not None
     content = zstandard.ZstdDecompressor().decompress(stored[:header_size])
     other_layout = tmp_path / "other-layout.kbundle"
@@ -556,10 +557,10 @@ def test_restreamed_payload_keeps_the_pax_header_of_its_first_member(
         zstandard.ZstdCompressor(level=9, write_checksum=True).compress(content)
         + stored[header_size:]
     )
-    head = archive.read_head(other_layout)
+    head = reader.read_head(other_layout)
 
     with (tmp_path / "out.kbundle").open("wb") as out:
-        copied = archive.rewrite_header(other_layout, out, head, None, level=3)
+        copied = rewrite.rewrite_header(other_layout, out, head, None, level=3)
 
     assert not copied
     assert kbundle.verify(tmp_path / "out.kbundle").files_checked == 1

@@ -291,13 +291,13 @@ def test_load_refuses_or_warns_once_in_python(
         "generation differs{} (expected Keras 3 (keras), found Keras 2 (tf-keras)) [{}] ('kbundle "
         "check' explains each)"
     )
-    with pytest.warns(kbundle.env.rules.EnvironmentWarning) as warned:
+    with pytest.warns(kbundle.EnvironmentWarning) as warned:
         model = kbundle.load(bundle, env_severity=["keras.major=warn"])
     assert [str(w.message) for w in warned] == [
         expected.format(" (severity set by env_severity)", "warn")
     ]
     assert warned[0].filename == __file__  # attributed to the caller of kbundle.load
     assert model.name == "tiny_sequential"
-    with pytest.warns(kbundle.env.rules.EnvironmentWarning) as ignored:
+    with pytest.warns(kbundle.EnvironmentWarning) as ignored:
         kbundle.load(bundle, ignore_env=True, probe=False)
     assert [str(w.message) for w in ignored] == [expected.format("", "error")]

@@ -32,7 +32,6 @@ from kbundle.code.bundled import CodeConflictWarning, bundled_objects, check_run
 from kbundle.code.capture import config_references
 from kbundle.code.gate import ImportGate
 from kbundle.code.sources import definition_digest, definition_source, imported_modules
-from kbundle.container.archive import PayloadFile, read_head, write_bundle
 from kbundle.container.manifest import (
     CustomObject,
     Manifest,
@@ -42,6 +41,8 @@ from kbundle.container.manifest import (
     parse_manifest,
     serialize_manifest,
 )
+from kbundle.container.reader import read_head
+from kbundle.container.writer import PayloadFile, write_bundle
 from kbundle.env.capture import capture_environment
 from kbundle.errors import BundleFormatError, EnvironmentMismatchError
 

@@ -19,7 +19,7 @@ import pytest
 from conftest import REPO, assert_clean_failure, child_env, run_cli, run_python
 
 import kbundle
-from kbundle.env.requirements import parse_pins
+from kbundle.env.requirement_lines import parse_pins
 
 pytestmark = [pytest.mark.keras, pytest.mark.venv, pytest.mark.slow]
 

@@ -31,8 +31,9 @@ from kbundle.errors import (
     PackError,
     UntrustedCodeError,
 )
-from kbundle.models import checks as preload
+from kbundle.models import checks
 from kbundle.models.checks import check_model_file
+from kbundle.models.checks import keras as keras_checks
 from kbundle.models.formats import describe_model_file, identify_format
 
 X = np.array(KERAS2_INPUT, dtype="float32")
@@ -280,7 +281,7 @@ def test_keras3_h5_and_keras_files_describe_parameters(
         assert description["parameter_count"] == sequential_model.count_params() == 193
         assert (description["class_name"], description["name"]) == ("Sequential", "tiny_sequential")
         # pack counts from the objects its pre-pack check walked, without reopening the file
-        checked = preload.require_sound_before_streaming(
+        checked = checks.require_sound_before_streaming(
             tmp_path / name, fmt, error=PackError, hint="-"
         )
         assert len(checked.h5_objects) > 5
@@ -301,7 +302,7 @@ def keras_file_for_crc(request: Any, saved_keras_file: Path, keras: Any) -> Path
     weights exceed STREAMED_CRC_MIN_BYTES, checked from the bytes pack streams."""
     if request.param == "small":
         return saved_keras_file
-    from kbundle.models.checks import STREAMED_CRC_MIN_BYTES
+    from kbundle.models.checks.keras import STREAMED_CRC_MIN_BYTES
 
     units = int((STREAMED_CRC_MIN_BYTES / 4) ** 0.5) + 8
     model = keras.Sequential([keras.Input((units,)), keras.layers.Dense(units)], name="large")
@@ -407,7 +408,7 @@ def hostile_packer(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(
         kbundle.pipelines.pack,
         "require_sound_before_streaming",
-        lambda *args, **kwargs: preload.PackCheck(watch=None, h5_objects={}),
+        lambda *args, **kwargs: checks.PackCheck(watch=None, h5_objects={}),
     )
 
 
@@ -473,7 +474,7 @@ def test_zip_with_traversal_names_is_refused(tmp_path: Path) -> None:
 
 
 def test_zip_bomb_and_member_count_limits(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(preload, "ZIP_BOMB_FLOOR_BYTES", 1000)
+    monkeypatch.setattr(keras_checks, "ZIP_BOMB_FLOOR_BYTES", 1000)
     bomb = _zip(
         tmp_path / "bomb.keras",
         {"config.json": b"{}", "model.weights.h5": bytes(1_000_000)},
@@ -487,7 +488,7 @@ def test_zip_bomb_and_member_count_limits(tmp_path: Path, monkeypatch: pytest.Mo
         f"bomb.keras: declares far more data than it stores (decompression or shape bomb) (expected at most 100x the {bomb.stat().st_size} bytes stored, found 1000002 bytes declared)",
     ]
 
-    monkeypatch.setattr(preload, "MAX_ZIP_MEMBERS", 3)
+    monkeypatch.setattr(keras_checks, "MAX_ZIP_MEMBERS", 3)
     many = _zip(tmp_path / "many.keras", {f"assets/{i}": b"" for i in range(4)})
     assert _findings(many) == ["many.keras: too many zip members (expected at most 3, found 4)"]
 

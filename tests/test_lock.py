@@ -17,7 +17,8 @@ from conftest import assert_clean_failure, env_with_unreachable_index, run_cli
 import kbundle
 from kbundle.container.manifest import Requirements
 from kbundle.env.distributions import versions
-from kbundle.env.requirements import closure, parse_pins
+from kbundle.env.requirement_lines import parse_pins
+from kbundle.env.requirements import closure
 from kbundle.pipelines.pack import Extras
 
 pytestmark = pytest.mark.keras
@@ -176,7 +177,7 @@ _HASH = "0123456789abcdef" * 4
 
 
 def test_row20_check_requirements_reads_lines_as_pip_does() -> None:
-    from kbundle.env.requirements import check_requirements
+    from kbundle.env.requirement_lines import check_requirements
 
     text = (
         "# -*- coding: utf-8 -*-\r\n"
@@ -200,7 +201,7 @@ def test_row20_check_requirements_reads_lines_as_pip_does() -> None:
 
 
 def test_row20_check_requirements_collects_every_bad_line() -> None:
-    from kbundle.env.requirements import check_requirements
+    from kbundle.env.requirement_lines import check_requirements
     from kbundle.errors import BundleFormatError, UntrustedCodeError
 
     text = b"numpy>=2\nh5py==3.16.0\n--find-links env\nevil @ https://evil.example/e.whl\n"
@@ -236,7 +237,7 @@ def test_row20_check_requirements_collects_every_bad_line() -> None:
 def test_row22_pip_compile_runs_isolated_from_its_directory_and_pythonpath(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from kbundle.env.requirements import hash_lock
+    from kbundle.env.lock import hash_lock
 
     pytest.importorskip("piptools")
     pack_dir = tmp_path / "pack"

@@ -1,7 +1,7 @@
 """Signed bundles: keygen, sign, pack --sign, verify with trusted keys, code trust by signature.
 
 Covers THREATS.md rows 2 (a manifest rewritten with new hashes) and 16 (a forged environment
-block in a signed bundle). Forged bundles are built here with kbundle.container.archive's own writers,
+block in a signed bundle). Forged bundles are built here with kbundle.container.writer,
 so every checksum and digest is consistent and only the signature can catch the forgery.
 """
 
@@ -24,13 +24,6 @@ import zstandard
 from conftest import REPO, assert_clean_failure, child_env, run_cli
 
 import kbundle
-from kbundle.container.archive import (
-    PayloadFile,
-    header_region,
-    header_region_size,
-    read_head,
-    write_bundle,
-)
 from kbundle.container.hashing import file_digest
 from kbundle.container.manifest import (
     CustomObject,
@@ -39,11 +32,17 @@ from kbundle.container.manifest import (
     parse_manifest,
     serialize_manifest,
 )
+from kbundle.container.reader import read_head
+from kbundle.container.signature_member import (
+    parse_signatures,
+    serialize_signatures,
+    signature_member_size,
+)
+from kbundle.container.writer import PayloadFile, header_region, header_region_size, write_bundle
 from kbundle.errors import SignatureError, UntrustedCodeError, UsageError
 from kbundle.pipelines.pack import Extras
 from kbundle.pipelines.sign import sign_bundle
 from kbundle.signing import keys
-from kbundle.signing.signatures import parse_signatures, serialize_signatures, signature_member_size
 
 pytestmark = pytest.mark.keras
 

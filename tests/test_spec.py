@@ -26,7 +26,6 @@ from conftest import child_env, run_cli
 from schema_support import SPEC_DIR, assert_valid_manifest, definition_accepts, schema_errors
 
 import kbundle
-from kbundle.container.archive import header_region
 from kbundle.container.manifest import (
     Manifest,
     NewerFormatWarning,
@@ -35,6 +34,7 @@ from kbundle.container.manifest import (
 )
 from kbundle.container.names import name_problem
 from kbundle.container.tarstream import END_OF_ARCHIVE, padding
+from kbundle.container.writer import header_region
 from kbundle.container.zstdframes import TRAILER_SIZE, FrameTracker, trailer_frame
 from kbundle.errors import (
     BundleFormatError,

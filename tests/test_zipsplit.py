@@ -13,7 +13,7 @@ import pytest
 
 import kbundle
 from kbundle.models.zipsplit import ZipSplit
-from kbundle.pipelines import read as reading
+from kbundle.pipelines import load as loading
 
 BIG = 64 * 1024  # split threshold used in the unit tests (MIN_SPLIT_BYTES is 1 MiB)
 
@@ -138,13 +138,13 @@ def test_load_writes_large_weights_straight_from_the_stream(
 ) -> None:
     model, bundle, x = _packed_model(keras, tmp_path, 3)
     seen: list[Any] = []
-    original = reading.unzip_sound_keras
+    original = loading.unzip_sound_keras
 
     def spy(*args: Any, **kwargs: Any) -> None:
         seen.append(kwargs.get("split"))
         original(*args, **kwargs)
 
-    monkeypatch.setattr(reading, "unzip_sound_keras", spy)
+    monkeypatch.setattr(loading, "unzip_sound_keras", spy)
     loaded = kbundle.load(bundle)
     assert seen and seen[0] is not None and list(seen[0]) == ["model.weights.h5"]
     np.testing.assert_array_equal(np.asarray(loaded(x)), np.asarray(model(x)))

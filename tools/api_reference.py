@@ -44,10 +44,10 @@ def _entry(name: str, obj: object) -> list[str]:
         bases = ", ".join(base.__name__ for base in obj.__bases__ if base is not object)
         heading = f"### class `{name}`" + (f" ({bases})" if bases else "")
         return [heading, "", doc, ""]
-    if callable(obj):
+    if inspect.isroutine(obj):
         signature = str(inspect.signature(obj)).replace("'", "")
         return [f"### `{name}{signature}`", "", doc, ""]
-    return [f"### `{name}`", "", f"`{obj!r}`", ""]
+    return [f"### `{name}`", "", f"A type: `{obj!r}`", ""]
 
 
 def render() -> str:
@@ -56,9 +56,8 @@ def render() -> str:
         obj = getattr(kbundle, name)
         if inspect.ismodule(obj):
             continue
-        (classes if inspect.isclass(obj) else functions if callable(obj) else other).append(
-            (name, obj)
-        )
+        kind = classes if inspect.isclass(obj) else functions if inspect.isroutine(obj) else other
+        kind.append((name, obj))
     lines = [INTRO, "## Functions", ""]
     for name, obj in functions:
         lines += _entry(name, obj)

@@ -54,11 +54,12 @@ def render() -> str:
         "|---|---|",
         "| 0 | ok |",
     ]
-    seen = set()
-    for _, code, meaning in EXIT_CODES:
-        if code not in seen:
-            seen.add(code)
-            lines.append(f"| {code} | {meaning} |")
+    meanings = {code: meaning for _, code, meaning in EXIT_CODES}
+    for code in sorted(meanings):
+        raised = ", ".join(
+            f"`{kind.__name__}`" for kind, same, _ in EXIT_CODES if same == code
+        )
+        lines.append(f"| {code} | {meanings[code]} ({raised}) |")
     lines += [
         f"| {EXIT_INTERNAL} | internal error: "
         "a bug in kbundle (`KBUNDLE_DEBUG=1` shows the traceback) |",

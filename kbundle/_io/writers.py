@@ -2,20 +2,18 @@
 (or the disk) works while the caller produces the next chunk. Stable: internal.
 
 :class:`QueuedWriter` hands each chunk as it is to a writer thread: extraction decompresses
-the next megabyte while the last one is copied into the page cache. Written inline, the copy
-was 72% of a 1 GiB ``unpack --no-load`` (3.96 of 5.5 s in the profile, the VM in its costly
-mood for fresh pages) and nothing else ran meanwhile.
+the next megabyte while the last one is copied into the page cache (written inline, that
+copy was most of an ``unpack --no-load``: benchmarks/README.md, "Why the code is shaped so").
 
 :class:`DirectWriter` writes a bundle with ``O_DIRECT``. A bundle is written once and then
 shipped; nothing in kbundle reads it back. Through the page cache, every byte is first copied
-into freshly allocated cache pages, and on the 2-CPU VM kbundle is developed on that copy was
-the largest single cost of a 1 GiB pack (35% of its CPU samples), paid again as disk writeback
-by the fsync that makes the output durable. With ``O_DIRECT`` the disk reads kbundle's own two
-reusable buffers instead: one is filled while the other is written. Direct I/O wants the
-offset, the length and the memory address aligned to the device's block size;
+into freshly allocated cache pages (the largest single cost of a large pack, paid again as disk
+writeback by the fsync that makes the output durable). With ``O_DIRECT`` the disk reads
+kbundle's own two reusable buffers instead: one is filled while the other is written. Direct
+I/O wants the offset, the length and the memory address aligned to the device's block size;
 :data:`ALIGNMENT` (4 KiB) satisfies every common device. The stream is aligned because it
-starts at offset 0 and is written in whole buffers; whatever does not fill a whole block at
-the end (and any later ``seek`` and ``write``, such as patching the header) goes through the
+starts at offset 0 and is written in whole buffers; whatever does not fill a whole block at the
+end (and any later ``seek`` and ``write``, such as patching the header) goes through the
 ordinary buffered path after ``O_DIRECT`` is switched off again. Where the file system refuses
 ``O_DIRECT`` (or the platform has none), every write is simply buffered.
 

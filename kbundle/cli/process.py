@@ -5,15 +5,13 @@ Freed chunk memory stays in the process. The pipelines pass megabyte-sized chunk
 threads: each read, each compressed block and each decompressed piece is a fresh buffer that
 lives for a moment. glibc serves such blocks from the heap but returns the heap's top to the
 kernel as soon as more than twice the last block size is free there, so the next chunks fault
-in new, zeroed pages again. On the 2-CPU VM kbundle is developed on, fresh pages cost far
-more than the copies themselves: a 1 GiB pack spent 9% of its CPU time zeroing pages, and
-raising glibc's trim and mmap thresholds took the pack from 2.54 s to 2.13 s (median of 5).
-The memory kept is what the bounded queues held at their peak (a few tens of MiB).
+in new, zeroed pages again, which can cost more than the copies themselves. The memory kept
+is what the bounded queues held at their peak (a few tens of MiB).
 
 OpenBLAS runs single-threaded. kbundle does no linear algebra, but the pre-pack and pre-load
 checks import h5py and with it numpy, whose OpenBLAS starts one thread per CPU that spins
-for a while before it sleeps: 0.14 s of a 1 GiB pack's 2.28 s on 2 CPUs (median of 6).
-TensorFlow, when a command loads a model, does not use OpenBLAS.
+for a while before it sleeps, taking a CPU from the pipeline. TensorFlow, when a command
+loads a model, does not use OpenBLAS. (benchmarks/README.md has the figures.)
 """
 
 from __future__ import annotations

@@ -1,5 +1,7 @@
-"""Human-readable text: what may reach a terminal (``printable``), and the text of a bundle's
-manifest (``kbundle inspect``) and of an environment check (``kbundle check``).
+"""All human-readable text the command line prints: what may reach a terminal
+(``printable``), a bundle's manifest (``kbundle inspect``), an environment check (``kbundle
+check``), the code a bundle carries (``kbundle show-code``), a diagnosis (``kbundle doctor``),
+and the small helpers (counts, sizes) the commands' summary lines share.
 
 Bundle content is hostile until shown otherwise, and a terminal obeys control characters: an
 ESC sequence in a model name could move the cursor and forge a "signed ... (trusted)" line, a
@@ -17,14 +19,26 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING
 
+from kbundle.errors import first_sentence
 from kbundle.findings import Severity
 
 if TYPE_CHECKING:
-    from kbundle.container.archive import BundleHead
-    from kbundle.container.manifest import TensorSpec
+    from kbundle.code.bundled import CodeListing
+    from kbundle.container.manifest import CustomObject, TensorSpec
+    from kbundle.container.reader import BundleHead
+    from kbundle.doctor.diagnose import Diagnosis
     from kbundle.env.rules import CompatReport
 
-__all__ = ["printable", "printable_lines", "render_compat", "render_manifest"]
+__all__ = [
+    "plural",
+    "printable",
+    "printable_lines",
+    "render_compat",
+    "render_diagnosis",
+    "render_listings",
+    "render_manifest",
+    "size_text",
+]
 
 # The escapes everyone reads at a glance; every other character that is not printable is
 # shown by its code point, as Python's repr() shows it.
@@ -87,7 +101,7 @@ def _specs(specs: list[TensorSpec] | None) -> str:
 def _signers(signature: bytes | None) -> str:
     if signature is None:
         return "no (integrity-checked, not signed)"
-    from kbundle.signing.signatures import signer_ids
+    from kbundle.container.signature_member import signer_ids
 
     signers = signer_ids(signature)
     if isinstance(signers, str):
@@ -211,4 +225,117 @@ def render_compat(report: CompatReport) -> str:
     source = f" from {policy.config}" if policy.config else ""
     lines.append("")
     lines.append(f"verdict: {report.summary()} (policy {policy.name}{source})")
+    return printable_lines(lines)
+
+
+def plural(number: int, noun: str) -> str:
+    return f"{number} {noun}" if number == 1 else f"{number} {noun}s"
+
+
+def size_text(count: int) -> str:
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{count} B"
+
+
+def _object_line(obj: CustomObject) -> str:
+    """How one custom object travels, in one line."""
+    if obj.transport == "distribution":
+        return f"from distribution {obj.requirement}; its code is not in the bundle"
+    if obj.transport == "pickle" and obj.pickle:
+        p = obj.pickle
+        return (
+            f"cloudpickled by value in {p.path} (Python {p.python}, "
+            f"cloudpickle {p.cloudpickle}, protocol {p.protocol})"
+        )
+    if obj.transport == "source":
+        return f"bundled source, imported as {obj.module}"
+    return "provided by Keras"
+
+
+def render_listings(listings: list[CodeListing]) -> str:
+    """The text ``kbundle show-code`` prints: each object, then each file it needs, once.
+
+    Every character that is not printable is shown escaped (``kbundle.cli.render.printable``):
+    kbundle's own lines are one line each whatever the manifest says, and code keeps its
+    newlines and tabs only, so an ESC sequence or a bidi control cannot hide a line of it.
+    """
+    shown: set[str] = set()
+    out: list[str] = []
+
+    def note(line: str) -> None:
+        out.append(printable(line, keep_newlines=False))
+
+    def code(text: str) -> None:
+        out.append(printable(text, keep_newlines=True, keep_tabs=True))
+
+    for listing in listings:
+        obj = listing.obj
+        note(f"# ==== {obj.name} ({obj.kind}): {obj.module}.{obj.qualname}")
+        note(f"# {_object_line(obj)}")
+        if obj.source_digest:
+            note(f"# definition {obj.source_digest}")
+        if obj.transport == "pickle" and obj.review_source:
+            note(
+                "# The pickle is what runs; "
+                "this is its definition as captured at pack time, for review:"
+            )
+            code(obj.review_source.rstrip("\n"))
+        elif obj.transport == "pickle":
+            note("# The pickle is what runs; no definition text could be captured for it.")
+        for file in listing.files:
+            if file.path in shown:
+                note(f"# ---- {file.path}: shown above")
+                continue
+            shown.add(file.path)
+            module = f" (module {file.module})" if file.module else ""
+            note(f"# ---- {file.path}{module} {file.digest or ''}".rstrip())
+            code(file.text.rstrip("\n") or "# (empty file)")
+        out.append("")
+    return "\n".join(out) + ("\n" if out else "")
+
+
+def render_diagnosis(diagnosis: Diagnosis) -> str:
+    """The human-readable report (what ``kbundle doctor`` prints without ``--json``)."""
+    from kbundle.doctor.diagnose import FAILURE_CLASSES
+
+    maker = ", ".join(f"{k}={v}" for k, v in sorted(diagnosis.saved_by.items()))
+    lines = [
+        f"{'doctor':<14}{diagnosis.path} ({diagnosis.kind}, format {diagnosis.format or 'unknown'})"
+    ]
+    if maker:
+        lines.append(f"{'saved by':<14}{maker}")
+    for name in FAILURE_CLASSES:
+        items = diagnosis.findings.get(name, [])
+        errors = sum(1 for f in items if f.severity >= Severity.ERROR)
+        summary = (
+            "no problems found"
+            if not items
+            else f"{errors} problem(s), {len(items) - errors} note(s)"
+        )
+        lines.append(f"{name:<14}{summary}")
+        for finding in items:
+            lines.append(f"  - [{finding.severity}] {finding.describe()}")
+            lines.extend(finding.explanation("      "))
+    load = diagnosis.load
+    if load.ok:
+        outcome = f"OK with {load.loader}" + (
+            f" ({first_sentence(load.note)})" if load.note else ""
+        )
+    elif not load.attempted and load.skipped:
+        outcome = f"not attempted: {load.skipped}"
+    else:
+        cause = f"{load.error_type}: " if load.error_type else ""
+        outcome = f"FAILED ({load.failure_class}): {cause}{first_sentence(load.error or '')}"
+    lines.append(f"{'load':<14}{outcome}")
+    verdict = (
+        "healthy: the model loads"
+        if diagnosis.loads
+        else f"does not load: {diagnosis.failure_class}"
+    )
+    lines.append(f"{'verdict':<14}{verdict}")
+    # Paths, findings and the child's error text quote the model: escaped line by line.
     return printable_lines(lines)

@@ -1,9 +1,9 @@
 """The code a bundle carries, after packing: shown for review, and run only when trusted.
 
-Review (``code_listings``, and ``render_listings`` for the text ``kbundle show-code``
+Review (``code_listings``; kbundle.cli.render.render_listings is the text ``kbundle show-code``
 prints) reads the verified files and the manifest; it never imports nor unpickles anything.
 Running (``check_runnable`` then ``bundled_objects``) happens only after
-the caller has established trust (``kbundle.pipelines.read._require_trust``):
+the caller has established trust (``kbundle.pipelines.load._require_trust``):
 
 - ``check_runnable`` refuses, before anything runs, what cannot work here: a pickle written
   under another Python minor or another cloudpickle major version, a missing cloudpickle, a
@@ -23,6 +23,7 @@ This module does not import Keras or TensorFlow. Stable: internal; the warning i
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import importlib.abc
 import importlib.util
@@ -71,7 +72,6 @@ __all__ = [
     "bundled_objects",
     "check_runnable",
     "code_listings",
-    "render_listings",
 ]
 
 # Transports whose code is inside the bundle: running it needs trust.
@@ -106,6 +106,13 @@ class CodeListing:
 
     obj: CustomObject
     files: list[CodeFile]
+
+    def to_dict(self) -> dict[str, Any]:
+        """One object of the ``kbundle show-code --json`` shape: its record and its files."""
+        return {
+            **dataclasses.asdict(self.obj),
+            "files": [dataclasses.asdict(file) for file in self.files],
+        }
 
 
 def select_objects(manifest: Manifest, name: str | None) -> list[CustomObject]:
@@ -160,65 +167,6 @@ def code_listings(
             )
         listings.append(CodeListing(obj=obj, files=files))
     return listings
-
-
-def _object_line(obj: CustomObject) -> str:
-    """How one custom object travels, in one line."""
-    if obj.transport == "distribution":
-        return f"from distribution {obj.requirement}; its code is not in the bundle"
-    if obj.transport == "pickle" and obj.pickle:
-        p = obj.pickle
-        return (
-            f"cloudpickled by value in {p.path} (Python {p.python}, "
-            f"cloudpickle {p.cloudpickle}, protocol {p.protocol})"
-        )
-    if obj.transport == "source":
-        return f"bundled source, imported as {obj.module}"
-    return "provided by Keras"
-
-
-def render_listings(listings: list[CodeListing]) -> str:
-    """The text ``kbundle show-code`` prints: each object, then each file it needs, once.
-
-    Every character that is not printable is shown escaped (``kbundle.cli.render.printable``):
-    kbundle's own lines are one line each whatever the manifest says, and code keeps its
-    newlines and tabs only, so an ESC sequence or a bidi control cannot hide a line of it.
-    """
-    from kbundle.cli.render import printable
-
-    shown: set[str] = set()
-    out: list[str] = []
-
-    def note(line: str) -> None:
-        out.append(printable(line, keep_newlines=False))
-
-    def code(text: str) -> None:
-        out.append(printable(text, keep_newlines=True, keep_tabs=True))
-
-    for listing in listings:
-        obj = listing.obj
-        note(f"# ==== {obj.name} ({obj.kind}): {obj.module}.{obj.qualname}")
-        note(f"# {_object_line(obj)}")
-        if obj.source_digest:
-            note(f"# definition {obj.source_digest}")
-        if obj.transport == "pickle" and obj.review_source:
-            note(
-                "# The pickle is what runs; "
-                "this is its definition as captured at pack time, for review:"
-            )
-            code(obj.review_source.rstrip("\n"))
-        elif obj.transport == "pickle":
-            note("# The pickle is what runs; no definition text could be captured for it.")
-        for file in listing.files:
-            if file.path in shown:
-                note(f"# ---- {file.path}: shown above")
-                continue
-            shown.add(file.path)
-            module = f" (module {file.module})" if file.module else ""
-            note(f"# ---- {file.path}{module} {file.digest or ''}".rstrip())
-            code(file.text.rstrip("\n") or "# (empty file)")
-        out.append("")
-    return "\n".join(out) + ("\n" if out else "")
 
 
 # --------------------------------------------------------------------------------------------

@@ -46,9 +46,9 @@ from kbundle.code.sources import (
     qualified_attribute,
     read_source,
 )
-from kbundle.container.archive import PayloadFile
 from kbundle.container.manifest import CustomObject, PickleInfo, SourceFile
 from kbundle.container.names import name_problem
+from kbundle.container.writer import PayloadFile
 from kbundle.errors import PackError, UsageError, exception_summary
 from kbundle.findings import Finding
 from kbundle.models.formats import read_model_config
@@ -170,7 +170,9 @@ _LEGACY_MODEL_NAMES = frozenset({"Functional", "Sequential", "Model"})
 
 def _keras_builtin(name: str, *, function: bool) -> bool:
     """Whether Keras itself provides a function (or, for legacy configs, a class) of this name."""
-    import keras
+    from kbundle.models.keras_io import keras as keras_module
+
+    keras = keras_module()
 
     modules = [
         keras.activations,
@@ -314,7 +316,9 @@ def _live_objects(model: Any) -> dict[str, list[Any]]:
     attributes, never by running anything."""
     if model is None:
         return {}
-    import keras
+    from kbundle.models.keras_io import keras as keras_module
+
+    keras = keras_module()
 
     containers = (
         keras.layers.Layer,
@@ -353,7 +357,9 @@ def _live_objects(model: Any) -> dict[str, list[Any]]:
 def _kind(obj: Any, hint: str | None) -> str:
     if not isinstance(obj, type):
         return hint or "function"
-    import keras
+    from kbundle.models.keras_io import keras as keras_module
+
+    keras = keras_module()
 
     bases = (
         (keras.Model, "model"),

@@ -31,19 +31,19 @@ from __future__ import annotations
 import importlib
 import sys
 import types
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from kbundle.code.sources import ModuleOrigins, qualified_attribute
 from kbundle.env.distributions import canonical_name, packages_distributions
 from kbundle.errors import ModelLoadError, UntrustedCodeError, exception_summary
+from kbundle.models.references import object_references
 
 __all__ = [
     "KERAS_ECOSYSTEM",
     "NEVER_IMPORTED",
     "ImportGate",
-    "config_modules",
 ]
 
 # The packages Keras 3's safe-mode deserialiser itself imports a config's ``module`` from
@@ -247,8 +247,10 @@ class ImportGate:
         earlier Keras 3 releases and tf-keras import whatever module a config names.
         """
         given = set(provided)
-        for module, name in config_modules(config):
-            if name in given or module == _BUILTINS_MODULE:
+        for reference in object_references(config):
+            module = reference.module
+            name = (reference.kind == "class" and reference.registered_name) or reference.name
+            if module is None or name in given or module == _BUILTINS_MODULE:
                 continue
             parts = module.split(".")
             if parts[0] in _LOADER_PACKAGES and "__main__" not in parts:
@@ -262,28 +264,3 @@ def _never_hint(verdict: _Verdict) -> str:
     if "__main__" in verdict.reason or "Keras 2" in verdict.reason:
         return "no option allows this module; the bundle was not written by a conforming kbundle"
     return f"install the package that provides it, {_TRUST_HINT}"
-
-
-def config_modules(config: Any) -> Iterator[tuple[str, str]]:
-    """Every ``(module, name)`` a Keras config names for a class or function, where ``name`` is
-    the key Keras looks it up by first (the registered name, else the class or function name).
-    Iterative, so a deeply nested config cannot exhaust the stack."""
-    pending: list[Any] = [config]
-    while pending:
-        node = pending.pop()
-        if isinstance(node, list):
-            pending.extend(node)
-            continue
-        if not isinstance(node, dict):
-            continue
-        module = node.get("module")
-        class_name = node.get("class_name")
-        if isinstance(module, str) and isinstance(class_name, str):
-            if class_name == "function":
-                function = node.get("config")
-                name = function if isinstance(function, str) else class_name
-            else:
-                registered = node.get("registered_name")
-                name = registered if isinstance(registered, str) else class_name
-            yield module, name
-        pending.extend(node.values())

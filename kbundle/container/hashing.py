@@ -16,7 +16,7 @@ from types import TracebackType
 from kbundle.container.limits import CHUNK_SIZE
 from kbundle.container.manifest import format_digest
 
-__all__ = ["PipelinedHasher", "file_digest"]
+__all__ = ["PipelinedHasher", "digest_bytes", "file_digest"]
 
 _QUEUE_DEPTH = 8  # chunks in flight: 8 MiB at most
 
@@ -81,3 +81,8 @@ def file_digest(path: Path) -> str:
         for chunk in iter(lambda: handle.read(CHUNK_SIZE), b""):
             hasher.update(chunk)
     return format_digest(hasher.hexdigest())
+
+
+def digest_bytes(digest: str) -> bytes:
+    """The raw bytes of a ``sha256:<hex>`` digest (what a trailer frame stores)."""
+    return bytes.fromhex(digest.partition(":")[2])

@@ -111,9 +111,9 @@ def main(argv: list[str] | None = None) -> int:
     )
 
     _emit(out, stage="resolve", started=True)
-    import keras
-
     from kbundle.models import keras_io
+
+    keras = keras_io.keras()
 
     references = object_references(config) if config and fmt != "savedmodel" else []
     unresolved = [item for ref in references if (item := _unresolved(keras, ref)) is not None]

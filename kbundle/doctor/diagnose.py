@@ -32,6 +32,8 @@ from typing import Any
 
 from kbundle.container.manifest import CustomObject, Environment
 from kbundle.container.zstdframes import ZSTD_MAGIC
+from kbundle.env.rules import compare_saved_by
+from kbundle.env.rules.saved_by import KERAS2_FIX
 from kbundle.errors import (
     EnvironmentMismatchError,
     IntegrityError,
@@ -44,7 +46,6 @@ from kbundle.errors import (
 from kbundle.findings import Finding, Severity
 from kbundle.models.formats import (
     identify_format,
-    keras_major,
     read_saved_model,
     saved_model_file,
 )
@@ -54,37 +55,15 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "FAILURE_CLASSES",
     "FAILURE_RULES",
-    "GPU_ONLY_OPS",
     "Diagnosis",
     "LoadAttempt",
     "diagnose",
-    "render_diagnosis",
 ]
 
 FAILURE_CLASSES = ("corruption", "serialization", "environment")
 # Importing TensorFlow takes seconds and a large model can take minutes to load; ten minutes
 # separates "slow" from "hung" without letting doctor wait forever.
 DEFAULT_TIMEOUT = 600.0
-# TensorFlow registers these ops with GPU kernels only: a graph that runs them cannot run on
-# a CPU build (Keras RNN layers keep a CPU twin that TensorFlow swaps in; raw use does not).
-GPU_ONLY_OPS = frozenset(
-    {
-        "CudnnRNN",
-        "CudnnRNNV2",
-        "CudnnRNNV3",
-        "CudnnRNNBackprop",
-        "CudnnRNNBackpropV2",
-        "CudnnRNNBackpropV3",
-        "CudnnRNNCanonicalToParams",
-        "CudnnRNNCanonicalToParamsV2",
-        "CudnnRNNParamsSize",
-        "CudnnRNNParamsToCanonical",
-        "CudnnRNNParamsToCanonicalV2",
-        "NcclAllReduce",
-        "NcclBroadcast",
-        "NcclReduce",
-    }
-)
 # How much of the child's stderr to keep as evidence when it dies.
 _STDERR_TAIL = 2000
 
@@ -97,20 +76,16 @@ _CUSTOM_FIX = (
     "import the module that defines the missing object (its @keras.saving."
     "register_keras_serializable decorator must run) or pass it in custom_objects"
 )
-_KERAS2_FIX = (
-    "the file needs Keras 2: install tf-keras (kbundle loads Keras 2 files through it when "
-    "Keras 3 cannot), or rebuild the model under Keras 3 and save it as .keras"
-)
 
 # (pattern over "ErrorType: message", class, fix), first match wins. Maps the exception the
 # real load raised to a failure class.
 FAILURE_RULES: tuple[tuple[str, str, str], ...] = (
     (r"safe_mode|`Lambda` layer|lambda", "serialization", _LAMBDA_FIX),
-    (r"tf-keras \(Keras 2\) is not installed", "environment", _KERAS2_FIX),
+    (r"tf-keras \(Keras 2\) is not installed", "environment", KERAS2_FIX),
     (
         r"TFOpLambda|SlicingOpLambda|tf_keras\.src|keras\.src\.engine|keras\.engine",
         "environment",
-        _KERAS2_FIX,
+        KERAS2_FIX,
     ),
     (
         r"No OpKernel|Op type not registered|CUDA|cuDNN|GPU",
@@ -290,7 +265,7 @@ def _format_of(path: Path) -> str:
 def _diagnose_bundle(path: Path, timeout: float, trusted: bool) -> Diagnosis:
     from kbundle.env.capture import capture_environment
     from kbundle.env.rules import compare_environments
-    from kbundle.pipelines.read import unpack
+    from kbundle.pipelines.load import unpack
 
     current = capture_environment()
     with tempfile.TemporaryDirectory(prefix="kbundle-doctor-") as private:
@@ -566,7 +541,7 @@ def _reference_finding(item: dict[str, Any], custom_objects: list[CustomObject])
             location=item["location"],
             problem=problem + " — it exists only in Keras 2",
             why="Keras 3 removed it; only tf-keras (Keras 2) can build it",
-            fix=_KERAS2_FIX,
+            fix=KERAS2_FIX,
         )
     similar = item.get("similar") or []
     hint = f"; similar names importable here: {', '.join(similar)}" if similar else ""
@@ -608,176 +583,23 @@ def _reference_finding(item: dict[str, Any], custom_objects: list[CustomObject])
 def _environment_findings(
     path: Path, fmt: str, saved_by: dict[str, str], current: Environment, resolved: dict[str, Any]
 ) -> list[Finding]:
-    findings: list[Finding] = []
-    keras = current.keras
-    here_version = resolved.get("keras_version") or (keras.version if keras else None)
-    here_major = (
-        int(here_version.split(".")[0]) if here_version and here_version[0].isdigit() else None
+    """What the file says about its maker against this environment: the rule engine's
+    ``saved_by`` rules (kbundle.env.rules), with Keras's own version and backend as the child
+    saw them."""
+    ops: list[str] | None = None
+    if fmt == "savedmodel" and saved_model_file(path) is not None:
+        try:
+            ops = list(read_saved_model(path).ops)
+        except (WireError, OSError):
+            ops = []
+    return compare_saved_by(
+        saved_by,
+        current,
+        keras_version=resolved.get("keras_version"),
+        backend=resolved.get("backend"),
+        savedmodel_ops=ops,
     )
-    saved_major = keras_major(saved_by)
-    if saved_major is not None and here_major is not None and saved_major != here_major:
-        tf_keras = current.distributions.get("tf-keras")
-        findings.append(
-            Finding(
-                location="saved_by.keras_version",
-                problem=f"written by Keras {saved_major}, loading under Keras {here_major}",
-                severity=Severity.WARN,
-                expected=saved_by["keras_version"],
-                actual=f"keras {here_version}",
-                why="Keras 3 reads Keras 2 .h5 files only in part, Keras 2 .keras files not at all",
-                fix=(
-                    f"tf-keras {tf_keras} is installed: kbundle loads with it what Keras 3 cannot"
-                    if tf_keras and saved_major == 2
-                    else _KERAS2_FIX
-                    if saved_major == 2
-                    else f"install keras>={saved_by['keras_version']}"
-                ),
-            )
-        )
-    elif (
-        saved_major is not None and here_version and _newer(saved_by["keras_version"], here_version)
-    ):
-        findings.append(
-            Finding(
-                location="saved_by.keras_version",
-                problem="written by a newer Keras",
-                severity=Severity.WARN,
-                expected=saved_by["keras_version"],
-                actual=f"keras {here_version}",
-                why="an older Keras may not know classes or arguments added since",
-                fix=f"upgrade keras to {saved_by['keras_version']} or later",
-            )
-        )
-    here_backend = resolved.get("backend") or (keras.backend if keras else None)
-    if saved_by.get("backend") and here_backend and saved_by["backend"] != here_backend:
-        findings.append(
-            Finding(
-                location="saved_by.backend",
-                problem="written under another Keras backend",
-                severity=Severity.WARN,
-                expected=saved_by["backend"],
-                actual=here_backend,
-                why="weights load across backends; code calling backend ops runs only on its own",
-                fix=f"set KERAS_BACKEND={saved_by['backend']}",
-            )
-        )
-    findings += _tensorflow_findings(path, fmt, saved_by, current, here_backend)
-    return findings
-
-
-def _tensorflow_findings(
-    path: Path, fmt: str, saved_by: dict[str, str], current: Environment, backend: str | None
-) -> list[Finding]:
-    if fmt != "savedmodel" or saved_model_file(path) is None:
-        return []
-    tf = current.tensorflow
-    if tf is None:
-        return [
-            Finding(
-                location="tensorflow",
-                problem="TensorFlow is not installed; a SavedModel needs it",
-                fix="install tensorflow (or tensorflow-cpu)",
-            )
-        ]
-    findings: list[Finding] = []
-    if backend and backend != "tensorflow":
-        findings.append(
-            Finding(
-                location="keras.backend",
-                problem="a SavedModel loads only with the TensorFlow backend",
-                expected="tensorflow",
-                actual=backend,
-                fix="set KERAS_BACKEND=tensorflow",
-            )
-        )
-    saved = saved_by.get("tensorflow_version")
-    if saved and _newer(saved, tf.version):
-        findings.append(
-            Finding(
-                location="saved_by.tensorflow_version",
-                problem="written by a newer TensorFlow",
-                severity=Severity.WARN,
-                expected=saved,
-                actual=f"{tf.distribution} {tf.version}",
-                why="ops added since this TensorFlow are unknown to it ('Op type not registered')",
-                fix=f"install TensorFlow {saved} or later",
-            )
-        )
-    try:
-        ops = set(read_saved_model(path).ops)
-    except (WireError, OSError):
-        return findings
-    gpu_ops = sorted(ops & GPU_ONLY_OPS)
-    if gpu_ops and (not tf.build_info.get("is_cuda_build") or not current.gpus):
-        findings.append(
-            Finding(
-                location="saved_model.pb",
-                problem=f"the graph uses GPU-only ops: {', '.join(gpu_ops)}",
-                severity=Severity.WARN,
-                expected="a CUDA build of TensorFlow with a GPU",
-                actual=f"{tf.distribution} {tf.version} "
-                f"(CUDA build: {bool(tf.build_info.get('is_cuda_build'))}, "
-                f"GPUs: {len(current.gpus)})",
-                why="these ops have only GPU kernels: calling the model fails with 'No OpKernel' "
-                "unless the graph keeps a CPU twin (Keras LSTM/GRU layers do)",
-                fix="run it where there is a GPU and a CUDA build, or re-export it on a CPU build",
-            )
-        )
-    return findings
-
-
-def _newer(left: str, right: str) -> bool:
-    """True when version ``left`` is newer than ``right`` (major.minor.patch, numerically)."""
-    from packaging.version import InvalidVersion, Version
-
-    try:
-        return Version(left) > Version(right)
-    except InvalidVersion:
-        return False
 
 
 # --------------------------------------------------------------------------------------------
 # Text
-
-
-def render_diagnosis(diagnosis: Diagnosis) -> str:
-    """The human-readable report (what ``kbundle doctor`` prints without ``--json``)."""
-    from kbundle.cli.render import printable_lines
-
-    maker = ", ".join(f"{k}={v}" for k, v in sorted(diagnosis.saved_by.items()))
-    lines = [
-        f"{'doctor':<14}{diagnosis.path} ({diagnosis.kind}, format {diagnosis.format or 'unknown'})"
-    ]
-    if maker:
-        lines.append(f"{'saved by':<14}{maker}")
-    for name in FAILURE_CLASSES:
-        items = diagnosis.findings.get(name, [])
-        errors = sum(1 for f in items if f.severity >= Severity.ERROR)
-        summary = (
-            "no problems found"
-            if not items
-            else f"{errors} problem(s), {len(items) - errors} note(s)"
-        )
-        lines.append(f"{name:<14}{summary}")
-        for finding in items:
-            lines.append(f"  - [{finding.severity}] {finding.describe()}")
-            lines.extend(finding.explanation("      "))
-    load = diagnosis.load
-    if load.ok:
-        outcome = f"OK with {load.loader}" + (
-            f" ({first_sentence(load.note)})" if load.note else ""
-        )
-    elif not load.attempted and load.skipped:
-        outcome = f"not attempted: {load.skipped}"
-    else:
-        cause = f"{load.error_type}: " if load.error_type else ""
-        outcome = f"FAILED ({load.failure_class}): {cause}{first_sentence(load.error or '')}"
-    lines.append(f"{'load':<14}{outcome}")
-    verdict = (
-        "healthy: the model loads"
-        if diagnosis.loads
-        else f"does not load: {diagnosis.failure_class}"
-    )
-    lines.append(f"{'verdict':<14}{verdict}")
-    # Paths, findings and the child's error text quote the model: escaped line by line.
-    return printable_lines(lines)

@@ -366,7 +366,8 @@ class SavedModelInfo:
 
 
 def read_saved_model(directory: Path) -> SavedModelInfo:
-    """Parse ``saved_model.pb``; raises :class:`~kbundle.models.protowire.WireError` when malformed."""
+    """Parse ``saved_model.pb``; raises :class:`~kbundle.models.protowire.WireError` when
+    malformed."""
     pb = directory / "saved_model.pb"
     if not pb.is_file() or pb.stat().st_size == 0:
         return SavedModelInfo()

@@ -1,6 +1,10 @@
-"""The only module that imports Keras or TensorFlow, and only inside its functions.
+"""The one module that imports Keras (and with it the backend, TensorFlow), only inside its
+functions: saving a live model, describing it, and loading a verified model file.
 
-Saving a live model, describing it, and loading a verified model file. Keras errors are
+Every other module that needs Keras asks :func:`keras` for it, so TensorFlow's native
+start-up logs are filtered on every path (the CLI turns that on) and a missing Keras is one
+clear error. (Environment capture reads TensorFlow's runtime build info only when TensorFlow
+is already imported or a runtime capture is asked for: kbundle.env.capture.) Keras errors are
 translated into kbundle errors with the original message kept. Stable: internal.
 """
 
@@ -18,6 +22,7 @@ __all__ = [
     "LoadedModel",
     "describe_live_model",
     "is_keras_model",
+    "keras",
     "load_model",
     "load_model_file",
     "loads_unzipped_keras",
@@ -39,7 +44,9 @@ def _native_logs() -> Any:
     return contextlib.nullcontext()
 
 
-def _keras() -> Any:
+def keras() -> Any:
+    """The ``keras`` module, imported here (the one place), TensorFlow's native start-up
+    logs filtered when the CLI asked for it; a clear error when it does not import."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Python-side TensorFlow logging
     try:
         with _native_logs():
@@ -58,8 +65,8 @@ def loads_unzipped_keras() -> bool:
     (Keras 3 since ``save_model(..., zipped=False)`` exists; not Keras 2 or tf-keras)."""
     import inspect
 
-    keras = _keras()
-    return "zipped" in inspect.signature(keras.saving.save_model).parameters
+    module = keras()
+    return "zipped" in inspect.signature(module.saving.save_model).parameters
 
 
 def is_keras_model(obj: object) -> bool:
@@ -144,7 +151,7 @@ def load_model(
 
 
 # --------------------------------------------------------------------------------------------
-# Loading each format (docs/formats.md says what each returns)
+# Loading each format (docs/model-formats.md says what each returns)
 
 
 @dataclass(frozen=True, slots=True)
@@ -180,9 +187,9 @@ def load_model_file(
     with _native_logs():
         if fmt == "savedmodel":
             return _load_saved_model(path)
-        keras = _keras()
+        module = keras()
         try:
-            model = keras.saving.load_model(
+            model = module.saving.load_model(
                 path, custom_objects=custom_objects, compile=compile, safe_mode=safe_mode
             )
         except (KeyboardInterrupt, GeneratorExit):
@@ -271,12 +278,13 @@ def _require_tf_keras_functions(
     """Refuse a ``.keras`` config naming a ``builtins`` function that neither the load's custom
     objects, tf-keras's registry nor its built-in modules define: tf-keras would hand Python's
     own (``eval``, ``exit``, ``breakpoint``) to the model."""
-    from kbundle.code.gate import config_modules
     from kbundle.errors import UntrustedCodeError
+    from kbundle.models.references import object_references
 
     given = custom_objects or {}
-    for module, name in config_modules(config):
-        if module != "builtins":
+    for reference in object_references(config):
+        name = reference.name
+        if reference.kind != "function" or reference.module != "builtins":
             continue
         if any(key.endswith(name) for key in given):
             continue  # tf-keras takes a custom object first
@@ -319,15 +327,15 @@ def _load_saved_model(path: Path) -> LoadedModel:
             hint="unpack it with 'kbundle unpack --no-load' "
             "and use tf.saved_model.load() on the directory",
         )
-    keras = _keras()
-    if keras.backend.backend() != "tensorflow":
+    module = keras()
+    if module.backend.backend() != "tensorflow":
         raise EnvironmentMismatchError(
             "a SavedModel loads only with the TensorFlow backend; "
-            f"KERAS_BACKEND is {keras.backend.backend()}",
+            f"KERAS_BACKEND is {module.backend.backend()}",
             hint="set KERAS_BACKEND=tensorflow",
         )
     try:
-        layer = keras.layers.TFSMLayer(str(path), call_endpoint=endpoint)
+        layer = module.layers.TFSMLayer(str(path), call_endpoint=endpoint)
     except Exception as exc:
         raise ModelLoadError(_load_message(exc), hint=_load_hint(exc)) from exc
     return LoadedModel(layer, "TFSMLayer", f"called through its {endpoint!r} signature")

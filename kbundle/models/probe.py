@@ -24,23 +24,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kbundle.container.archive import PayloadFile
-from kbundle.container.manifest import CustomObject, Manifest, ProbeInfo, TensorSpec
-from kbundle.env.rules import CompatReport
-from kbundle.errors import EnvironmentMismatchError, ModelFileError, ModelLoadError, PackError
+from kbundle.container.manifest import CustomObject, ProbeInfo, TensorSpec
+from kbundle.container.writer import PayloadFile
+from kbundle.errors import ModelFileError, ModelLoadError, PackError
 from kbundle.findings import Finding, Severity
-from kbundle.models.npz import read_npz
+from kbundle.models.checks.npz import read_npz
 
 __all__ = [
     "PROBE_INPUTS",
     "PROBE_OUTPUTS",
     "ProbeComparison",
+    "check_probe",
     "compare_probe",
     "make_probe",
     "probe_finding",
     "probe_payload",
     "probe_signature",
-    "run_probe",
 ]
 
 PROBE_INPUTS = "probe/inputs.npz"
@@ -112,7 +111,9 @@ def _tolerance(dtypes: Sequence[str]) -> tuple[float, float]:
 
 def _run(model: Any, inputs: list[Any]) -> list[Any]:
     """The model's outputs on ``inputs`` as a flat list of numpy arrays (inference mode)."""
-    import keras
+    from kbundle.models.keras_io import keras as keras_module
+
+    keras = keras_module()
     import numpy as np
 
     feed = inputs[0] if len(inputs) == 1 else inputs
@@ -340,28 +341,19 @@ def _likely_cause(differences: Sequence[Finding], custom_objects: Sequence[Custo
     return "likely cause: " + "; or ".join(causes)
 
 
-def run_probe(
-    model: Any, directory: Path, manifest: Manifest, report: CompatReport, *, what: str
-) -> CompatReport:
-    """Re-run the stored probe after loading; add its finding; raise on an error finding.
-
-    The finding goes through the report's policy overrides (``--severity probe=warn``).
-    """
-    info = manifest.probe
-    assert info is not None
-    finding = report.policy.override(
-        probe_finding(
-            compare_probe(model, directory, info),
-            info,
-            differences=report.findings,
-            custom_objects=manifest.custom_objects,
-        )
+def check_probe(
+    model: Any,
+    directory: Path,
+    info: ProbeInfo,
+    *,
+    differences: Sequence[Finding],
+    custom_objects: Sequence[CustomObject],
+) -> Finding:
+    """Re-run the stored probe input (under ``directory``) through the loaded ``model`` and
+    compare: the ``probe`` finding (kbundle.pipelines.load applies the policy to it)."""
+    return probe_finding(
+        compare_probe(model, directory, info),
+        info,
+        differences=differences,
+        custom_objects=custom_objects,
     )
-    if finding.severity >= Severity.ERROR:
-        raise EnvironmentMismatchError(
-            f"the model loaded from {what} computes different outputs than when it was packed: "
-            f"{finding.actual} (expected {finding.expected})",
-            hint=f"{finding.why}; --no-probe (probe=False) skips the probe",
-            findings=[finding],
-        )
-    return report.with_findings([finding])

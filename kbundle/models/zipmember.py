@@ -1,10 +1,10 @@
 """Reading one member of a zip archive (a ``.keras`` file) quickly and with seeks.
 
 h5py reads an HDF5 member by seeking back and forth. Python's ``ZipExtFile`` answers a backward
-seek by reading the member again from its start, so reading a 1 GiB stored weights file that
-way took seconds. A *stored* member is a plain byte range of the archive: it is served through
-a seekable window on the file itself. Compressed members go through ``zipfile`` as usual.
-Stable: internal.
+seek by reading the member again from its start, so reading a large stored weights file that
+way costs a full read per backward seek. A *stored* member is a plain byte range of the
+archive: it is served through a seekable window on the file itself. Compressed members go
+through ``zipfile`` as usual. Stable: internal.
 """
 
 from __future__ import annotations

@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 from kbundle._version import __version__
-from kbundle.container.archive import DEFAULT_LEVEL, PayloadFile, ProgressCallback, write_bundle
 from kbundle.container.manifest import (
     FORMAT_VERSION,
     Environment,
@@ -29,6 +28,8 @@ from kbundle.container.manifest import (
     parse_manifest,
     serialize_manifest,
 )
+from kbundle.container.signature_member import signature_member_size
+from kbundle.container.writer import DEFAULT_LEVEL, PayloadFile, ProgressCallback, write_bundle
 from kbundle.env.capture import capture_environment
 from kbundle.errors import PackError, UsageError
 from kbundle.models.checks import ZipCrcWatch, require_sound_before_streaming
@@ -39,7 +40,7 @@ from kbundle.models.formats import (
     model_saved_by,
 )
 from kbundle.signing.keys import SigningKey
-from kbundle.signing.signatures import manifest_signer, signature_member_size
+from kbundle.signing.signatures import manifest_signer
 from kbundle.storage.atomic import atomic_file, check_destination
 
 __all__ = ["DEFAULT_LEVEL", "PackResult", "pack"]
@@ -56,6 +57,19 @@ class PackResult:
     manifest: Manifest
     size: int
     notes: tuple[str, ...] = ()
+    signers: tuple[str, ...] = ()  # key ids that signed it in the same pass
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``kbundle pack --json`` shape."""
+        return {
+            "ok": True,
+            "bundle": str(self.path),
+            "digest": self.digest,
+            "size": self.size,
+            "model_format": self.manifest.model.format,
+            "signers": list(self.signers),
+            "notes": list(self.notes),
+        }
 
 
 def _utc_now() -> tuple[str, int]:
@@ -148,7 +162,7 @@ def _probe_extras(
 def _requirements_extras(
     environment: Environment, added: Extras, scratch: Path, lock: bool
 ) -> Extras:
-    """``env/``: the pinned closure and, with ``lock``, its hashes (see kbundle.env.requirements)."""
+    """``env/``: the pinned closure and, with ``lock``, its hashes (kbundle.env.requirements)."""
     from kbundle.env.requirements import requirements_payload
 
     custom_objects = list((added.fields or {}).get("custom_objects") or [])
@@ -306,4 +320,7 @@ def pack(
             if crc_watch:
                 crc_watch.require()
             manifest = parse_manifest(manifest_bytes)
-    return PackResult(output_path, bundle_digest(manifest_bytes), manifest, size, added.notes)
+    signers = (signing_key.key_id,) if signing_key else ()
+    return PackResult(
+        output_path, bundle_digest(manifest_bytes), manifest, size, added.notes, signers
+    )

@@ -1,9 +1,9 @@
 """Rebuilding the environment a bundle was packed in: ``kbundle env export`` and ``env create``.
 
 Both read the bundle's ``env/`` files only after verifying the whole bundle, and only through
-:func:`kbundle.env.requirements.check_requirements`: every line a ``name==version`` pin (with hashes in a
-lock), so nothing is ever installed from inside the bundle or from a local path, and an index
-or URL the bundle names passes only with ``trust_code``.
+:func:`kbundle.env.requirement_lines.check_requirements`: every line a ``name==version`` pin
+(with hashes in a lock), so nothing is ever installed from inside the bundle or from a local
+path, and an index or URL the bundle names passes only with ``trust_code``.
 
 ``create_environment`` checks the requirements before it starts any process, makes a virtual
 environment with the recorded Python minor (the running interpreter when it matches, else
@@ -13,7 +13,7 @@ complete, and ``--no-deps`` stops tf-keras from pulling plain ``tensorflow`` ove
 kbundle itself, and ends by running ``kbundle check`` inside the new environment, which must
 come out clean. pip reads the checked lines alone, never a file of the extracted bundle, and
 every child (the version probe, venv, pip, the check) runs isolated through
-:func:`kbundle.env.requirements.run_tool`: ``python -I`` in an empty directory.
+:func:`kbundle.env.tools.run_tool`: ``python -I`` in an empty directory.
 
 kbundle is installed into the new environment from the source tree the running kbundle was
 imported from when that is a checkout (it has kbundle's ``pyproject.toml``), else as
@@ -31,16 +31,12 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from kbundle._version import __version__
 from kbundle.container.manifest import Manifest
-from kbundle.env.requirements import (
-    CheckedRequirements,
-    absolute_if_path,
-    check_requirements,
-    last_line,
-    run_tool,
-)
+from kbundle.env.requirement_lines import CheckedRequirements, check_requirements
+from kbundle.env.tools import absolute_if_path, last_line, run_tool
 from kbundle.errors import EnvironmentMismatchError, UsageError
 from kbundle.findings import Finding, Severity
 
@@ -62,7 +58,7 @@ INTERPRETER_TIMEOUT_SECONDS = 60
 
 def _verified_env_files(bundle: Path, scratch: Path) -> tuple[Manifest, Path]:
     """Verify ``bundle`` into ``scratch`` and return its manifest and the extracted root."""
-    from kbundle.pipelines.read import unpack
+    from kbundle.pipelines.load import unpack
 
     result = unpack(bundle, scratch / "bundle")
     manifest = result.report.head.manifest
@@ -95,7 +91,8 @@ def export_requirements(
     ``hashed=None`` gives the hashed lock when the bundle has one, else the pins;
     ``True`` insists on the lock (a usage error when there is none); ``False`` gives the pins.
     The text is returned only if every line passes
-    :func:`~kbundle.env.requirements.check_requirements` (``trust_code`` lets https sources through).
+    :func:`~kbundle.env.requirement_lines.check_requirements` (``trust_code`` lets https
+    sources through).
     """
     with tempfile.TemporaryDirectory(prefix="kbundle-env-") as scratch:
         manifest, root = _verified_env_files(Path(bundle), Path(scratch))
@@ -126,6 +123,17 @@ class CreatedEnvironment:
     @property
     def python_executable(self) -> Path:
         return _venv_python(self.directory)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``kbundle env create --json`` shape."""
+        return {
+            "ok": True,
+            "directory": str(self.directory),
+            "python": self.python,
+            "hashed": self.hashed,
+            "backend": self.backend,
+            "findings": [f.to_dict() for f in self.findings],
+        }
 
 
 def _venv_python(directory: Path) -> Path:
@@ -205,8 +213,9 @@ def create_environment(
 ) -> CreatedEnvironment:
     """Build a virtual environment at ``directory`` that reproduces ``bundle``'s environment.
 
-    The requirements are checked (:func:`~kbundle.env.requirements.check_requirements`; ``trust_code``
-    lets https sources through) before any process starts, so a refused bundle leaves no
+    The requirements are checked
+    (:func:`~kbundle.env.requirement_lines.check_requirements`; ``trust_code`` lets https
+    sources through) before any process starts, so a refused bundle leaves no
     ``directory`` behind. ``step`` is called with a short description before each stage. If
     anything fails before the final check, ``directory`` is removed again; if the final check
     finds errors the environment is kept for inspection and
@@ -273,11 +282,10 @@ def create_environment(
     result = CreatedEnvironment(target, minor, hashed, backend, findings)
     problems = [f for f in findings if f.severity >= Severity.WARN]
     if problems:
-        raise EnvironmentMismatchError(
-            f"the new environment in {target} does not match the bundle: {problems[0].describe()}"
-            + (f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""),
+        raise EnvironmentMismatchError.from_findings(
+            problems,
+            f"the new environment in {target} does not match the bundle: {problems[0].describe()}",
             hint=f"inspect it with '{venv_python} -m kbundle check {bundle_path}'",
-            findings=problems,
         )
     return result
 

@@ -14,17 +14,19 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from kbundle.container.archive import DEFAULT_LEVEL, rewrite_header
-from kbundle.errors import UsageError
-from kbundle.pipelines.read import verify
-from kbundle.signing.keys import SigningKey
-from kbundle.signing.signatures import (
+from kbundle.container.rewrite import rewrite_header
+from kbundle.container.signature_member import (
     MAX_SIGNATURES,
     parse_signatures,
     serialize_signatures,
-    sign_manifest,
 )
+from kbundle.container.writer import DEFAULT_LEVEL
+from kbundle.errors import UsageError
+from kbundle.pipelines.verify import verify
+from kbundle.signing.keys import SigningKey
+from kbundle.signing.signatures import sign_manifest
 from kbundle.storage.atomic import atomic_file, check_destination
 
 __all__ = ["SignResult", "sign_bundle"]
@@ -39,6 +41,16 @@ class SignResult:
     key_id: str
     signers: tuple[str, ...]
     copied: bool  # payload frames copied byte for byte (False: re-compressed)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``kbundle sign --json`` shape."""
+        return {
+            "ok": True,
+            "bundle": str(self.path),
+            "digest": self.digest,
+            "key_id": self.key_id,
+            "signers": list(self.signers),
+        }
 
 
 def _same_file(a: Path, b: Path) -> bool:

@@ -18,7 +18,6 @@ Stable: the file formats and fingerprints are public; the functions are public A
 
 from __future__ import annotations
 
-import hashlib
 import os
 import stat
 import sys
@@ -27,7 +26,10 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-from kbundle.container.manifest import format_digest
+from kbundle.container.signature_member import (
+    KEY_ALGORITHM,
+    fingerprint,
+)
 from kbundle.errors import UsageError
 from kbundle.storage.atomic import atomic_file, check_destination
 
@@ -52,16 +54,12 @@ __all__ = [
     "trusted_keys_directory",
 ]
 
-KEY_ALGORITHM = "ed25519"
 PRIVATE_KEY_SUFFIX = ".key"
 PUBLIC_KEY_SUFFIX = ".pub"
 PASSPHRASE_ENV = "KBUNDLE_KEY_PASSPHRASE"
 TRUSTED_KEYS_ENV = "KBUNDLE_TRUSTED_KEYS"
 INSTALL_HINT = "install it with: pip install 'kbundle[signing]'"
 
-# Ed25519 (RFC 8032): 32-byte public keys, 64-byte signatures.
-PUBLIC_KEY_BYTES = 32
-SIGNATURE_BYTES = 64
 # A PEM or OpenSSH key file is well under 1 KiB; anything far larger is not a key, and reading
 # it whole would be a way to make kbundle allocate whatever a hostile file holds.
 _MAX_KEY_FILE_BYTES = 64 * 1024
@@ -98,11 +96,6 @@ def signing_available() -> bool:
     except UsageError:
         return False
     return True
-
-
-def fingerprint(raw_public_key: bytes) -> str:
-    """A key's name: ``sha256:`` and the hex SHA-256 of its 32 raw public-key bytes."""
-    return format_digest(hashlib.sha256(raw_public_key).hexdigest())
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -151,6 +144,16 @@ class GeneratedKey:
     public_path: Path
     key_id: str
     encrypted: bool
+
+    def to_dict(self) -> dict[str, Any]:
+        """The ``kbundle keygen --json`` shape."""
+        return {
+            "ok": True,
+            "private_key": str(self.private_path),
+            "public_key": str(self.public_path),
+            "key_id": self.key_id,
+            "encrypted": self.encrypted,
+        }
 
 
 def _raw_public(key: Any) -> bytes:

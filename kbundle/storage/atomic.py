@@ -342,7 +342,7 @@ def _staging_prefix(path: Path) -> str:
 
 
 def _host_name() -> str:
-    """The machine's name; os.uname spares every command importing socket (~5 ms)."""
+    """The machine's name; os.uname spares every command importing socket."""
     if hasattr(os, "uname"):
         return os.uname().nodename
     import socket

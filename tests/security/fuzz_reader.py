@@ -57,13 +57,6 @@ import zstandard
 from hostile import manifest_record
 
 import kbundle
-from kbundle.container.archive import (
-    PayloadFile,
-    header_region,
-    header_region_size,
-    read_head,
-    write_bundle,
-)
 from kbundle.container.manifest import (
     CustomObject,
     Member,
@@ -71,6 +64,8 @@ from kbundle.container.manifest import (
     SourceFile,
     serialize_manifest,
 )
+from kbundle.container.reader import read_head
+from kbundle.container.writer import PayloadFile, header_region, header_region_size, write_bundle
 from kbundle.container.zstdframes import TRAILER_SIZE, trailer_frame
 from kbundle.errors import KbundleError
 
@@ -176,7 +171,7 @@ def _write_seed(
     path = directory / f"{name}.kbundle"
     signature_size = 0
     if sign is not None:
-        from kbundle.signing.signatures import signature_member_size
+        from kbundle.container.signature_member import signature_member_size
 
         signature_size = signature_member_size(1)
     with path.open("w+b") as out:

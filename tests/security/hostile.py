@@ -20,7 +20,6 @@ import pytest
 from bundle_factory import Entry, forge, manifest_for
 
 import kbundle
-from kbundle.container.archive import PayloadFile, write_bundle
 from kbundle.container.manifest import (
     FORMAT_VERSION,
     Manifest,
@@ -31,6 +30,7 @@ from kbundle.container.manifest import (
     serialize_manifest,
 )
 from kbundle.container.tarstream import padding
+from kbundle.container.writer import PayloadFile, write_bundle
 from kbundle.env.capture import capture_environment
 from kbundle.errors import KbundleError
 

@@ -29,7 +29,9 @@ from hostile import (
 )
 
 import kbundle
-from kbundle.container import archive, limits, manifest, names, tarstream
+from kbundle.container import limits, manifest, names, tarstream
+from kbundle.container import reader as reader_module
+from kbundle.container import signature_member as signing
 from kbundle.container.tarstream import END_OF_ARCHIVE
 from kbundle.errors import (
     BundleFormatError,
@@ -40,7 +42,6 @@ from kbundle.errors import (
 )
 from kbundle.pipelines.sign import sign_bundle
 from kbundle.signing import keys
-from kbundle.signing import signatures as signing
 
 MODEL = Entry(MODEL_PATH, b"model bytes")
 
@@ -152,7 +153,7 @@ def test_max_window_size_in_the_decompressor(
 ) -> None:
     """The decompressor's own window limit, behind the frame tracker's header check (which is
     left at its value here, so the frame gets past it)."""
-    monkeypatch.setattr(archive, "MAX_WINDOW_SIZE", 1 << 20)
+    monkeypatch.setattr(reader_module, "MAX_WINDOW_SIZE", 1 << 20)
     params = zstandard.ZstdCompressionParameters.from_level(
         19, window_log=24, write_content_size=0, write_checksum=1
     )
@@ -184,7 +185,7 @@ def test_max_signature_bytes(
     manifest = manifest_for([MODEL], base_manifest())
     bundle = forge(tmp_path / "sig.kbundle", manifest, [MODEL], signature=signature)
     monkeypatch.setattr(
-        archive if reader == "archive" else signing, "MAX_SIGNATURE_BYTES", len(signature) - 1
+        reader_module if reader == "archive" else signing, "MAX_SIGNATURE_BYTES", len(signature) - 1
     )
     message = f"kbundle.sig is {len(signature)} bytes, more than the limit of {len(signature) - 1}"
     error = verify_error(bundle)
@@ -238,8 +239,8 @@ def test_max_archive_overhead_per_member(tmp_path: Path, monkeypatch: pytest.Mon
         "member is not listed in the manifest"
     ]
 
-    monkeypatch.setattr(archive, "MAX_ARCHIVE_OVERHEAD_PER_MEMBER", 1024)
-    monkeypatch.setattr(archive, "MAX_SIGNATURE_BYTES", 0)
+    monkeypatch.setattr(reader_module, "MAX_ARCHIVE_OVERHEAD_PER_MEMBER", 1024)
+    monkeypatch.setattr(reader_module, "MAX_SIGNATURE_BYTES", 0)
     error = verify_error(bundle)
     assert error is not None
     problems = [f.problem for f in error.findings]
@@ -276,7 +277,7 @@ def test_chunk_size_does_not_change_what_is_read(
     compressed = forge(
         tmp_path / "compressed.kbundle", manifest_for(entries, base_manifest()), entries
     )
-    monkeypatch.setattr(archive, "CHUNK_SIZE", 7)
+    monkeypatch.setattr(reader_module, "CHUNK_SIZE", 7)
     for bundle in (stored, compressed):
         out = kbundle.unpack(bundle, tmp_path / f"{bundle.stem}-out").path
         assert {name: (out / name).read_bytes() for name in files} == files

@@ -22,7 +22,7 @@ from conftest import assert_clean_failure, run_cli
 from hostile import MODEL_PATH, base_manifest, flip, pax_entry, stored_bundle, tree
 
 import kbundle
-from kbundle.container import archive
+from kbundle.container import reader
 from kbundle.container.limits import MAX_MANIFEST_BYTES
 from kbundle.container.tarstream import END_OF_ARCHIVE, member_header
 from kbundle.container.zstdframes import ZSTD_MAGIC, raw_frame
@@ -295,8 +295,8 @@ def test_row07_zstd_bomb_stops_at_the_declared_total(
 ) -> None:
     # The limits that leave slack for a signature and headers, patched small so that the cap
     # is the manifest's own total.
-    monkeypatch.setattr(archive, "MAX_SIGNATURE_BYTES", 1024)
-    monkeypatch.setattr(archive, "MAX_ARCHIVE_OVERHEAD_PER_MEMBER", 2048)
+    monkeypatch.setattr(reader, "MAX_SIGNATURE_BYTES", 1024)
+    monkeypatch.setattr(reader, "MAX_ARCHIVE_OVERHEAD_PER_MEMBER", 2048)
     small = Entry(MODEL_PATH, b"tiny")
     manifest = manifest_for([small], base_manifest())
     gib = 1 << 30

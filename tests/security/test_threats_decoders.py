@@ -29,7 +29,7 @@ from hostile import model_bundle
 
 import kbundle
 from kbundle.errors import ModelFileError
-from kbundle.models import npz
+from kbundle.models.checks import npz
 
 pytestmark = pytest.mark.keras
 

@@ -30,8 +30,8 @@ from conftest import REPO, child_env
 from hostile import MODEL_PATH, manifest_record, model_bundle
 
 import kbundle
-from kbundle.container.archive import PayloadFile, write_bundle
 from kbundle.container.manifest import Member, serialize_manifest
+from kbundle.container.writer import PayloadFile, write_bundle
 
 
 def _kbundle(*args: str | os.PathLike[str], **extra: str) -> subprocess.Popen[bytes]:

@@ -1,146 +1,49 @@
-"""The reading pipelines: inspect (manifest only), verify (every byte), unpack and load.
+"""Using a bundle: ``unpack`` (verify while extracting, and prove the model loads) and
+``load`` (verify into a private directory, then load), with what may run decided first.
 
-``verify`` and ``inspect`` never import Keras or TensorFlow. ``unpack`` and ``load`` verify
-while extracting into a fresh private directory and use only the files they verified.
-Stable: the function signatures are public API.
+Before anything of a bundle is used: the whole bundle is verified (kbundle.pipelines.verify)
+into a fresh private directory, the recorded environment is checked (kbundle.pipelines.check),
+trust is established for code the bundle brings (bundled source, pickles, a SavedModel's
+graph: ``trust_code`` or a trusted signature), every import goes through the import gate
+(kbundle.code.gate), and the model file is checked again before Keras sees it
+(kbundle.models.checks). After loading, the stored probe is run again and its finding is
+merged into the environment report. Stable: ``unpack``, ``load``, ``LoadOptions`` and
+``UnpackResult`` are public API.
 """
 
 from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from kbundle.code.gate import ImportGate
-from kbundle.container.archive import BundleHead, VerifyReport, read_head, scan_bundle
 from kbundle.container.manifest import Manifest, ModelInfo
-from kbundle.container.names import MANIFEST_NAME, SIGNATURE_NAME
+from kbundle.container.reader import read_head
+from kbundle.env.rules import CompatReport, Policy, resolve_policy
 from kbundle.errors import (
-    IntegrityError,
+    EnvironmentMismatchError,
     ModelFileError,
     ModelLoadError,
-    SignatureError,
     UntrustedCodeError,
     UsageError,
 )
-from kbundle.findings import Finding
+from kbundle.findings import Finding, Severity
 from kbundle.models.checks import require_sound_model, unzip_sound_keras
 from kbundle.models.formats import keras_major
 from kbundle.models.zipsplit import ZipSplit
-from kbundle.signing.signatures import SignaturePolicy, TrustedKeys, check_signatures
+from kbundle.pipelines.check import environment_gate
+from kbundle.pipelines.verify import ProgressCallback, VerifyReport, check_expected, verified_scan
+from kbundle.signing.signatures import SignaturePolicy, TrustedKeys
 from kbundle.storage.atomic import atomic_directory
 
-if TYPE_CHECKING:
-    from kbundle.code.bundled import CodeListing
-    from kbundle.env.rules import CompatReport, Policy
-
-__all__ = ["LoadOptions", "UnpackResult", "inspect", "load", "show_code", "unpack", "verify"]
+__all__ = ["LoadOptions", "UnpackResult", "load", "unpack"]
 
 _DIGEST_PREFIX = "sha256:"
-
-
-def _as_path(bundle: str | os.PathLike[str]) -> Path:
-    return Path(bundle)
-
-
-def inspect(bundle: str | os.PathLike[str]) -> BundleHead:
-    """Read the manifest (and signature) only; nothing else of the bundle is read."""
-    return read_head(_as_path(bundle))
-
-
-def _check_expected(expect: str | None) -> None:
-    if expect is None:
-        return
-    hexpart = expect.removeprefix(_DIGEST_PREFIX)
-    if len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
-        raise UsageError(
-            f"--expect must be 'sha256:' followed by 64 lowercase hex digits: {expect!r}",
-            hint="copy the digest that 'kbundle pack' printed",
-        )
-
-
-def _raise_findings(report: VerifyReport, bundle: Path) -> None:
-    if not report.findings:
-        return
-    first = report.findings[0]
-    more = len(report.findings) - 1
-    only_signature = all(f.location == SIGNATURE_NAME for f in report.findings)
-    raise (SignatureError if only_signature else IntegrityError)(
-        f"{bundle} failed verification: {first.describe()}"
-        + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else ""),
-        hint=first.fix or "the bundle is corrupt or was altered; fetch an intact copy",
-        findings=report.findings,
-    )
-
-
-def _expect_finding(report: VerifyReport, expect: str | None) -> None:
-    if expect is not None and report.head.digest != _DIGEST_PREFIX + expect.removeprefix(
-        _DIGEST_PREFIX
-    ):
-        report.findings.insert(
-            0,
-            Finding(
-                location=MANIFEST_NAME,
-                problem="bundle digest differs from --expect",
-                expected=_DIGEST_PREFIX + expect.removeprefix(_DIGEST_PREFIX),
-                actual=report.head.digest,
-                fix="this is not the bundle you pinned; check which file you were given",
-            ),
-        )
-
-
-def _signature_findings(report: VerifyReport, policy: SignaturePolicy) -> None:
-    status, findings = check_signatures(report.head, policy)
-    report.signature = status
-    report.findings.extend(findings)
-
-
-def verify(
-    bundle: str | os.PathLike[str],
-    *,
-    expect: str | None = None,
-    trusted_keys: TrustedKeys | None = None,
-    require_signature: bool = False,
-    progress: Callable[[int, int], None] | None = None,
-) -> VerifyReport:
-    """Check every member's size and digest, names, kinds and structure; raise on any problem.
-
-    ``expect`` pins the bundle digest (``sha256:...``). A signature, when present, must verify
-    (docs/signing.md): ``trusted_keys`` (key files or :class:`~kbundle.signing.keys.PublicKey`) are
-    the keys trusted for this call, and naming any also requires a signature by one of them;
-    without it the trusted-keys directory is used. ``require_signature`` demands a trusted
-    signature. Raises :class:`IntegrityError` (:class:`SignatureError` when only signatures
-    are at fault) listing every finding; returns the report, whose ``signature`` says who
-    signed, when the bundle is intact.
-    """
-    path = _as_path(bundle)
-    _check_expected(expect)
-    policy = SignaturePolicy.create(trusted_keys, require_signature)
-    report = scan_bundle(path, progress=_progress_adapter(progress, path))
-    _expect_finding(report, expect)
-    _signature_findings(report, policy)
-    _raise_findings(report, path)
-    return report
-
-
-def _progress_adapter(
-    progress: Callable[[int, int], None] | None, path: Path
-) -> Callable[[int], None] | None:
-    if progress is None:
-        return None
-    total = read_head(path).manifest.payload_size
-    done = 0
-
-    def advance(count: int) -> None:
-        nonlocal done
-        done += count
-        progress(done, total)
-
-    return advance
 
 
 @dataclass(slots=True)
@@ -156,23 +59,17 @@ class UnpackResult:
     def model_path(self) -> Path:
         return self.path / self.report.head.manifest.model.path
 
-
-def _extract_verified(
-    path: Path,
-    directory: Path,
-    expect: str | None,
-    progress: Callable[[int, int], None] | None,
-    policy: SignaturePolicy,
-    split: ZipSplit | None = None,
-) -> VerifyReport:
-    report = scan_bundle(
-        path, extract_to=directory, progress=_progress_adapter(progress, path), split=split
-    )
-    _expect_finding(report, expect)
-    _signature_findings(report, policy)
-    _raise_findings(report, path)
-    (directory / MANIFEST_NAME).write_bytes(report.head.manifest_bytes)
-    return report
+    def to_dict(self) -> dict[str, Any]:
+        """The ``kbundle unpack --json`` shape."""
+        return {
+            "ok": True,
+            "destination": str(self.path),
+            "digest": self.report.head.digest,
+            "model": str(self.model_path),
+            "loaded": self.model is not None,
+            "signature": self.report.signature.to_dict() if self.report.signature else None,
+            "environment": [f.to_dict() for f in self.environment],
+        }
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
@@ -196,6 +93,32 @@ class LoadOptions:
     ignore_env: bool = False
     env_policy: Policy | None = None
     probe: bool = True
+
+    @classmethod
+    def create(
+        cls,
+        *,
+        trust_code: bool = False,
+        allow_distributions: Iterable[str] = (),
+        safe_mode: bool = True,
+        compile: bool = True,
+        ignore_env: bool = False,
+        env_policy: str | None = None,
+        env_severity: Iterable[str] = (),
+        probe: bool = True,
+    ) -> LoadOptions:
+        """The options from the keyword arguments ``load`` and ``unpack`` take: ``env_policy``
+        names a policy and ``env_severity`` holds ``FIELD=LEVEL`` overrides over the
+        ``[tool.kbundle]`` configuration (docs/compatibility.md)."""
+        return cls(
+            trust_code=trust_code,
+            allow_distributions=tuple(allow_distributions),
+            safe_mode=safe_mode,
+            compile=compile,
+            ignore_env=ignore_env,
+            env_policy=resolve_policy(env_policy, env_severity, origin="env_severity"),
+            probe=probe,
+        )
 
 
 @contextmanager
@@ -225,21 +148,6 @@ def _custom_objects(
         preferred_objects(objects),
     ):
         yield objects
-
-
-def show_code(bundle: str | os.PathLike[str], name: str | None = None) -> list[CodeListing]:
-    """The bundled code of every custom object (or of ``name``), for review.
-
-    The bundle is verified into a private temporary directory and the files are read from
-    there; nothing is imported or unpickled, and neither Keras nor TensorFlow is loaded.
-    """
-    from kbundle.code.bundled import code_listings, select_objects
-
-    path = _as_path(bundle)
-    select_objects(read_head(path).manifest, name)  # an unknown name fails before extracting
-    with tempfile.TemporaryDirectory(prefix="kbundle-code-") as private:
-        result = unpack(path, Path(private) / "bundle")
-        return code_listings(result.path, result.report.head.manifest, name)
 
 
 def _trusted(report: VerifyReport, options: LoadOptions) -> bool:
@@ -365,10 +273,7 @@ def _load_verified(
     ``private``: ``directory`` is a copy made only for this load, which may consume it;
     ``split``: how the model zip was split while it was extracted.
     """
-    from kbundle.env.rules import environment_gate
-
     manifest = report.head.manifest
-
     compat = environment_gate(manifest, options.env_policy, ignore=options.ignore_env, what=name)
     _require_trust(report, options)
     gate = _import_gate(report, options)
@@ -380,10 +285,35 @@ def _load_verified(
         with _custom_objects(directory, report, gate) as objects:
             model = _load_model(model_path, fmt, objects, options, compat)
             if options.probe and manifest.probe is not None:
-                from kbundle.models.probe import run_probe
-
-                compat = run_probe(model, directory, manifest, compat, what=name)
+                compat = _with_probe(compat, model, directory, manifest, name)
     return model, compat
+
+
+def _with_probe(
+    compat: CompatReport, model: Any, directory: Path, manifest: Manifest, what: str
+) -> CompatReport:
+    """``compat`` with the probe's finding, under the report's policy (``--severity
+    probe=warn``); an error finding raises."""
+    from kbundle.models.probe import check_probe
+
+    assert manifest.probe is not None
+    finding = compat.policy.override(
+        check_probe(
+            model,
+            directory,
+            manifest.probe,
+            differences=compat.findings,
+            custom_objects=manifest.custom_objects,
+        )
+    )
+    if finding.severity >= Severity.ERROR:
+        raise EnvironmentMismatchError(
+            f"the model loaded from {what} computes different outputs than when it was packed: "
+            f"{finding.actual} (expected {finding.expected})",
+            hint=f"{finding.why}; --no-probe (probe=False) skips the probe",
+            findings=[finding],
+        )
+    return compat.with_findings([finding])
 
 
 def _require_config_modules(
@@ -427,6 +357,18 @@ def _load_model(
         raise compat.explain_load_failure(exc) from exc
 
 
+def _chosen(options: LoadOptions | None, keywords: LoadOptions) -> LoadOptions:
+    """``options`` or the options built from keyword arguments: not both."""
+    if options is None:
+        return keywords
+    if keywords != LoadOptions.create():
+        raise UsageError(
+            "pass either options= or the individual load keyword arguments, not both",
+            hint="put every choice into the LoadOptions you pass",
+        )
+    return options
+
+
 def unpack(
     bundle: str | os.PathLike[str],
     destination: str | os.PathLike[str],
@@ -434,10 +376,18 @@ def unpack(
     force: bool = False,
     expect: str | None = None,
     load_model: bool = False,
-    options: LoadOptions | None = None,
     trusted_keys: TrustedKeys | None = None,
     require_signature: bool = False,
-    progress: Callable[[int, int], None] | None = None,
+    progress: ProgressCallback | None = None,
+    options: LoadOptions | None = None,
+    trust_code: bool = False,
+    allow_distributions: Iterable[str] = (),
+    safe_mode: bool = True,
+    compile: bool = True,
+    ignore_env: bool = False,
+    env_policy: str | None = None,
+    env_severity: Iterable[str] = (),
+    probe: bool = True,
 ) -> UnpackResult:
     """Verify ``bundle`` while extracting it; ``destination`` appears only if all is intact.
 
@@ -445,23 +395,36 @@ def unpack(
     destination is replaced only with ``force``, and only when it is an earlier unpack's
     output that nothing was added to (everything in it is listed by its ``kbundle.json``), not
     a symbolic link, the current directory or a directory holding it, and never when it is or
-    holds ``bundle`` itself (kbundle.storage.atomic). With ``load_model`` the model is loaded from
-    the verified files before they are moved into place, proving that it loads.
-    ``trusted_keys`` and ``require_signature`` are as for :func:`verify`; a signature by a
-    trusted key lets bundled code run without ``trust_code``.
+    holds ``bundle`` itself (kbundle.storage.atomic). With ``load_model`` the model is loaded
+    from the verified files before they are moved into place, proving that it loads; the load
+    takes the same choices as :func:`load` (keywords, or one :class:`LoadOptions`).
+    ``trusted_keys`` and ``require_signature`` are as for :func:`~kbundle.verify`; a signature
+    by a trusted key lets bundled code run without ``trust_code``.
     """
-    path = _as_path(bundle)
-    _check_expected(expect)
+    chosen = _chosen(
+        options,
+        LoadOptions.create(
+            trust_code=trust_code,
+            allow_distributions=allow_distributions,
+            safe_mode=safe_mode,
+            compile=compile,
+            ignore_env=ignore_env,
+            env_policy=env_policy,
+            env_severity=env_severity,
+            probe=probe,
+        ),
+    )
+    path = Path(bundle)
+    check_expected(expect)
     policy = SignaturePolicy.create(trusted_keys, require_signature)
     read_head(path)  # a bad bundle fails before any directory is made
-    chosen = options or LoadOptions()
     with atomic_directory(Path(destination), force=force, inputs=(path,)) as staging:
-        report = _extract_verified(path, staging, expect, progress, policy)
+        report = verified_scan(
+            path, expect=expect, policy=policy, progress=progress, extract_to=staging
+        )
         if load_model:
             model, compat = _load_verified(staging, report, chosen, str(path))
         else:  # nothing runs here, so differences are reported but refuse nothing
-            from kbundle.env.rules import environment_gate
-
             model, compat = None, environment_gate(report.head.manifest, chosen.env_policy)
     return UnpackResult(Path(destination), report, model, list(compat.findings))
 
@@ -495,57 +458,67 @@ def load(
     bundle: str | os.PathLike[str],
     *,
     expect: str | None = None,
+    trusted_keys: TrustedKeys | None = None,
+    require_signature: bool = False,
+    progress: ProgressCallback | None = None,
+    options: LoadOptions | None = None,
     trust_code: bool = False,
     allow_distributions: Iterable[str] = (),
     safe_mode: bool = True,
     compile: bool = True,
-    trusted_keys: TrustedKeys | None = None,
-    require_signature: bool = False,
     ignore_env: bool = False,
     env_policy: str | None = None,
     env_severity: Iterable[str] = (),
     probe: bool = True,
-    progress: Callable[[int, int], None] | None = None,
 ) -> Any:
     """Verify the bundle into a private temporary directory and load the model from there.
 
     Returns a ``keras.Model`` for ``.keras`` and ``.h5`` models (a ``tf_keras`` model for a
     Keras 2 file only tf-keras can read) and a ``keras.layers.TFSMLayer`` for a SavedModel
-    (docs/formats.md). The model file is checked before Keras opens it. Code the bundle
+    (docs/model-formats.md). The model file is checked before Keras opens it. Code the bundle
     brings (bundled source, pickles, a SavedModel's graph) runs only with ``trust_code=True``
     or when the bundle is signed by a trusted key (``trusted_keys``, else the trusted-keys
-    directory; see :func:`verify`); otherwise only Keras's own packages and the installed
-    distributions in ``allow_distributions`` (and ``[tool.kbundle] allow-distributions``) may
-    be imported to find custom objects (:class:`LoadOptions`). Keras ``safe_mode`` stays on
-    unless ``safe_mode=False``. The environment is checked first under
-    ``env_policy`` (``default``, ``strict``, ``lenient``; ``env_severity`` holds
-    ``FIELD=LEVEL`` overrides; see docs/compatibility.md): errors raise
-    :class:`EnvironmentMismatchError` unless ``ignore_env``; warnings are issued once, as one
-    :class:`kbundle.env.rules.EnvironmentWarning`. The stored probe is re-run after loading
-    unless ``probe=False``; a mismatch raises.
+    directory; see :func:`~kbundle.verify`); otherwise only Keras's own packages and the
+    installed distributions in ``allow_distributions`` (and ``[tool.kbundle]
+    allow-distributions``) may be imported to find custom objects. Keras ``safe_mode`` stays
+    on unless ``safe_mode=False``. The environment is checked first under ``env_policy``
+    (``default``, ``strict``, ``lenient``; ``env_severity`` holds ``FIELD=LEVEL`` overrides;
+    see docs/compatibility.md): errors raise :class:`EnvironmentMismatchError` unless
+    ``ignore_env``; warnings are issued once, as one :class:`~kbundle.EnvironmentWarning`.
+    The stored probe is re-run after loading unless ``probe=False``; a mismatch raises.
+    ``options`` (a :class:`LoadOptions`) may replace the keyword arguments from
+    ``trust_code`` on.
     """
-    path = _as_path(bundle)
-    _check_expected(expect)
-    policy = SignaturePolicy.create(trusted_keys, require_signature)
-    from kbundle.env.rules import resolve_policy
-
-    env = resolve_policy(env_policy, env_severity, origin="env_severity")
-    options = LoadOptions(
-        trust_code=trust_code,
-        allow_distributions=tuple(allow_distributions),
-        safe_mode=safe_mode,
-        compile=compile,
-        ignore_env=ignore_env,
-        env_policy=env,
-        probe=probe,
+    chosen = _chosen(
+        options,
+        LoadOptions.create(
+            trust_code=trust_code,
+            allow_distributions=allow_distributions,
+            safe_mode=safe_mode,
+            compile=compile,
+            ignore_env=ignore_env,
+            env_policy=env_policy,
+            env_severity=env_severity,
+            probe=probe,
+        ),
     )
+    path = Path(bundle)
+    check_expected(expect)
+    policy = SignaturePolicy.create(trusted_keys, require_signature)
     manifest = read_head(path).manifest
     scratch = _load_scratch(manifest.payload_size)
     with tempfile.TemporaryDirectory(prefix="kbundle-load-", dir=scratch) as private:
         files = Path(private) / "bundle"
         files.mkdir()
         split = _zip_split(manifest.model, Path(private) / "keras_model")
-        report = _extract_verified(path, files, expect, progress, policy, split)
-        model, compat = _load_verified(files, report, options, str(path), private=True, split=split)
+        report = verified_scan(
+            path,
+            expect=expect,
+            policy=policy,
+            progress=progress,
+            extract_to=files,
+            sinks={split.member: split.writer} if split else None,
+        )
+        model, compat = _load_verified(files, report, chosen, str(path), private=True, split=split)
     compat.warn_once(str(path))
     return model

@@ -1,0 +1,142 @@
+"""``kbundle pack``: a model in, one bundle out."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from kbundle.cli.app import (
+    err,
+    handle_errors,
+    json_out,
+    main,
+    out,
+    progress_bar,
+)
+from kbundle.cli.options import (
+    force_bundle_option,
+    json_option,
+    load_signing_key_prompting,
+    passphrase_option,
+    quiet_option,
+)
+from kbundle.cli.render import size_text
+from kbundle.container.writer import DEFAULT_LEVEL
+
+
+@main.command(
+    epilog="""\b
+Examples:
+  kbundle pack model.keras -o model.kbundle
+  kbundle pack model.keras -o model.kbundle --custom-objects mypkg.layers
+  kbundle pack model.keras -o model.kbundle --level 19 --force
+  kbundle pack big.keras -o big.kbundle --level none --quiet --no-probe
+  kbundle pack model.keras -o model.kbundle --sign release.key
+  kbundle pack model.keras -o model.kbundle --lock
+"""
+)
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option(
+    "--custom-objects",
+    "custom_modules",
+    multiple=True,
+    metavar="MODULE",
+    help="Import MODULE (from the current directory or PYTHONPATH) "
+    "to find the model's custom objects; repeatable.",
+)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The bundle to write (NAME.kbundle).",
+)
+@click.option(
+    "--level",
+    default=str(DEFAULT_LEVEL),
+    show_default=True,
+    metavar="1..22|none",
+    help="zstd compression level, or 'none' to store.",
+)
+@click.option(
+    "--threads",
+    default=-1,
+    show_default=True,
+    type=int,
+    help="zstd worker threads (-1: one per CPU, 0: no workers).",
+)
+@click.option(
+    "--sign",
+    "sign_key",
+    type=click.Path(path_type=Path),
+    metavar="KEY",
+    help="Sign the bundle with this private key (from 'kbundle keygen').",
+)
+@passphrase_option
+@click.option(
+    "--probe/--no-probe",
+    default=None,
+    help="Store a deterministic input and the model's output, re-checked at load (default: "
+    "whenever the input signature is known; loads a model file with Keras, which imports "
+    "TensorFlow).",
+)
+@click.option(
+    "--lock",
+    is_flag=True,
+    help="Hash-lock the pinned requirements with pip-tools (asks the package index; slow).",
+)
+@force_bundle_option
+@quiet_option
+@json_option
+@handle_errors("as_json")
+def pack(
+    model: Path,
+    custom_modules: tuple[str, ...],
+    output: Path,
+    level: str,
+    threads: int,
+    sign_key: Path | None,
+    passphrase_file: Path | None,
+    probe: bool | None,
+    lock: bool,
+    force: bool,
+    quiet: bool,
+    as_json: bool,
+) -> None:
+    """Pack MODEL (.keras, .h5 or SavedModel directory) into one verified bundle.
+
+    Prints the bundle digest (sha256 of its manifest); pin it in deploy scripts with
+    'kbundle verify --expect'. Nothing is written unless pack succeeds.
+    """
+    from kbundle.pipelines.pack import pack as pack_model
+    from kbundle.storage.atomic import check_destination
+
+    check_destination(output, force=force, what="bundle", inputs=(model,))
+    signing_key = load_signing_key_prompting(sign_key, passphrase_file) if sign_key else None
+    with progress_bar("packing", not quiet) as progress:
+        result = pack_model(
+            model,
+            output,
+            force=force,
+            level=level,
+            threads=threads,
+            progress=progress,
+            signing_key=signing_key,
+            probe=probe,
+            lock=lock,
+            custom_modules=custom_modules,
+        )
+    if as_json:
+        json_out(result.to_dict())
+        return
+    for note in result.notes:
+        err(f"kbundle: note: {note}")
+    if not quiet:
+        err(
+            f"packed {model} ({result.manifest.model.format}) into {result.path}: "
+            f"{size_text(result.size)}, payload {size_text(result.manifest.payload_size)}"
+        )
+        if signing_key:
+            err(f"signed by {signing_key.key_id}")
+    out(f"{result.digest}  {result.path}")

@@ -1,0 +1,42 @@
+"""``kbundle check``: can this environment load a bundle? And the same check before a load.
+
+Reads only the manifest and installed metadata: imports neither TensorFlow nor Keras nor
+bundled code. Stable: ``check`` is public API.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from kbundle.container.manifest import Environment, Manifest
+from kbundle.container.reader import read_head
+from kbundle.env.rules import CompatReport, Policy, check_manifest, resolve_policy
+
+__all__ = ["check", "environment_gate"]
+
+
+def check(
+    bundle: str | os.PathLike[str],
+    *,
+    policy: str | None = None,
+    severity: Iterable[str] = (),
+    current: Environment | None = None,
+) -> CompatReport:
+    """Compare ``bundle``'s recorded environment with this one. Reads only the manifest:
+    it says nothing about whether the bundle is intact (``verify`` does)."""
+    from pathlib import Path
+
+    manifest = read_head(Path(bundle)).manifest
+    return check_manifest(manifest, policy=resolve_policy(policy, severity), current=current)
+
+
+def environment_gate(
+    manifest: Manifest, policy: Policy | None, *, ignore: bool = True, what: str = "the bundle"
+) -> CompatReport:
+    """The check before loading: ``policy`` (None: the configured one); errors raise unless
+    ``ignore``."""
+    report = check_manifest(manifest, policy=policy or resolve_policy())
+    if not ignore:
+        report.raise_for_errors(what)
+    return report
