@@ -49,7 +49,8 @@ class Finding:
         sides = []
         if self.expected is not None:
             sides.append(f"expected {self.expected}")
-        if self.actual is not None:
+        if self.actual is not None and not self.problem.endswith(self.actual):
+            # "not installed (found not installed)" says it twice
             sides.append(f"found {self.actual}")
         if sides:
             text += f" ({', '.join(sides)})"

@@ -24,6 +24,34 @@ os.environ.setdefault("KERAS_BACKEND", "tensorflow")
 os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def session_tmpdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """TMPDIR for this process and every child: a directory under pytest's own base
+    temporary directory, so whatever kbundle's temporary directories leave lands there (and
+    pytest's rotation removes it), never in the system's /tmp."""
+    import tempfile
+
+    directory = tmp_path_factory.getbasetemp() / "tmpdir"
+    directory.mkdir(exist_ok=True)
+    os.environ["TMPDIR"] = str(directory)
+    tempfile.tempdir = None  # gettempdir() reads TMPDIR again
+    return directory
+
+
+@pytest.fixture(autouse=True)
+def nothing_left_in_tmpdir(session_tmpdir: Path) -> Any:
+    """Every test leaves its temporary directories clean: kbundle removes its scratch
+    directories itself (a process killed with SIGKILL cannot; such tests give the child a
+    TMPDIR of their own)."""
+    import shutil
+
+    yield
+    left = sorted(p.name for p in session_tmpdir.iterdir() if p.name.startswith("kbundle-"))
+    for name in left:
+        shutil.rmtree(session_tmpdir / name, ignore_errors=True)
+    assert not left, f"left behind in TMPDIR: {left}"
+
+
 def child_env(**extra: str) -> dict[str, str]:
     """The environment for a kbundle child process: this checkout importable, TF quiet."""
     env = dict(os.environ)
@@ -134,6 +162,44 @@ def sample_inputs() -> Callable[[Any], Any]:
     return make
 
 
+USER_LAYERS = """\
+import keras
+
+
+@keras.saving.register_keras_serializable(package="mypkg")
+class Scale(keras.layers.Layer):
+    def __init__(self, factor=2.0, **kwargs):
+        super().__init__(**kwargs)
+        self.factor = factor
+
+    def call(self, x):
+        return x * self.factor
+
+    def get_config(self):
+        return {**super().get_config(), "factor": self.factor}
+"""
+
+
+@pytest.fixture(scope="module")
+def user_project(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A new user's project: ``mypkg/mylayers.py`` registers ``mypkg>Scale``, and
+    ``model.keras`` uses it (saved by a training script run in the project directory)."""
+    project = tmp_path_factory.mktemp("project")
+    (project / "mypkg").mkdir()
+    (project / "mypkg" / "__init__.py").write_text("")
+    (project / "mypkg" / "mylayers.py").write_text(USER_LAYERS)
+    trained = run_python(
+        "-c",
+        "import keras\n"
+        "from mypkg.mylayers import Scale\n"
+        "model = keras.Sequential([keras.Input((3,)), Scale(3.0), keras.layers.Dense(2)])\n"
+        "model.save('model.keras')\n",
+        cwd=project,
+    )
+    assert trained.returncode == 0, trained.stderr
+    return project
+
+
 @pytest.fixture
 def saved_keras_file(tmp_path: Path, sequential_model: Any) -> Path:
     """The sequential model saved as a .keras file."""
@@ -174,9 +240,7 @@ def python_with_site(tmp_path: Path, files: dict[str, str]) -> Path:
         (site_dir / relative).parent.mkdir(parents=True, exist_ok=True)
         (site_dir / relative).write_text(text)
     here = sysconfig.get_paths()["purelib"]
-    (site_dir / "zz-parent-environment.pth").write_text(
-        f"import site; site.addsitedir({here!r})\n"
-    )
+    (site_dir / "zz-parent-environment.pth").write_text(f"import site; site.addsitedir({here!r})\n")
     return python
 
 

@@ -265,6 +265,28 @@ def test_cli_corruption_exit_code_and_one_line(bundle: Path, tmp_path: Path) -> 
     assert report["ok"] is False and report["exit_code"] == 1 and report["findings"]
 
 
+def test_a_truncated_bundle_is_blamed_on_the_file_not_on_a_member(
+    bundle: Path, tmp_path: Path
+) -> None:
+    data = bundle.read_bytes()
+    broken = tmp_path / "cut.kbundle"
+    broken.write_bytes(data[:100])  # inside the manifest, the first member
+    early = run_cli("verify", broken)
+    assert_clean_failure(early, 1)
+    assert early.stderr == (
+        f"kbundle: error: {broken} is truncated: it ends inside the manifest, its first member; "
+        "the file was cut short; fetch an intact copy\n"
+    )
+    broken.write_bytes(data[: len(data) - 100])  # past every member's header
+    late = run_cli("verify", broken)
+    assert_clean_failure(late, 1)
+    assert late.stderr.startswith(
+        f"kbundle: error: {broken} failed verification: (bundle file): truncated: the stream "
+        f"ends before its trailer (found {len(data) - 100} bytes on disk)"
+    )
+    assert "kbundle.json" not in early.stderr + late.stderr
+
+
 # ---------------------------------------------------------------------------------------------
 # Hostile archives (THREATS rows 3-8, 14)
 

@@ -155,6 +155,19 @@ def test_unpack_refuses_an_incompatible_environment_unless_ignored(
     )
 
 
+def test_unpack_no_load_says_once_what_a_load_would_meet(bundle: Path, tmp_path: Path) -> None:
+    # Nothing loads with --no-load, so nothing is refused or "ignored": one note, not one
+    # "ignored error" line per difference.
+    legacy = child_env(TF_USE_LEGACY_KERAS="1")
+    result = run_cli("unpack", bundle, "-d", tmp_path / "out", "--no-load", env=legacy)
+    assert result.returncode == 0, result.stderr
+    assert [line for line in result.stderr.splitlines() if line.startswith("kbundle: ")] == [
+        "kbundle: note: not loaded (--no-load); this environment differs from the recorded one: "
+        f"1 error (keras.major) would refuse a load; 'kbundle check {bundle}' explains each"
+    ]
+    assert "ignored error" not in result.stderr
+
+
 def test_unpack_json_reports_every_environment_finding_and_the_probe(
     bundle: Path, tmp_path: Path
 ) -> None:
@@ -301,3 +314,31 @@ def test_load_refuses_or_warns_once_in_python(
     with pytest.warns(kbundle.EnvironmentWarning) as ignored:
         kbundle.load(bundle, ignore_env=True, probe=False)
     assert [str(w.message) for w in ignored] == [expected.format("", "error")]
+
+
+def test_check_says_it_reads_only_the_manifest_and_verifies_on_request(
+    bundle: Path, tmp_path: Path
+) -> None:
+    data = bytearray(bundle.read_bytes())
+    data[-5] ^= 0x01  # inside the trailer: the manifest still reads
+    damaged = tmp_path / "damaged.kbundle"
+    damaged.write_bytes(bytes(data))
+
+    plain = run_cli("check", damaged)
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout.splitlines()[-2:] == [
+        "integrity: not verified (check reads only the manifest; 'kbundle verify' or "
+        "'kbundle check --verify' proves the bundle intact)",
+        "verdict: compatible (policy default)",
+    ]
+    assert json.loads(run_cli("check", damaged, "--json").stdout)["verified"] is False
+
+    verified = run_cli("check", damaged, "--verify")
+    assert_clean_failure(verified, 1)
+    assert verified.stderr.startswith(f"kbundle: error: {damaged} failed verification: ")
+    assert verified.stdout == ""
+
+    intact = run_cli("check", bundle, "--verify")
+    assert intact.returncode == 0, intact.stderr
+    assert intact.stdout.splitlines()[-2] == ("integrity: verified, every member's SHA-256 matches")
+    assert json.loads(run_cli("check", bundle, "--verify", "--json").stdout)["verified"] is True

@@ -74,7 +74,7 @@ def test_pack_refuses_to_overwrite_and_keeps_the_original(
     assert_clean_failure(result, 2)
     assert (
         result.stderr
-        == f"kbundle: error: bundle {bundle} already exists; pass --force to replace it\n"
+        == f"kbundle: error: bundle {bundle} already exists; pass --force (force=True) to replace it\n"
     )
     assert bundle.read_bytes() == b"precious"
     # --force replaces a bundle, not whatever file has the name (THREATS.md row 27)...
@@ -103,7 +103,7 @@ def test_unpack_refuses_existing_destination(saved_keras_file: Path, tmp_path: P
     assert_clean_failure(result, 2)
     assert (
         result.stderr
-        == f"kbundle: error: destination {destination} already exists; pass --force to replace it\n"
+        == f"kbundle: error: destination {destination} already exists; pass --force (force=True) to replace it\n"
     )
     assert (destination / "keep.txt").read_text() == "mine"
 
@@ -125,7 +125,7 @@ def test_unpack_refuses_existing_destination(saved_keras_file: Path, tmp_path: P
         ),
         (
             ["verify", "x.kbundle", "--expect", "abc"],
-            "kbundle: error: --expect must be 'sha256:' followed by 64 lowercase hex digits: 'abc'; copy the digest that 'kbundle pack' printed",
+            "kbundle: error: expect (--expect) must be 'sha256:' followed by 64 lowercase hex digits: 'abc'; copy the digest that 'kbundle pack' printed",
         ),
     ],
 )
@@ -170,6 +170,8 @@ def test_pack_killed_mid_write_leaves_nothing(keras: Any, tmp_path: Path) -> Non
     model = _big_model(tmp_path, keras)
     out_dir = tmp_path / "out"
     out_dir.mkdir()
+    scratch = tmp_path / "child-tmp"  # SIGKILL leaves pack's scratch directory: keep it here
+    scratch.mkdir()
     for delay in (0.3, 0.6, 1.0):
         process = subprocess.Popen(
             [
@@ -186,7 +188,7 @@ def test_pack_killed_mid_write_leaves_nothing(keras: Any, tmp_path: Path) -> Non
                 "0",
                 "--quiet",
             ],
-            env=child_env(),
+            env=child_env(TMPDIR=str(scratch)),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -344,3 +346,87 @@ def test_pack_of_a_bundle_says_it_is_one(saved_keras_file: Path, tmp_path: Path)
         shown.stderr
         == f"{bundle} carries no custom-object code: nothing would run when it is loaded\n"
     )
+
+
+def test_every_command_has_json_and_every_talkative_one_has_quiet() -> None:
+    # The README promises both; a new command that forgets either fails here.
+    import click
+
+    from kbundle.cli import main
+
+    def commands(group: click.Group, prefix: str = "") -> dict[str, click.Command]:
+        found: dict[str, click.Command] = {}
+        for name, command in group.commands.items():
+            if isinstance(command, click.Group):
+                found.update(commands(command, f"{prefix}{name} "))
+            else:
+                found[prefix + name] = command
+        return found
+
+    every = commands(main)
+    flags = {name: {o for p in c.params for o in p.opts} for name, c in every.items()}
+    assert [name for name, opts in flags.items() if "--json" not in opts] == []
+    talkative = ["pack", "verify", "unpack", "sign", "keygen", "env export", "env create"]
+    assert [name for name in talkative if "-q" not in flags[name]] == []
+
+
+def test_quiet_is_quiet_on_every_path_that_imports_tensorflow(
+    user_project: Path, tmp_path: Path
+) -> None:
+    # TensorFlow's native start-up lines are written by C++ before Python logging exists;
+    # TF_CPP_MIN_LOG_LEVEL=0 lets all of them out, and --quiet must still print the digest only.
+    loud = child_env(TF_CPP_MIN_LOG_LEVEL="0")
+    bundle = tmp_path / "m.kbundle"
+    note = (
+        "kbundle: note: imported mypkg.mylayers from your project to find the model's custom "
+        "objects (--no-project-imports turns this off)\n"
+    )
+    for extra, expected in (
+        (["--custom-objects", "mypkg.mylayers", "--no-project-imports"], ""),
+        ([], note),
+    ):
+        packed = run_cli(
+            "pack", "model.keras", "-o", bundle, "--force", "--quiet", *extra,
+            cwd=user_project, env=loud,
+        )  # fmt: skip
+        assert packed.returncode == 0, packed.stderr
+        assert (packed.stdout, packed.stderr) == (
+            f"sha256:{packed.stdout[7:71]}  {bundle}\n",
+            expected,
+        )
+    unpacked = run_cli(
+        "unpack", bundle, "-d", tmp_path / "out", "--trust-code", "--quiet", env=loud
+    )
+    assert (unpacked.returncode, unpacked.stderr) == (0, "")
+
+
+def test_every_phase_that_takes_a_while_is_named(saved_keras_file: Path, tmp_path: Path) -> None:
+    import kbundle
+
+    packing: list[str] = []
+    bundle = kbundle.pack(saved_keras_file, tmp_path / "m.kbundle", phase=packing.append).path
+    assert packing == [
+        "checking the model file",
+        "finding the model's custom objects",
+        "running the probe (loads the model with Keras when packing a file)",
+        "recording the environment",
+    ]
+    loading: list[str] = []
+    kbundle.unpack(bundle, tmp_path / "out", load_model=True, phase=loading.append)
+    assert loading == [
+        "checking the environment",
+        "loading the model with Keras",
+        "running the probe",
+    ]
+
+    # On a terminal each phase replaces the bar's label while it runs.
+    code, terminal = _stderr_on_a_terminal(
+        ["pack", str(saved_keras_file), "-o", str(tmp_path / "t.kbundle")]
+    )
+    assert code == 0, terminal
+    assert "running the probe (loads the model with Keras when packing a file)" in terminal
+    code, terminal = _stderr_on_a_terminal(
+        ["unpack", str(tmp_path / "t.kbundle"), "-d", str(tmp_path / "t")]
+    )
+    assert code == 0, terminal
+    assert "loading the model with Keras" in terminal

@@ -222,6 +222,10 @@ def test_distributions_that_custom_objects_import_must_be_installed() -> None:
     assert (
         found["distributions.numpy"].severity == Severity.WARN
     )  # Shift's definition may have changed
+    # One line says "not installed" once, not "not installed (found not installed)".
+    assert found["distributions.absent-layers-pkg"].describe() == (
+        "distributions.absent-layers-pkg: not installed (expected 1.2.0)"
+    )
 
 
 def test_several_tensorflow_distributions_and_a_cpu_build_for_a_cuda_one_are_warnings() -> None:

@@ -18,6 +18,7 @@ import pickle
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -271,6 +272,81 @@ def test_manifest_records_pickle_versions_digests_and_imports(packed: Workspace)
 
 
 @pytest.mark.slow
+def test_pack_of_a_model_file_imports_the_projects_own_modules_and_says_so(
+    packed: Workspace, tmp_path: Path
+) -> None:
+    # The common case: a layer registered in the author's package, packed from the project.
+    model_file = packed.out / "files" / "build_weights.keras"
+    result = run_cli(
+        "pack", model_file, "-o", tmp_path / "m.kbundle", cwd=packed.project, env=_deploy_env()
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stderr.splitlines()[0] == (
+        "kbundle: note: imported mypkg.layers from your project to find the model's custom "
+        "objects (--no-project-imports turns this off)"
+    )
+    (obj,) = read_head(tmp_path / "m.kbundle").manifest.custom_objects
+    assert (obj.transport, [s.path for s in obj.sources]) == (
+        "source",
+        ["code/mypkg/__init__.py", "code/mypkg/layers.py"],
+    )
+
+    # A PYTHONPATH entry is part of the project too; another directory is not.
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    on_path = run_cli(
+        "pack",
+        model_file,
+        "-o",
+        tmp_path / "p.kbundle",
+        "-q",
+        cwd=elsewhere,
+        env=child_env(PYTHONPATH=f"{packed.project}{os.pathsep}{REPO}"),
+    )
+    assert on_path.returncode == 0, on_path.stderr
+    assert "imported mypkg.layers from your project" in on_path.stderr
+    assert_clean_failure(
+        run_cli("pack", model_file, "-o", tmp_path / "n.kbundle", cwd=elsewhere, env=_deploy_env()),
+        2,
+    )
+
+    # An installed distribution the config names is not the author's source: never imported.
+    installed = run_cli(
+        "pack",
+        packed.out / "files" / "distribution.keras",
+        "-o",
+        tmp_path / "d.kbundle",
+        cwd=packed.project,
+        env=child_env(PYTHONPATH=f"{packed.site}{os.pathsep}{REPO}"),
+    )
+    assert_clean_failure(installed, 2)
+    assert "is not defined in the packing process" in installed.stderr
+    assert "imported" not in installed.stderr
+
+
+def test_a_model_file_naming_a_standard_library_module_imports_nothing(
+    saved_keras_file: Path, tmp_path: Path
+) -> None:
+    # "this" prints the Zen of Python when imported: a config naming it must not make pack
+    # import it, from the project directory or anywhere.
+    forged = tmp_path / "this.keras"
+    with zipfile.ZipFile(saved_keras_file) as source, zipfile.ZipFile(forged, "w") as target:
+        for item in source.infolist():
+            data = source.read(item)
+            if item.filename == "config.json":
+                config = json.loads(data)
+                layer = config["config"]["layers"][-1]
+                layer.update(module="this", class_name="Zen", registered_name="Zen")
+                data = json.dumps(config).encode()
+            target.writestr(item, data)
+    result = run_cli("pack", forged, "-o", tmp_path / "z.kbundle", cwd=tmp_path)
+    assert_clean_failure(result, 2)
+    assert "Beautiful is better than ugly" not in result.stdout + result.stderr
+    assert "class 'Zen' (module this) is not defined in the packing process" in result.stderr
+    assert not (tmp_path / "z.kbundle").exists()
+
+
+@pytest.mark.slow
 def test_cli_pack_of_a_model_file_imports_the_named_modules(
     packed: Workspace, tmp_path: Path
 ) -> None:
@@ -281,15 +357,17 @@ def test_cli_pack_of_a_model_file_imports_the_named_modules(
         "-o",
         tmp_path / "no.kbundle",
         "--quiet",
+        "--no-project-imports",
         cwd=packed.project,
         env=_deploy_env(),
     )
     assert_clean_failure(refused, 2)
     assert refused.stderr.strip() == (
         "kbundle: error: cannot capture custom object MyCustomLayer: class 'MyCustomLayer' "
-        "(module mypkg.layers) is not defined in the packing process; import it first (kbundle "
-        "pack --custom-objects mypkg.layers), pass it with custom_objects={'MyCustomLayer': "
-        "MyCustomLayer}, or register it with @keras.saving.register_keras_serializable()"
+        "(module mypkg.layers) is not defined in the packing process; import it (kbundle "
+        "pack --custom-objects mypkg.layers) or pass it with custom_objects={'MyCustomLayer': "
+        "MyCustomLayer}; pack imports a module by itself only when it is a file under the "
+        "current directory or a PYTHONPATH entry"
     )
     assert not (tmp_path / "no.kbundle").exists()
 
@@ -300,15 +378,17 @@ def test_cli_pack_of_a_model_file_imports_the_named_modules(
         "-o",
         tmp_path / "no.kbundle",
         "--quiet",
+        "--no-project-imports",
         cwd=packed.project,
         env=_deploy_env(),
     )
     assert_clean_failure(both, 2)
     assert both.stderr.splitlines() == [
         "kbundle: error: cannot capture custom object acme>Scale: class 'Scale' (module mypkg.acme) "
-        "is not defined in the packing process (and 1 more problem); import it first (kbundle "
-        "pack --custom-objects mypkg.acme), pass it with custom_objects={'acme>Scale': Scale}, "
-        "or register it with @keras.saving.register_keras_serializable()",
+        "is not defined in the packing process (and 1 more problem); import it (kbundle "
+        "pack --custom-objects mypkg.acme) or pass it with custom_objects={'acme>Scale': Scale}; "
+        "pack imports a module by itself only when it is a file under the current directory or "
+        "a PYTHONPATH entry",
         "all 2 problems:",
         "  - custom object acme>Scale: class 'Scale' (module mypkg.acme) is not defined in the packing process",
         "  - custom object acme>soft_sign: function 'acme>soft_sign' is not Keras's, not registered, "

@@ -40,8 +40,15 @@ def _doctor(
     """Run ``kbundle doctor --json`` (with ``python``, else this interpreter) and return the
     process and its parsed report."""
     done = run_python(
-        "-m", "kbundle", "doctor", target, "--json", *args,
-        python=python or sys.executable, cwd=cwd, env=env,
+        "-m",
+        "kbundle",
+        "doctor",
+        target,
+        "--json",
+        *args,
+        python=python or sys.executable,
+        cwd=cwd,
+        env=env,
     )
     assert "Traceback" not in done.stderr, done.stderr
     return done, json.loads(done.stdout)
@@ -332,8 +339,10 @@ def test_keras2_file_loads_through_tf_keras_with_environment_warnings(keras2_fil
 def test_keras2_file_without_tf_keras(keras2_files: Path, tmp_path: Path) -> None:
     python = python_with_site(  # an environment whose tf_keras does not import
         tmp_path,
-        {"tf_keras/__init__.py": "raise ModuleNotFoundError(\"No module named 'tf_keras'\", "
-         "name='tf_keras')\n"},
+        {
+            "tf_keras/__init__.py": "raise ModuleNotFoundError(\"No module named 'tf_keras'\", "
+            "name='tf_keras')\n"
+        },
     )
 
     done, report = _doctor(keras2_files / "tfop.h5", python=python)
@@ -424,6 +433,39 @@ def test_healthy_bundle_and_a_corrupted_one(saved_keras_file: Path, tmp_path: Pa
     assert (
         report["load"]["skipped"] == "the bundle failed verification; none of its files were used"
     )
+
+
+def test_a_healthy_bundle_carrying_code_needs_trust_not_a_fix(
+    user_project: Path, tmp_path: Path
+) -> None:
+    bundle = tmp_path / "m.kbundle"
+    assert run_cli("pack", "model.keras", "-o", bundle, "-q", cwd=user_project).returncode == 0
+    # Run where the project's code is absent, as a deploy machine would.
+    untrusted = run_cli("doctor", bundle, cwd=tmp_path)
+    assert_clean_failure(untrusted, 4)
+    lines = untrusted.stdout.splitlines()
+    assert lines[-2:] == [
+        "load          not attempted: the model needs the code the bundle carries "
+        "(mypkg>Scale: source), and doctor runs it only when trusted",
+        "verdict       not loaded: it needs trust (--trust-code)",
+    ]
+    assert "does not load" not in untrusted.stdout
+    assert untrusted.stderr == (
+        f"kbundle: error: {bundle} was not loaded: the model needs the code the bundle carries "
+        "(mypkg>Scale: source), and doctor runs it only when trusted; pass --trust-code "
+        "(trust_code=True) if you trust it\n"
+    )
+
+    trusted = run_cli("doctor", bundle, "--trust-code", cwd=tmp_path)
+    assert trusted.returncode == 0, trusted.stdout + trusted.stderr
+    assert trusted.stdout.splitlines()[-2:] == [
+        "load          OK with kbundle.load (with the bundle's own code (trusted))",
+        "verdict       healthy: the model loads",
+    ]
+    assert (
+        "  - [ok] model.config.layers[1]: class 'Scale' (module 'mypkg.mylayers', registered "
+        "name 'mypkg>Scale') comes from the bundle's own code (source), trusted"
+    ) in trusted.stdout.splitlines()
 
 
 def test_not_a_model_and_missing_path(tmp_path: Path) -> None:

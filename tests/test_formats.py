@@ -46,8 +46,10 @@ def _outputs(model: Any, x: Any = X) -> np.ndarray:
     return np.asarray(result)
 
 
-def _pack(source: Path, tmp_path: Path, name: str = "model.kbundle") -> kbundle.PackResult:
-    return kbundle.pack(source, tmp_path / name)
+def _pack(
+    source: Path, tmp_path: Path, name: str = "model.kbundle", **options: Any
+) -> kbundle.PackResult:
+    return kbundle.pack(source, tmp_path / name, **options)
 
 
 # --------------------------------------------------------------------------------------------
@@ -575,3 +577,39 @@ def test_describe_keras_zip_without_weights(tmp_path: Path) -> None:
         "name": "s",
         "saved_by": {"keras_version": "3.1.0"},
     }
+
+
+def test_outputs_are_named_from_the_config_and_shaped_by_the_probe(
+    tmp_path: Path, keras: Any, sequential_model: Any
+) -> None:
+    inputs = keras.Input((4,), name="features")
+    hidden = keras.layers.Dense(3, name="hidden")(inputs)
+    two = keras.Model(
+        inputs,
+        [keras.layers.Dense(2, name="score")(hidden), keras.layers.Dense(1, name="gate")(hidden)],
+    )
+    two.save(tmp_path / "two.keras")
+    sequential_model.save(tmp_path / "seq.keras")
+    last = sequential_model.layers[-1].name
+
+    # The config names the outputs; only a built model knows their shapes.
+    for name, expected in (("seq.keras", [last]), ("two.keras", ["score", "gate"])):
+        outputs = describe_model_file(tmp_path / name, "keras")["outputs"]
+        assert [(o.name, o.shape, o.dtype) for o in outputs] == [(n, None, None) for n in expected]
+        unprobed = _pack(tmp_path / name, tmp_path, f"{name}.np.kbundle", probe=False)
+        assert [o.name for o in unprobed.manifest.model.outputs] == expected
+    shown = run_cli("inspect", tmp_path / "two.keras.np.kbundle")
+    assert "outputs     score (shape not recorded; the probe records it), gate (shape not " in (
+        shown.stdout
+    )
+
+    # Packing with the probe loads the model, which fills in the shapes.
+    probed = _pack(tmp_path / "two.keras", tmp_path, "two.kbundle")
+    assert [(o.name, o.shape, o.dtype) for o in probed.manifest.model.outputs] == [
+        ("score", [None, 2], "float32"),
+        ("gate", [None, 1], "float32"),
+    ]
+    seq = _pack(tmp_path / "seq.keras", tmp_path, "seq.kbundle").manifest.model.outputs
+    assert [(o.name, o.shape) for o in seq] == [(last, [None, 1])]
+    shown = run_cli("inspect", tmp_path / "seq.kbundle")
+    assert f"outputs     {last} [None, 1] float32" in shown.stdout.splitlines()

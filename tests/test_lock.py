@@ -7,6 +7,7 @@ in test_env_venv.py.
 from __future__ import annotations
 
 import importlib.metadata as metadata
+import json
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -103,7 +104,16 @@ def test_env_export_writes_the_pins(bundle: Path, tmp_path: Path) -> None:
     assert (written.returncode, written.stderr) == (0, f"wrote {target} (pins without hashes)\n")
     assert target.read_text() == expected
     assert_clean_failure(run_cli("env", "export", bundle, "-o", target), 2)
-    assert run_cli("env", "export", bundle, "-o", target, "--force").returncode == 0
+    quiet = run_cli("env", "export", bundle, "-o", target, "--force", "-q")
+    assert (quiet.returncode, quiet.stdout, quiet.stderr) == (0, "", "")
+    as_json = run_cli("env", "export", bundle, "--json")
+    assert as_json.returncode == 0, as_json.stderr
+    assert json.loads(as_json.stdout) == {
+        "bundle": str(bundle),
+        "output": None,
+        "hashed": False,
+        "requirements": expected,
+    }
     refused = run_cli("env", "export", bundle, "--hashed")
     assert_clean_failure(refused, 2)
     assert refused.stderr == (
@@ -141,7 +151,7 @@ def test_env_create_needs_the_recorded_python(tmp_path: Path, sequential_model: 
     assert_clean_failure(wrong, 2)
     minor = f"{sys.version_info[0]}.{sys.version_info[1]}"
     assert wrong.stderr.startswith(
-        f"kbundle: error: --python {sys.executable} is Python {minor}, the bundle was packed with "
+        f"kbundle: error: python (--python) {sys.executable} is Python {minor}, the bundle was packed with "
         "Python 3.4;"
     )
     occupied = tmp_path / "occupied"

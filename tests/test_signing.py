@@ -168,6 +168,13 @@ def test_keygen_writes_private_key_0600_and_public_key(tmp_path: Path) -> None:
     assert [p.name for p in sorted(tmp_path.iterdir())] == ["release.key", "release.pub"]
 
 
+def test_keygen_quiet_prints_only_the_fingerprint_line(tmp_path: Path) -> None:
+    result = run_cli("keygen", "-o", tmp_path / "ci", "--no-passphrase", "-q")
+    assert (result.returncode, result.stderr) == (0, "")
+    key_id = keys.load_public_key(tmp_path / "ci.pub").key_id
+    assert result.stdout == f"{key_id}  {tmp_path / 'ci.pub'}\n"
+
+
 def test_keygen_never_overwrites_without_force(tmp_path: Path) -> None:
     assert run_cli("keygen", "-o", tmp_path / "release", "--no-passphrase").returncode == 0
     before = (tmp_path / "release.key").read_bytes(), (tmp_path / "release.pub").read_bytes()
@@ -175,7 +182,7 @@ def test_keygen_never_overwrites_without_force(tmp_path: Path) -> None:
     assert_clean_failure(again, 2)
     assert (
         again.stderr == f"kbundle: error: private key {tmp_path / 'release.key'} already exists; "
-        "pass --force to replace it\n"
+        "pass --force (force=True) to replace it\n"
     )
     assert (
         (tmp_path / "release.key").read_bytes(),
@@ -672,7 +679,7 @@ def test_sign_leaves_the_original_untouched_on_failure(
     assert_clean_failure(refused, 2)
     assert (
         refused.stderr
-        == f"kbundle: error: bundle {existing} already exists; pass --force to replace it\n"
+        == f"kbundle: error: bundle {existing} already exists; pass --force (force=True) to replace it\n"
     )
     assert existing.read_bytes() == b"keep me"
 

@@ -514,12 +514,12 @@ def test_a_bundle_recompressed_by_general_tools_is_refused(
     with pytest.raises(IntegrityError) as recompressed_error:
         kbundle.verify(recompressed)
     assert [f.problem for f in recompressed_error.value.findings] == [
-        "bundle is truncated: the stream ends before its trailer"
+        "truncated: the stream ends before its trailer"
     ]
     stored_header = tmp_path / "cut.kbundle"
     stored_header.write_bytes(original.path.read_bytes()[:-TRAILER_SIZE])
     with pytest.raises(IntegrityError) as caught:
         kbundle.verify(stored_header)
     assert [f.problem for f in caught.value.findings] == [
-        "bundle is truncated: the stream ends before its trailer"
+        "truncated: the stream ends before its trailer"
     ]

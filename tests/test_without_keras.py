@@ -54,7 +54,10 @@ def test_pack_verify_and_unpack_without_keras(
 ) -> None:
     sequential_model.save(tmp_path / "model.keras")
     sequential_model.save(tmp_path / "model.h5")
-    for name, weights in (("model.keras", "model.keras/model.weights.h5"), ("model.h5", "model.h5")):
+    for name, weights in (
+        ("model.keras", "model.keras/model.weights.h5"),
+        ("model.h5", "model.h5"),
+    ):
         packed = _bare(bare_python, "pack", name, "-o", f"{name}.kbundle", cwd=tmp_path)
         assert packed.returncode == 0, packed.stderr
         assert packed.stderr.splitlines()[:2] == [
@@ -65,7 +68,12 @@ def test_pack_verify_and_unpack_without_keras(
         assert verified.returncode == 0, verified.stderr
         assert _bare(bare_python, "inspect", f"{name}.kbundle", cwd=tmp_path).returncode == 0
         extracted = _bare(
-            bare_python, "unpack", f"{name}.kbundle", "-d", f"{name}.out", "--no-load",
+            bare_python,
+            "unpack",
+            f"{name}.kbundle",
+            "-d",
+            f"{name}.out",
+            "--no-load",
             cwd=tmp_path,
         )
         assert extracted.returncode == 0, extracted.stderr
@@ -79,3 +87,19 @@ def test_pack_verify_and_unpack_without_keras(
         "only verifies and extracts\n"
     )
     assert not (tmp_path / "loaded").exists()
+
+
+def test_a_plain_install_can_pickle_a_script_defined_layer(bare_python: Path) -> None:
+    # `pip install kbundle` beside an existing TensorFlow must be able to pack a layer defined
+    # in the training script (__main__): that needs cloudpickle, a core dependency.
+    env = child_env()
+    env.pop("PYTHONPATH")
+    found = run_python(
+        "-c",
+        "import cloudpickle, importlib.metadata as m; "
+        "print([r for r in m.requires('kbundle') if r.startswith('cloudpickle')])",
+        python=bare_python,
+        env=env,
+    )
+    assert found.returncode == 0, found.stderr
+    assert "extra ==" not in found.stdout and "cloudpickle" in found.stdout

@@ -56,9 +56,7 @@ def render() -> str:
     ]
     meanings = {code: meaning for _, code, meaning in EXIT_CODES}
     for code in sorted(meanings):
-        raised = ", ".join(
-            f"`{kind.__name__}`" for kind, same, _ in EXIT_CODES if same == code
-        )
+        raised = ", ".join(f"`{kind.__name__}`" for kind, same, _ in EXIT_CODES if same == code)
         lines.append(f"| {code} | {meanings[code]} ({raised}) |")
     lines += [
         f"| {EXIT_INTERNAL} | internal error: "

@@ -20,6 +20,7 @@ import traceback
 import warnings
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import click
@@ -104,35 +105,56 @@ def json_out(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, ensure_ascii=True))
 
 
+@dataclass(frozen=True, slots=True)
+class ProgressDisplay:
+    """What a command shows while it works: ``bytes(done, total)`` moves the bar, ``phase``
+    names a step that has no bytes to count (loading a model, running the probe). Both are
+    ``None`` when nothing is shown (not a terminal, or --quiet)."""
+
+    bytes: Callable[[int, int], None] | None = None
+    phase: Callable[[str], None] | None = None
+
+
 @contextmanager
-def progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], None] | None]:
-    """A progress bar on stderr when it is a terminal and not --quiet; else nothing."""
+def progress_bar(label: str, enabled: bool) -> Iterator[ProgressDisplay]:
+    """A progress bar on stderr when it is a terminal and not --quiet; else nothing. ``label``
+    names the byte-counting step; phases replace it while they last."""
     if not enabled or not sys.stderr.isatty():
-        yield None
+        yield ProgressDisplay()
         return
     from rich.console import Console
     from rich.progress import (
         BarColumn,
         DownloadColumn,
         Progress,
+        SpinnerColumn,
+        TimeElapsedColumn,
         TimeRemainingColumn,
         TransferSpeedColumn,
     )
 
     columns = (
+        SpinnerColumn(),
         "[progress.description]{task.description}",
         BarColumn(),
         DownloadColumn(),
         TransferSpeedColumn(),
         TimeRemainingColumn(),
+        TimeElapsedColumn(),
     )
     with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
         task = bar.add_task(label, total=None)
 
         def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+            bar.update(task, description=label, completed=done, total=total)
 
-        yield update
+        def phase(text: str) -> None:
+            from kbundle.cli.render import printable
+
+            bar.update(task, description=printable(text, keep_newlines=False), total=None)
+            bar.refresh()  # now: the step may hold the GIL (imports) past the next auto-refresh
+
+        yield ProgressDisplay(update, phase)
 
 
 def handle_errors(json_flag: str | None = None) -> Callable[[F], F]:
@@ -167,9 +189,7 @@ def handle_errors(json_flag: str | None = None) -> Callable[[F], F]:
             except OSError as exc:
                 # The machine's problem, not kbundle's: a read or write the system refused.
                 where = f": {exc.filename}" if exc.filename else ""
-                err(
-                    f"kbundle: error: {exc.strerror or exc}{where}; check the path and permissions"
-                )
+                err(f"kbundle: error: {exc.strerror or exc}{where}; check the path and permissions")
                 sys.exit(EXIT_OS_ERROR)
             except KeyboardInterrupt:
                 err("kbundle: interrupted; no partial output was left behind")
@@ -186,7 +206,6 @@ def handle_errors(json_flag: str | None = None) -> Callable[[F], F]:
         return wrapper  # type: ignore[return-value]
 
     return decorate
-
 
 
 @click.group(
@@ -240,4 +259,3 @@ def show_warning(
         return
     with contextlib.suppress(OSError):  # as Python's own: a closed stderr loses the warning
         stream.write(printable(text, keep_newlines=True))
-

@@ -26,7 +26,8 @@ from kbundle.cli.options import (
 bundle failing verification); 3 environment (another Keras major, backend or TensorFlow; ops
 this build lacks); 5 serialization (unresolvable custom objects, Lambda layers) or an
 unclassified load failure; 4 not loaded because loading would run code nobody trusted (a
-SavedModel's graph: pass --trust-code); 2 the path is missing or no kind of model.
+bundle's own code, a SavedModel's graph: pass --trust-code); 2 the path is missing or no kind
+of model.
 
 \b
 Examples:
@@ -46,8 +47,9 @@ Examples:
 @click.option(
     "--trust-code",
     is_flag=True,
-    help="Let the load run code: a SavedModel's graph (its functions and resource "
-    "initialisers run when it is loaded). Without it a SavedModel is checked, not loaded.",
+    help="Let the load run code: a bundle's own custom-object code, and a SavedModel's graph "
+    "(its functions and resource initialisers run when it is loaded). Without it such a model "
+    "is checked, not loaded (exit 4).",
 )
 @json_option
 @handle_errors("as_json")

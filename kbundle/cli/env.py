@@ -38,28 +38,45 @@ Examples:
 )
 @BUNDLE_ARGUMENT
 @policy_options
+@click.option(
+    "--verify",
+    "verify_first",
+    is_flag=True,
+    help="Verify every byte of BUNDLE first (as 'kbundle verify'), so that the verdict is about "
+    "an intact bundle; without it only the manifest is read and nothing is verified.",
+)
 @json_option
 @handle_errors("as_json")
-def check(bundle: Path, policy: str | None, severity: tuple[str, ...], as_json: bool) -> None:
+def check(
+    bundle: Path,
+    policy: str | None,
+    severity: tuple[str, ...],
+    verify_first: bool,
+    as_json: bool,
+) -> None:
     """Can this environment load BUNDLE? Compare the recorded environment field by field.
 
     Prints a table (field, recorded, current, severity), why each difference matters and
     what to do, then the verdict. Exit 0 when nothing is an error, 3 otherwise. Reads only the
-    manifest and installed metadata: imports neither TensorFlow nor Keras nor bundled code.
-    Rules and policies: docs/compatibility.md; [tool.kbundle] in pyproject.toml sets defaults.
+    manifest and installed metadata (imports neither TensorFlow nor Keras nor bundled code),
+    so it is no integrity gate: a corrupt bundle gets a verdict too. --verify checks every
+    byte first (exit 1 on damage). Rules and policies: docs/compatibility.md; [tool.kbundle]
+    in pyproject.toml sets defaults.
     """
     from kbundle.pipelines.check import check as check_bundle
 
-    report = check_bundle(bundle, policy=policy, severity=severity)
+    report = check_bundle(bundle, policy=policy, severity=severity, verify=verify_first)
     if as_json:
         code = EXIT_OK if report.ok else exit_code_for(errors.EnvironmentMismatchError)
-        json_out({"bundle": str(bundle), **report.to_dict(), "exit_code": code})
+        json_out(
+            {"bundle": str(bundle), **report.to_dict(), "verified": verify_first, "exit_code": code}
+        )
         if code:
             sys.exit(code)
         return
     from kbundle.cli.render import render_compat
 
-    out(render_compat(report))
+    out(render_compat(report, verified=verify_first))
     report.raise_for_errors(str(bundle), loading=False)
 
 
@@ -81,6 +98,7 @@ Examples:
   kbundle env export model.kbundle
   kbundle env export model.kbundle -o requirements.lock --hashed
   kbundle env export model.kbundle --pins | pip install --no-deps -r /dev/stdin
+  kbundle env export model.kbundle --json | jq -r .requirements
   kbundle env export model.kbundle --trust-code   # lets an https --index-url through
 """,
 )
@@ -97,9 +115,17 @@ Examples:
 )
 @trust_sources_option
 @force_output_option
-@handle_errors()
+@quiet_option
+@json_option
+@handle_errors("as_json")
 def env_export(
-    bundle: Path, output: Path | None, hashed: bool | None, trust_code: bool, force: bool
+    bundle: Path,
+    output: Path | None,
+    hashed: bool | None,
+    trust_code: bool,
+    force: bool,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
     """Write BUNDLE's pinned requirements (verified first), for pip install --no-deps -r.
 
@@ -110,15 +136,25 @@ def env_export(
     from kbundle.pipelines.rebuild import export_requirements
 
     text, with_hashes = export_requirements(bundle, hashed=hashed, trust_code=trust_code)
-    if output is None:
-        click.echo(text, nl=False)
-        return
-    from kbundle.storage.atomic import atomic_file, check_destination
+    if output is not None:
+        from kbundle.storage.atomic import atomic_file, check_destination
 
-    check_destination(output, force=force, what="requirements file")
-    with atomic_file(output, force=force) as handle:
-        handle.write(text.encode("utf-8"))
-    err(f"wrote {output} ({'hash-locked' if with_hashes else 'pins without hashes'})")
+        check_destination(output, force=force, what="requirements file")
+        with atomic_file(output, force=force) as handle:
+            handle.write(text.encode("utf-8"))
+    if as_json:
+        json_out(
+            {
+                "bundle": str(bundle),
+                "output": None if output is None else str(output),
+                "hashed": with_hashes,
+                "requirements": text,
+            }
+        )
+    elif output is None:
+        click.echo(text, nl=False)
+    elif not quiet:
+        err(f"wrote {output} ({'hash-locked' if with_hashes else 'pins without hashes'})")
 
 
 @env.command(

@@ -161,4 +161,3 @@ def trusted_key_paths(trusted_keys: tuple[Path, ...]) -> list[Path] | None:
 
 
 BUNDLE_ARGUMENT = click.argument("bundle", type=click.Path(path_type=Path, dir_okay=True))
-

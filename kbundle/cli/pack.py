@@ -46,6 +46,12 @@ Examples:
     "to find the model's custom objects; repeatable.",
 )
 @click.option(
+    "--no-project-imports",
+    is_flag=True,
+    help="Do not import the modules the model's config names from your project (the current "
+    "directory or PYTHONPATH); by default they are imported so that their registrations run.",
+)
+@click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path),
@@ -93,6 +99,7 @@ Examples:
 def pack(
     model: Path,
     custom_modules: tuple[str, ...],
+    no_project_imports: bool,
     output: Path,
     level: str,
     threads: int,
@@ -114,18 +121,20 @@ def pack(
 
     check_destination(output, force=force, what="bundle", inputs=(model,))
     signing_key = load_signing_key_prompting(sign_key, passphrase_file) if sign_key else None
-    with progress_bar("packing", not quiet) as progress:
+    with progress_bar("packing", not quiet) as display:
         result = pack_model(
             model,
             output,
             force=force,
             level=level,
             threads=threads,
-            progress=progress,
+            progress=display.bytes,
+            phase=display.phase,
             signing_key=signing_key,
             probe=probe,
             lock=lock,
             custom_modules=custom_modules,
+            project_imports=not no_project_imports,
         )
     if as_json:
         json_out(result.to_dict())

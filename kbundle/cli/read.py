@@ -29,7 +29,7 @@ from kbundle.cli.options import (
     trusted_keys_options,
 )
 from kbundle.cli.render import plural, size_text
-from kbundle.findings import Severity
+from kbundle.findings import Finding, Severity
 
 
 @main.command(
@@ -64,13 +64,13 @@ def verify(
     """
     from kbundle.pipelines.verify import verify as verify_bundle
 
-    with progress_bar("verifying", not quiet and not as_json) as progress:
+    with progress_bar("verifying", not quiet and not as_json) as display:
         report = verify_bundle(
             bundle,
             expect=expect,
             trusted_keys=trusted_key_paths(trusted_keys),
             require_signature=require_signature,
-            progress=progress,
+            progress=display.bytes,
         )
     signed = report.head.signature is not None
     assert report.signature is not None  # verify always checks signatures
@@ -111,7 +111,6 @@ def inspect(bundle: Path, as_json: bool) -> None:
     from kbundle.cli.render import render_manifest
 
     out(render_manifest(head))
-
 
 
 @main.command(
@@ -223,7 +222,7 @@ def unpack(
         env_policy=resolve_policy(policy, severity),
         probe=not no_probe,
     )
-    with progress_bar("unpacking", not quiet and not as_json) as progress:
+    with progress_bar("verifying and extracting", not quiet and not as_json) as display:
         result = unpack_bundle(
             bundle,
             destination,
@@ -233,7 +232,8 @@ def unpack(
             options=options,
             trusted_keys=trusted_key_paths(trusted_keys),
             require_signature=require_signature,
-            progress=progress,
+            progress=display.bytes,
+            phase=display.phase,
         )
     loaded: dict[str, Any] | None = None
     if result.model is not None:
@@ -243,7 +243,10 @@ def unpack(
     if as_json:
         json_out(result.to_dict())
         return
-    print_environment_concerns(result.environment)
+    if no_load:
+        _print_unloaded_differences(result.environment, bundle)
+    else:
+        print_environment_concerns(result.environment)
     if not quiet:
         signed = f" ({result.report.signature.describe()})" if result.report.signature else ""
         err(f"verified {plural(result.report.files_checked, 'file')} into {result.path}{signed}")
@@ -256,3 +259,20 @@ def unpack(
             if finding.location == "probe" and finding.severity == Severity.OK:
                 err(f"probe: {finding.problem} ({finding.actual}; {finding.expected})")
     out(str(result.model_path))
+
+
+def _print_unloaded_differences(findings: list[Finding], bundle: Path) -> None:
+    """With --no-load nothing was refused or ignored: one line says what a load would meet."""
+    errors = [f.location for f in findings if f.severity == Severity.ERROR]
+    warnings = [f.location for f in findings if f.severity == Severity.WARN]
+    if not errors and not warnings:
+        return
+    parts = []
+    if errors:
+        parts.append(f"{plural(len(errors), 'error')} ({', '.join(errors)}) would refuse a load")
+    if warnings:
+        parts.append(f"{plural(len(warnings), 'warning')} ({', '.join(warnings)})")
+    err(
+        "kbundle: note: not loaded (--no-load); this environment differs from the recorded one: "
+        f"{', '.join(parts)}; 'kbundle check {bundle}' explains each"
+    )

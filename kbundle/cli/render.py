@@ -95,7 +95,13 @@ _CELL_WIDTH = 34
 def _specs(specs: list[TensorSpec] | None) -> str:
     if not specs:
         return "unknown"
-    return ", ".join(f"{s.name or '?'} {s.shape} {s.dtype or ''}".strip() for s in specs)
+    return ", ".join(_spec(spec) for spec in specs)
+
+
+def _spec(spec: TensorSpec) -> str:
+    if spec.shape is None and spec.dtype is None:
+        return f"{spec.name or '?'} (shape not recorded; the probe records it)"
+    return f"{spec.name or '?'} {spec.shape} {spec.dtype or ''}".strip()
 
 
 def _signers(signature: bytes | None) -> str:
@@ -195,8 +201,9 @@ def _cell(value: str | None) -> str:
     return text if len(text) <= _CELL_WIDTH else text[: _CELL_WIDTH - 3] + "..."
 
 
-def render_compat(report: CompatReport) -> str:
-    """The ``kbundle check`` text: a table of every field, then why/fix per difference, verdict."""
+def render_compat(report: CompatReport, *, verified: bool | None = None) -> str:
+    """The ``kbundle check`` text: a table of every field, then why/fix per difference, what
+    was verified (``None``: say nothing), and the verdict."""
     header = ("FIELD", "RECORDED", "CURRENT", "SEVERITY")
     rows = [header]
     rows += [
@@ -224,6 +231,13 @@ def render_compat(report: CompatReport) -> str:
     policy = report.policy
     source = f" from {policy.config}" if policy.config else ""
     lines.append("")
+    if verified is not None:
+        lines.append(
+            "integrity: verified, every member's SHA-256 matches"
+            if verified
+            else "integrity: not verified (check reads only the manifest; 'kbundle verify' or "
+            "'kbundle check --verify' proves the bundle intact)"
+        )
     lines.append(f"verdict: {report.summary()} (policy {policy.name}{source})")
     return printable_lines(lines)
 
@@ -331,11 +345,12 @@ def render_diagnosis(diagnosis: Diagnosis) -> str:
         cause = f"{load.error_type}: " if load.error_type else ""
         outcome = f"FAILED ({load.failure_class}): {cause}{first_sentence(load.error or '')}"
     lines.append(f"{'load':<14}{outcome}")
-    verdict = (
-        "healthy: the model loads"
-        if diagnosis.loads
-        else f"does not load: {diagnosis.failure_class}"
-    )
+    if diagnosis.loads:
+        verdict = "healthy: the model loads"
+    elif diagnosis.failure_class is None:  # not tried: loading would run untrusted code
+        verdict = "not loaded: it needs trust (--trust-code)"
+    else:
+        verdict = f"does not load: {diagnosis.failure_class}"
     lines.append(f"{'verdict':<14}{verdict}")
     # Paths, findings and the child's error text quote the model: escaped line by line.
     return printable_lines(lines)

@@ -50,10 +50,16 @@ Examples:
 )
 @passphrase_option
 @force_output_option
+@quiet_option
 @json_option
 @handle_errors("as_json")
 def keygen(
-    name: Path, no_passphrase: bool, passphrase_file: Path | None, force: bool, as_json: bool
+    name: Path,
+    no_passphrase: bool,
+    passphrase_file: Path | None,
+    force: bool,
+    quiet: bool,
+    as_json: bool,
 ) -> None:
     """Make an Ed25519 key pair for signing bundles; print its fingerprint.
 
@@ -77,15 +83,16 @@ def keygen(
     if as_json:
         json_out(generated.to_dict())
         return
-    protection = "passphrase-protected" if generated.encrypted else "not encrypted"
-    err(
-        f"wrote private key {generated.private_path} ({protection}; keep it secret) "
-        f"and public key {generated.public_path}"
-    )
-    err(
-        f"trust it where bundles are verified: copy {generated.public_path} "
-        f"into {keys.trusted_keys_directory()}, or pass --key {generated.public_path}"
-    )
+    if not quiet:
+        protection = "passphrase-protected" if generated.encrypted else "not encrypted"
+        err(
+            f"wrote private key {generated.private_path} ({protection}; keep it secret) "
+            f"and public key {generated.public_path}"
+        )
+        err(
+            f"trust it where bundles are verified: copy {generated.public_path} "
+            f"into {keys.trusted_keys_directory()}, or pass --key {generated.public_path}"
+        )
     out(f"{generated.key_id}  {generated.public_path}")
 
 

@@ -488,7 +488,7 @@ def _unpickle(directory: Path, obj: CustomObject, gate: ImportGate) -> Any:
     if not gate.trusted:  # _require_trust refused already; unpickling is running code
         raise UntrustedCodeError(
             f"{_what(obj)} is a pickle, and unpickling runs code nobody trusted",
-            hint="review it with 'kbundle show-code', then pass --trust-code",
+            hint="review it with 'kbundle show-code', then pass --trust-code (trust_code=True)",
         )
     try:
         return pickle.loads((directory / obj.pickle.path).read_bytes())

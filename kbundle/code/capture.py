@@ -53,7 +53,7 @@ from kbundle.errors import PackError, UsageError, exception_summary
 from kbundle.findings import Finding
 from kbundle.models.formats import read_model_config
 
-__all__ = ["CollectedObjects", "collect_custom_objects", "import_modules"]
+__all__ = ["CollectedObjects", "collect_custom_objects", "import_modules", "project_modules"]
 
 # Config keys that say what a function is for (a function entry records only its name).
 _KIND_BY_KEY = {
@@ -299,9 +299,9 @@ class _Resolver:
         self.problem(
             ref.name,
             f"class {ref.class_name!r} (module {ref.module}) is not defined in the packing process",
-            f"import it first (kbundle pack --custom-objects {ref.module}), pass it with "
-            f"custom_objects={{{ref.name!r}: {ref.class_name}}}, or register it with "
-            "@keras.saving.register_keras_serializable()",
+            f"import it (kbundle pack --custom-objects {ref.module}) or pass it with "
+            f"custom_objects={{{ref.name!r}: {ref.class_name}}}; pack imports a module by itself "
+            "only when it is a file under the current directory or a PYTHONPATH entry",
         )
 
 
@@ -653,18 +653,55 @@ def collect_custom_objects(
     return CollectedObjects(tuple(records), payload)
 
 
-def import_modules(names: Sequence[str]) -> None:
-    """Import the modules that define (or register) a model file's custom objects.
-
-    The current directory is put first on ``sys.path`` if it is not there, as ``python -m``
+def _project_path() -> None:
+    """Put the current directory first on ``sys.path`` if it is not there, as ``python -m``
     does, so that a project's own modules import from where kbundle runs (the ``kbundle``
-    script's ``sys.path`` does not hold it).
-    """
-    if not names:
-        return
+    script's ``sys.path`` does not hold it)."""
     here = os.getcwd()
     if here not in sys.path and "" not in sys.path:
         sys.path.insert(0, here)
+
+
+def _project_roots() -> list[Path]:
+    """The author's project tree: the current directory and every ``PYTHONPATH`` entry."""
+    entries = [os.getcwd(), *os.environ.get("PYTHONPATH", "").split(os.pathsep)]
+    return [Path(entry).resolve() for entry in entries if entry]
+
+
+def project_modules(model_path: Path, fmt: str) -> list[str]:
+    """The modules a model file's config names that are the author's own source: ``.py``
+    files under the current directory or a ``PYTHONPATH`` entry, not yet imported. Packing
+    imports them so that their ``@register_keras_serializable`` runs (the author's side, in
+    the author's environment); a module of an installed distribution, the standard library
+    or anywhere else is never imported for a model file."""
+    try:
+        config = read_model_config(model_path, fmt) or {}
+    except (OSError, ValueError, zipfile.BadZipFile):
+        return []
+    _project_path()
+    origins = ModuleOrigins()
+    roots = _project_roots()
+    found: list[str] = []
+    for ref in config_references(config):
+        module = ref.module
+        if module is None or module in sys.modules or module in found:
+            continue
+        if "__main__" in module.split(".") or not all(p.isidentifier() for p in module.split(".")):
+            continue
+        origin = origins(module)
+        if origin.kind != "local" or origin.file is None:
+            continue
+        if any(origin.file.is_relative_to(root) for root in roots):
+            found.append(module)
+    return found
+
+
+def import_modules(names: Sequence[str]) -> None:
+    """Import the modules that define (or register) a model file's custom objects, from the
+    current directory or ``PYTHONPATH`` (see :func:`_project_path`)."""
+    if not names:
+        return
+    _project_path()
     for name in names:
         try:
             importlib.import_module(name)

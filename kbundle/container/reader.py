@@ -230,7 +230,7 @@ def read_manifest_member(tar: TarReader, path: Path) -> BundleHead:
         manifest_bytes = b"".join(tar.read_data(CHUNK_SIZE))
     except Truncated:
         raise IntegrityError(
-            f"{MANIFEST_NAME}: bundle is truncated inside the manifest",
+            f"{path} is truncated: it ends inside the manifest, its first member",
             hint="the file was cut short; fetch an intact copy",
         ) from None
     return BundleHead(manifest_bytes, parse_manifest(manifest_bytes), None)
@@ -304,9 +304,11 @@ def scan_bundle(
             _check_trailer(tracker, frame_hasher.digest(), report)
         except Truncated:
             report.findings.append(
+                # Not blamed on ``current``: a compressed block breaks where the file ends,
+                # which may be several members past the last one read whole.
                 Finding(
-                    location=current,
-                    problem="bundle is truncated: the stream ends before its trailer",
+                    location="(bundle file)",
+                    problem="truncated: the stream ends before its trailer",
                     actual=f"{handle.tell()} bytes on disk",
                     fix="the file was cut short; fetch an intact copy",
                 )

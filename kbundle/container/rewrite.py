@@ -76,7 +76,7 @@ def rewrite_header(
             out.write(trailer_frame(digest_bytes(frame_hasher.digest())))
     except Truncated:
         raise IntegrityError(
-            f"{source}: bundle is truncated", hint="the file was cut short; fetch an intact copy"
+            f"{source} is truncated", hint="the file was cut short; fetch an intact copy"
         ) from None
     return False
 

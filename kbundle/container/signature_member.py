@@ -66,7 +66,6 @@ _RECORD_KEYS = ("algorithm", "key_id", "public_key", "signature")
 _KEY_ID_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 
 
-
 def fingerprint(raw_public_key: bytes) -> str:
     """A key's name: ``sha256:`` and the hex SHA-256 of its 32 raw public-key bytes."""
     return format_digest(hashlib.sha256(raw_public_key).hexdigest())

@@ -51,6 +51,7 @@ DEFAULT_LEVEL = 1
 ProgressCallback = Callable[[int], None]
 """Called with the number of payload bytes just processed."""
 
+
 @dataclass(frozen=True, slots=True)
 class PayloadFile:
     """One payload member to write: a file (``source`` set) or a directory (``source`` None).
@@ -169,9 +170,7 @@ class ZstdPayloadStream:
         self._writer.close()  # ends the frame; an explicit FLUSH_FRAME first added an empty one
 
 
-def payload_stream(
-    out: Any, level: int | None, threads: int
-) -> ZstdPayloadStream | RawFrameWriter:
+def payload_stream(out: Any, level: int | None, threads: int) -> ZstdPayloadStream | RawFrameWriter:
     if level is None:
         return RawFrameWriter(out)
     return ZstdPayloadStream(out, level, threads)

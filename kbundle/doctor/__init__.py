@@ -1,2 +1,1 @@
-"""Diagnosing a model file or bundle that will not load.
-"""
+"""Diagnosing a model file or bundle that will not load."""

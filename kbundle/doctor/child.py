@@ -32,6 +32,9 @@ from kbundle.models.references import ObjectReference, marshalled_code, object_r
 
 __all__ = ["KERAS2_ONLY_CLASSES", "main"]
 
+BUNDLED_CODE_NEEDS_TRUST = (
+    "the model needs the code the bundle carries ({}), and doctor runs it only when trusted"
+)
 SAVEDMODEL_NEEDS_TRUST = (
     "loading a SavedModel runs its graph (functions and resource initialisers can read and "
     "write files), and doctor runs it only when trusted"
@@ -84,7 +87,9 @@ def _emit(out: IO[str], **record: Any) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    fmt, path_text, label, trust = (argv if argv is not None else sys.argv[1:])[:4]
+    args = argv if argv is not None else sys.argv[1:]
+    fmt, path_text, label, trust = args[:4]
+    bundle, carried = (args[4], args[5]) if len(args) >= 6 else ("-", "")
     path = Path(path_text)
     # Keep the protocol on the real stdout; everything libraries print goes to stderr.
     out = os.fdopen(os.dup(1), "w", encoding="utf-8")
@@ -131,9 +136,15 @@ def main(argv: list[str] | None = None) -> int:
         # read and write files (THREATS row 19).
         _emit(out, stage="load", skipped=SAVEDMODEL_NEEDS_TRUST)
         return 0
+    if carried and trust != "trusted":
+        _emit(out, stage="load", skipped=BUNDLED_CODE_NEEDS_TRUST.format(carried))
+        return 0
     _emit(out, stage="load", started=True)
     try:
-        loaded = keras_io.load_model_file(path, fmt=fmt, safe_mode=True, compile=True)
+        if carried:  # trusted: load as kbundle.load does, the bundle's own code included
+            loaded = _load_trusted_bundle(Path(bundle))
+        else:
+            loaded = keras_io.load_model_file(path, fmt=fmt, safe_mode=True, compile=True)
     except Exception as exc:
         cause = exc.__cause__ if exc.__cause__ is not None else exc
         _emit(
@@ -156,6 +167,17 @@ def main(argv: list[str] | None = None) -> int:
         class_name=type(loaded.model).__name__,
     )
     return 0
+
+
+def _load_trusted_bundle(bundle: Path) -> Any:
+    """Load ``bundle`` the way ``kbundle.load(..., trust_code=True)`` does (its bundled code
+    imported and unpickled), without the environment gate or the probe: doctor reports
+    those itself."""
+    from kbundle.models.keras_io import LoadedModel
+    from kbundle.pipelines.load import load
+
+    model = load(bundle, trust_code=True, ignore_env=True, probe=False)
+    return LoadedModel(model, "kbundle.load", "with the bundle's own code (trusted)")
 
 
 # --------------------------------------------------------------------------------------------

@@ -30,6 +30,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from kbundle.code.bundled import CARRIED
 from kbundle.container.manifest import CustomObject, Environment
 from kbundle.container.zstdframes import ZSTD_MAGIC
 from kbundle.env.rules import compare_saved_by
@@ -295,6 +296,7 @@ def _diagnose_bundle(path: Path, timeout: float, trusted: bool) -> Diagnosis:
             timeout=timeout,
             custom_objects=manifest.custom_objects,
             trusted=trusted,
+            bundle=path,
         )
     recorded = [
         Finding(
@@ -332,8 +334,13 @@ def _diagnose_model(
     timeout: float,
     custom_objects: list[CustomObject] | None = None,
     trusted: bool = False,
+    bundle: Path | None = None,
 ) -> Diagnosis:
-    child = _run_child(path, fmt, label, timeout, trusted)
+    carried = ", ".join(
+        f"{o.name}: {o.transport}" for o in custom_objects or [] if o.transport in CARRIED
+    )
+    carrying = (bundle.resolve(), carried) if carried and bundle is not None else None
+    child = _run_child(path, fmt, label, timeout, trusted, carrying)
     findings: dict[str, list[Finding]] = {name: [] for name in FAILURE_CLASSES}
     findings["corruption"] += [
         _finding(item) for item in child.record("preload").get("findings", [])
@@ -341,7 +348,7 @@ def _diagnose_model(
     saved_by = {str(k): str(v) for k, v in child.record("describe").get("saved_by", {}).items()}
     resolved = child.record("resolve")
     for item in resolved.get("unresolved", []):
-        finding = _reference_finding(item, custom_objects or [])
+        finding = _reference_finding(item, custom_objects or [], trusted=trusted)
         findings["environment" if item.get("keras2_only") else "serialization"].append(finding)
     findings["serialization"] += [
         Finding(
@@ -407,7 +414,16 @@ class _ChildResult:
         return self.records.get(stage, {})
 
 
-def _run_child(path: Path, fmt: str, label: str, timeout: float, trusted: bool) -> _ChildResult:
+def _run_child(
+    path: Path,
+    fmt: str,
+    label: str,
+    timeout: float,
+    trusted: bool,
+    carrying: tuple[Path, str] | None = None,
+) -> _ChildResult:
+    """Run the child on ``path``; ``carrying`` is the bundle whose code the model needs, and
+    what it carries (loaded through the bundle, its code included, only when trusted)."""
     # Isolated (-I, in an empty directory): with the current directory on sys.path, doctor run
     # inside an unpacked bundle let TensorFlow's own 'import code' run the bundle's
     # code/__init__.py, and PYTHONPATH could do the same. kbundle's own root goes first on the
@@ -423,6 +439,7 @@ def _run_child(path: Path, fmt: str, label: str, timeout: float, trusted: bool) 
     command = [
         *(sys.executable, "-I", "-c", bootstrap, package_root),
         *(fmt, str(path.resolve()), label, trust),
+        *((str(carrying[0]), carrying[1]) if carrying else ()),
     ]
     try:
         with tempfile.TemporaryDirectory(prefix="kbundle-doctor-") as empty:
@@ -523,7 +540,9 @@ def classify_failure(text: str) -> tuple[str, str]:
 # Findings from what the child resolved and what the file says about its maker
 
 
-def _reference_finding(item: dict[str, Any], custom_objects: list[CustomObject]) -> Finding:
+def _reference_finding(
+    item: dict[str, Any], custom_objects: list[CustomObject], *, trusted: bool = False
+) -> Finding:
     name, module, registered = item["name"], item.get("module"), item.get("registered_name")
     details = ", ".join(
         part
@@ -533,9 +552,9 @@ def _reference_finding(item: dict[str, Any], custom_objects: list[CustomObject])
         )
         if part
     )
-    problem = f"{item['kind']} {name!r} cannot be resolved here" + (
-        f" ({details})" if details else ""
-    )
+    named = f"{item['kind']} {name!r}"
+    problem = f"{named} cannot be resolved here" + (f" ({details})" if details else "")
+    named += f" ({details})" if details else ""
     if item.get("keras2_only"):
         return Finding(
             location=item["location"],
@@ -549,13 +568,23 @@ def _reference_finding(item: dict[str, Any], custom_objects: list[CustomObject])
         (o for o in custom_objects if name in (o.name, o.qualname) or registered == o.name), None
     )
     status = item.get("module_status")
-    if carried is not None and carried.transport in ("source", "pickle"):
-        fix = (
-            f"the bundle carries it ({carried.transport}): review it with 'kbundle show-code', "
-            "then "
-            "load with --trust-code (doctor never runs bundled code)"
+    if carried is not None and carried.transport in CARRIED:
+        # Not a fault: the bundle brings it, and loading it is a matter of trust.
+        if trusted:
+            return Finding(
+                location=item["location"],
+                problem=f"{named} comes from the bundle's own code ({carried.transport}), trusted",
+                severity=Severity.OK,
+            )
+        return Finding(
+            location=item["location"],
+            problem=f"{problem}: the bundle carries it ({carried.transport})",
+            severity=Severity.WARN,
+            why="its code runs only when you trust the bundle",
+            fix="review it with 'kbundle show-code', then pass --trust-code (to doctor, and "
+            "when you load the bundle)",
         )
-    elif carried is not None and carried.requirement:
+    if carried is not None and carried.requirement:
         fix = f"install {carried.requirement}, which defines it, then import {carried.module}"
     elif status == "main":
         fix = (

@@ -27,6 +27,7 @@ LOCK_TIMEOUT_SECONDS = 600
 # seconds, not minutes, so pip-compile gets a short leash per request.
 _PIP_ARGS = "--timeout 20 --retries 1"
 
+
 def hash_lock(
     requirements: Path, output: Path, *, timeout: float = LOCK_TIMEOUT_SECONDS
 ) -> str | None:

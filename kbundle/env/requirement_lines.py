@@ -68,6 +68,7 @@ _NEVER_LOCAL = (
     "another pip option, even with --trust-code; install such a package yourself"
 )
 
+
 def parse_pins(text: str) -> dict[str, str]:
     """``name==version`` lines of a requirements or lock file (or ``pip freeze`` output), by
     normalised name; other lines are skipped. It trusts its input: a bundle's files go through

@@ -39,6 +39,7 @@ __all__ = [
 REQUIREMENTS_MEMBER = "env/requirements.txt"
 LOCK_MEMBER = "env/requirements.lock"
 
+
 def model_roots(environment: Environment, custom_objects: Sequence[CustomObject] = ()) -> list[str]:
     """The distributions the model needs directly, by normalised name."""
     roots: list[str] = []

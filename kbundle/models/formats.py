@@ -196,6 +196,7 @@ def _describe_config(config: dict[str, Any]) -> dict[str, Any]:
         else None,
         "name": inner.get("name") if isinstance(inner.get("name"), str) else None,
         "inputs": _config_inputs(inner),
+        "outputs": _config_outputs(config.get("class_name"), inner),
     }
 
 
@@ -211,6 +212,23 @@ def _config_inputs(config: dict[str, Any]) -> list[TensorSpec] | None:
         if isinstance(first, dict) and isinstance(first.get("batch_input_shape"), list):
             specs.append(_input_spec({**first, "name": None}))
     return specs or None
+
+
+def _config_outputs(class_name: Any, config: dict[str, Any]) -> list[TensorSpec] | None:
+    """Output names from the config; their shapes are known only to a built model."""
+    layers = [layer for layer in config.get("layers") or [] if isinstance(layer, dict)]
+    if class_name == "Sequential" and layers:
+        names = [(layers[-1].get("config") or {}).get("name")]
+    else:
+        # Functional: [layer_name, node_index, tensor_index] per output, or one such triple
+        # unwrapped when there is a single output (Keras 3).
+        entries = config.get("output_layers") or []
+        if isinstance(entries, list) and entries and isinstance(entries[0], str):
+            entries = [entries]
+        names = [entry[0] for entry in entries if isinstance(entry, list) and entry]
+    if not names or not all(isinstance(name, str) for name in names):
+        return None
+    return [TensorSpec(name=name, shape=None, dtype=None) for name in names]
 
 
 def _input_spec(config: dict[str, Any]) -> TensorSpec:

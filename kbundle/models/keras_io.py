@@ -11,7 +11,7 @@ translated into kbundle errors with the original message kept. Stable: internal.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ __all__ = [
     "load_model",
     "load_model_file",
     "loads_unzipped_keras",
+    "native_logs",
     "save_model",
 ]
 
@@ -34,7 +35,9 @@ __all__ = [
 filter_native_logs = False
 
 
-def _native_logs() -> Any:
+def native_logs() -> Any:
+    """A context in which TensorFlow's native start-up logs are filtered from stderr, when the
+    CLI asked for that (``filter_native_logs``); a no-op for library callers."""
     if filter_native_logs:
         from kbundle.models.native_logs import filtered_native_stderr
 
@@ -49,7 +52,7 @@ def keras() -> Any:
     logs filtered when the CLI asked for it; a clear error when it does not import."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # Python-side TensorFlow logging
     try:
-        with _native_logs():
+        with native_logs():
             import keras
     except ImportError as exc:
         raise EnvironmentMismatchError(
@@ -81,7 +84,8 @@ def save_model(model: Any, directory: Path) -> Path:
     """Save ``model`` as ``model.keras`` in ``directory`` and return the file's path."""
     path = directory / "model.keras"
     try:
-        model.save(path)
+        with native_logs():
+            model.save(path)
     except Exception as exc:
         raise PackError(
             f"Keras could not save the model: {_first_line(exc)}",
@@ -113,6 +117,14 @@ def _specs(tensors: Any) -> list[TensorSpec] | None:
     return specs
 
 
+def _producer_name(tensor: Any) -> str | None:
+    """The name of the layer that makes a symbolic tensor (Keras 3 and tf.keras)."""
+    history = getattr(tensor, "_keras_history", None)
+    producer = getattr(history, "operation", None) or getattr(history, "layer", None)
+    name = getattr(producer, "name", None)
+    return name if isinstance(name, str) else None
+
+
 def describe_live_model(model: Any) -> dict[str, Any]:
     """Class, name, inputs, outputs and parameter count of a live model."""
     try:
@@ -120,6 +132,16 @@ def describe_live_model(model: Any) -> dict[str, Any]:
         outputs = _specs(model.outputs)
     except (AttributeError, ValueError):  # a subclassed model that was never called
         inputs = outputs = None
+    # An output tensor's own name is generated ("keras_tensor_7"); the layer that makes it
+    # names it for the user, as Keras's output_names does (a Sequential has none).
+    names = getattr(model, "output_names", None)
+    if not isinstance(names, list | tuple):
+        names = [_producer_name(tensor) for tensor in model.outputs] if outputs else None
+    if outputs and names and len(names) == len(outputs):
+        outputs = [
+            replace(spec, name=str(name)) if name else spec
+            for spec, name in zip(outputs, names, strict=True)
+        ]
     try:
         parameters: int | None = int(model.count_params())
     except ValueError:  # an unbuilt model has no weights yet
@@ -184,7 +206,7 @@ def load_model_file(
     from kbundle.models.formats import identify_format
 
     fmt = fmt or identify_format(path)
-    with _native_logs():
+    with native_logs():
         if fmt == "savedmodel":
             return _load_saved_model(path)
         module = keras()

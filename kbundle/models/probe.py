@@ -34,6 +34,7 @@ __all__ = [
     "PROBE_INPUTS",
     "PROBE_OUTPUTS",
     "ProbeComparison",
+    "ProbePayload",
     "check_probe",
     "compare_probe",
     "make_probe",
@@ -111,13 +112,15 @@ def _tolerance(dtypes: Sequence[str]) -> tuple[float, float]:
 
 def _run(model: Any, inputs: list[Any]) -> list[Any]:
     """The model's outputs on ``inputs`` as a flat list of numpy arrays (inference mode)."""
-    from kbundle.models.keras_io import keras as keras_module
-
-    keras = keras_module()
     import numpy as np
 
+    from kbundle.models.keras_io import keras as keras_module
+    from kbundle.models.keras_io import native_logs
+
+    keras = keras_module()
     feed = inputs[0] if len(inputs) == 1 else inputs
-    result = model(feed, training=False)
+    with native_logs():  # the first op of a fresh TensorFlow may log its start-up again
+        result = model(feed, training=False)
     return [np.asarray(keras.ops.convert_to_numpy(t)) for t in keras.tree.flatten(result)]
 
 
@@ -168,6 +171,18 @@ def make_probe(
     return ProbeInfo(inputs=PROBE_INPUTS, outputs=PROBE_OUTPUTS, rtol=rtol, atol=atol), payload
 
 
+@dataclass(frozen=True, slots=True)
+class ProbePayload:
+    """The probe for pack: its record and files (``None``/empty when no probe is stored),
+    notes for the user, and the loaded model's own description when pack had to load a model
+    file to run it (it knows the outputs a file's config does not say)."""
+
+    info: ProbeInfo | None = None
+    files: tuple[PayloadFile, ...] = ()
+    notes: tuple[str, ...] = ()
+    described: dict[str, Any] | None = None
+
+
 def probe_payload(
     model: Any,
     source: Path,
@@ -176,22 +191,24 @@ def probe_payload(
     directory: Path,
     *,
     wanted: bool | None,
-) -> tuple[ProbeInfo | None, list[PayloadFile], tuple[str, ...]]:
-    """The probe for pack: ``(record, payload, notes)``; ``wanted=None`` probes when it can.
+) -> ProbePayload:
+    """The probe for pack; ``wanted=None`` probes when it can.
 
     A live model is run directly; a model file is loaded with Keras first (safe mode on).
     When the probe is not possible, ``wanted=None`` gives a note and ``wanted=True`` an error.
     """
     if wanted is False:
-        return None, [], ()
+        return ProbePayload()
     from kbundle.models import keras_io
 
-    def skip(reason: str) -> tuple[ProbeInfo | None, list[PayloadFile], tuple[str, ...]]:
+    described: dict[str, Any] | None = None
+
+    def skip(reason: str) -> ProbePayload:
         if wanted:
             raise PackError(
                 f"cannot probe the model: {reason}", hint="pack with --no-probe (probe=False)"
             )
-        return None, [], (f"no probe stored: {reason}",)
+        return ProbePayload(notes=(f"no probe stored: {reason}",), described=described)
 
     live = model if keras_io.is_keras_model(model) else None
     if live is None:
@@ -204,7 +221,8 @@ def probe_payload(
             live = keras_io.load_model(source, compile=False)
         except ModelLoadError as exc:
             return skip(f"the model does not load here ({exc.message})")
-        inputs = keras_io.describe_live_model(live)["inputs"]
+        described = keras_io.describe_live_model(live)
+        inputs = described["inputs"]
     specs = probe_signature(inputs)
     if specs is None:
         return skip("the model's input signature (shapes and numeric dtypes) is unknown")
@@ -213,8 +231,8 @@ def probe_payload(
     except PackError as exc:
         if wanted:
             raise
-        return None, [], (f"no probe stored: {exc.message}",)
-    return info, payload, ()
+        return ProbePayload(notes=(f"no probe stored: {exc.message}",), described=described)
+    return ProbePayload(info, tuple(payload), (), described)
 
 
 @dataclass(frozen=True, slots=True)
@@ -242,7 +260,7 @@ def compare_probe(model: Any, directory: Path, info: ProbeInfo) -> ProbeComparis
     except (OSError, ValueError, zipfile.BadZipFile, IndexError) as exc:
         raise ModelLoadError(
             f"the probe files are unreadable: {exc}",
-            hint="the bundle is damaged; load with --no-probe to skip the probe",
+            hint="the bundle is damaged; load with --no-probe (probe=False) to skip the probe",
         ) from exc
     try:
         actual = _run(model, inputs)
@@ -309,7 +327,7 @@ def probe_finding(
         why=_likely_cause(differences, custom_objects),
         fix="load the model in the recorded environment ('kbundle env create') and with the custom "
         "code it was packed with; "
-        "--no-probe skips this check",
+        "--no-probe (probe=False) skips this check",
     )
 
 

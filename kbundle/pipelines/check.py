@@ -22,12 +22,19 @@ def check(
     policy: str | None = None,
     severity: Iterable[str] = (),
     current: Environment | None = None,
+    verify: bool = False,
 ) -> CompatReport:
-    """Compare ``bundle``'s recorded environment with this one. Reads only the manifest:
-    it says nothing about whether the bundle is intact (``verify`` does)."""
+    """Compare ``bundle``'s recorded environment with this one. Reads only the manifest, so
+    it says nothing about whether the bundle is intact, unless ``verify``: then every byte is
+    verified first (:func:`~kbundle.verify`; an :class:`IntegrityError` on damage)."""
     from pathlib import Path
 
-    manifest = read_head(Path(bundle)).manifest
+    if verify:
+        from kbundle.pipelines.verify import verify as verify_bundle
+
+        manifest = verify_bundle(bundle).head.manifest
+    else:
+        manifest = read_head(Path(bundle)).manifest
     return check_manifest(manifest, policy=resolve_policy(policy, severity), current=current)
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import os
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -265,6 +265,7 @@ def _load_verified(
     *,
     private: bool = False,
     split: ZipSplit | None = None,
+    phase: Callable[[str], None] | None = None,
 ) -> tuple[Any, CompatReport]:
     """Load the model from files that were just verified into ``directory``.
 
@@ -273,10 +274,13 @@ def _load_verified(
     ``private``: ``directory`` is a copy made only for this load, which may consume it;
     ``split``: how the model zip was split while it was extracted.
     """
+    announce = phase or (lambda _text: None)
     manifest = report.head.manifest
+    announce("checking the environment")
     compat = environment_gate(manifest, options.env_policy, ignore=options.ignore_env, what=name)
     _require_trust(report, options)
     gate = _import_gate(report, options)
+    announce("loading the model with Keras")
     with _sound_model(directory, manifest.model, private=private, split=split) as (
         model_path,
         fmt,
@@ -285,6 +289,7 @@ def _load_verified(
         with _custom_objects(directory, report, gate) as objects:
             model = _load_model(model_path, fmt, objects, options, compat)
             if options.probe and manifest.probe is not None:
+                announce("running the probe")
                 compat = _with_probe(compat, model, directory, manifest, name)
     return model, compat
 
@@ -379,6 +384,7 @@ def unpack(
     trusted_keys: TrustedKeys | None = None,
     require_signature: bool = False,
     progress: ProgressCallback | None = None,
+    phase: Callable[[str], None] | None = None,
     options: LoadOptions | None = None,
     trust_code: bool = False,
     allow_distributions: Iterable[str] = (),
@@ -399,7 +405,9 @@ def unpack(
     from the verified files before they are moved into place, proving that it loads; the load
     takes the same choices as :func:`load` (keywords, or one :class:`LoadOptions`).
     ``trusted_keys`` and ``require_signature`` are as for :func:`~kbundle.verify`; a signature
-    by a trusted key lets bundled code run without ``trust_code``.
+    by a trusted key lets bundled code run without ``trust_code``. ``progress`` is called with
+    (bytes done, bytes total) while the bundle is verified; ``phase`` with a few words naming
+    each later step (loading the model, running the probe).
     """
     chosen = _chosen(
         options,
@@ -423,7 +431,7 @@ def unpack(
             path, expect=expect, policy=policy, progress=progress, extract_to=staging
         )
         if load_model:
-            model, compat = _load_verified(staging, report, chosen, str(path))
+            model, compat = _load_verified(staging, report, chosen, str(path), phase=phase)
         else:  # nothing runs here, so differences are reported but refuse nothing
             model, compat = None, environment_gate(report.head.manifest, chosen.env_policy)
     return UnpackResult(Path(destination), report, model, list(compat.findings))
@@ -461,6 +469,7 @@ def load(
     trusted_keys: TrustedKeys | None = None,
     require_signature: bool = False,
     progress: ProgressCallback | None = None,
+    phase: Callable[[str], None] | None = None,
     options: LoadOptions | None = None,
     trust_code: bool = False,
     allow_distributions: Iterable[str] = (),
@@ -519,6 +528,8 @@ def load(
             extract_to=files,
             sinks={split.member: split.writer} if split else None,
         )
-        model, compat = _load_verified(files, report, chosen, str(path), private=True, split=split)
+        model, compat = _load_verified(
+            files, report, chosen, str(path), private=True, split=split, phase=phase
+        )
     compat.warn_once(str(path))
     return model

@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as _dt
 import os
 import stat
+import sys
 import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -119,13 +120,14 @@ def _parse_level(level: int | str | None) -> int | None:
     if isinstance(level, str):
         if not level.lstrip("-").isdigit():
             raise UsageError(
-                f"compression level must be a number or 'none': {level!r}", hint="use --level 1"
+                f"compression level must be a number or 'none': {level!r}",
+                hint="use --level 1 (level=1)",
             )
         level = int(level)
     if not -7 <= level <= MAX_LEVEL or level == 0:
         raise UsageError(
             f"compression level must be 1..{MAX_LEVEL} (or -7..-1 for faster), or 'none': {level}",
-            hint="use --level 1 (default) or --level none",
+            hint="use --level 1 (the default) or --level none (level=None)",
         )
     return level
 
@@ -147,16 +149,59 @@ def _probe_extras(
     model: Any,
     source: Path,
     fmt: str,
-    description: Mapping[str, Any],
+    description: dict[str, Any],
     scratch: Path,
     probe: bool | None,
 ) -> Extras:
-    """``probe/``: a deterministic input and the model's output on it (see kbundle.models.probe)."""
+    """``probe/``: a deterministic input and the model's output on it (see
+    kbundle.models.probe). A model file loaded to run it fills in what its description lacks
+    (the outputs, which a config does not record)."""
+    from kbundle.models import keras_io
     from kbundle.models.probe import probe_payload
 
-    inputs = description.get("inputs")
-    info, files, notes = probe_payload(model, source, fmt, inputs, scratch, wanted=probe)
-    return Extras(tuple(files), {"probe": info} if info else None, notes)
+    lambdas = _lambda_note(source, fmt)
+    if lambdas and probe is not False and not keras_io.is_keras_model(model):
+        if probe:
+            raise PackError(
+                "cannot probe the model: loading it runs its Lambda layers' Python bytecode, "
+                "which pack does not do",
+                hint="pack with --no-probe (probe=False), or pack the live model",
+            )
+        reason = "loading the model runs its Lambda layers' Python bytecode, which pack does not do"
+        return Extras(notes=(*lambdas, f"no probe stored: {reason}"))
+    made = probe_payload(model, source, fmt, description.get("inputs"), scratch, wanted=probe)
+    for key, value in (made.described or {}).items():
+        known = description.get(key)
+        # The config names the outputs; only the loaded model knows their shapes.
+        unshaped = key == "outputs" and known and any(spec.shape is None for spec in known)
+        if (
+            value is not None
+            and key in ("inputs", "outputs", "parameter_count")
+            and (known is None or unshaped)
+        ):
+            description[key] = value
+    return Extras(made.files, {"probe": made.info} if made.info else None, lambdas + made.notes)
+
+
+def _lambda_note(source: Path, fmt: str) -> tuple[str, ...]:
+    """What a model whose config holds Python bytecode (Lambda layers) means for loading it."""
+    from kbundle.models.formats import read_model_config
+    from kbundle.models.references import marshalled_code
+
+    try:
+        places = marshalled_code(read_model_config(source, fmt) or {})
+    except (OSError, ValueError):
+        return ()
+    if not places:
+        return ()
+    python = f"{sys.version_info.major}.{sys.version_info.minor}"
+    count = f"{len(places)} Lambda layer{'s' if len(places) > 1 else ''}"
+    return (
+        f"the model holds Python bytecode ({count}, first at {places[0]}): loading it needs "
+        "--unsafe-lambda (safe_mode=False), which runs that bytecode, and works only under "
+        f"Python {python}, which wrote it; a registered custom layer instead of the Lambda "
+        "loads in safe mode and under any Python",
+    )
 
 
 def _requirements_extras(
@@ -179,12 +224,27 @@ def _with_custom_objects(
     scratch: Path,
     given: Mapping[str, Any] | None,
     modules: Sequence[str],
+    project_imports: bool,
 ) -> Extras:
-    """``added`` plus the model's custom objects: their files, and the manifest's records."""
+    """``added`` plus the model's custom objects: their files, and the manifest's records.
+    With ``project_imports``, the modules a model file's config names that are the author's
+    own source are imported first (and said so in a note)."""
     from kbundle.code import capture as carry
     from kbundle.models import keras_io
 
-    carry.import_modules(modules)
+    notes: tuple[str, ...] = ()
+    if project_imports and not keras_io.is_keras_model(model):
+        found = carry.project_modules(source, fmt)
+        found = [name for name in found if name not in modules]
+        if found:
+            with keras_io.native_logs():
+                carry.import_modules(found)
+            notes = (
+                f"imported {', '.join(found)} from your project to find the model's custom "
+                "objects (--no-project-imports turns this off)",
+            )
+    with keras_io.native_logs():
+        carry.import_modules(modules)
     carried = carry.collect_custom_objects(
         source,
         fmt,
@@ -194,7 +254,9 @@ def _with_custom_objects(
         modules=modules,
     )
     fields = {"custom_objects": list(carried.records), **(added.fields or {})}
-    return replace(added, payload=carried.payload + added.payload, fields=fields)
+    return replace(
+        added, payload=carried.payload + added.payload, fields=fields, notes=added.notes + notes
+    )
 
 
 def pack(
@@ -211,6 +273,8 @@ def pack(
     signing_key: SigningKey | None = None,
     probe: bool | None = None,
     lock: bool = False,
+    project_imports: bool = True,
+    phase: Callable[[str], None] | None = None,
 ) -> PackResult:
     """Pack ``model`` into the bundle ``output``.
 
@@ -223,12 +287,18 @@ def pack(
     ``custom_objects`` (name -> class or function, as for ``keras.saving.load_model``) adds
     objects and says where to find those that are neither registered nor importable;
     ``custom_modules`` are imported first and searched for names a model file records
-    without their module (``kbundle pack --custom-objects MODULE``).
+    without their module (``kbundle pack --custom-objects MODULE``). With ``project_imports``
+    (the default) the modules a model file's config names are imported too when they are
+    your project's own source (``.py`` files under the current directory or a ``PYTHONPATH``
+    entry; never an installed distribution's): what registers their custom objects runs, in
+    your environment, as when you trained the model.
 
     ``model`` is a path to a ``.keras`` file (or directory form), an ``.h5`` file, a SavedModel
     directory, or a live ``keras.Model`` (saved as ``.keras`` first). ``level`` is a zstd
     level or ``"none"``; ``threads`` the zstd worker count (-1: one per CPU). ``progress`` is
-    called with (bytes done, bytes total). ``signing_key`` (from
+    called with (bytes done, bytes total) while the bundle is written; ``phase`` with a few
+    words naming each step before it that may take a while (loading the model to probe it,
+    say). ``signing_key`` (from
     :func:`kbundle.signing.keys.load_signing_key`) signs the manifest in the same pass. Nothing is
     left at ``output`` unless pack succeeds.
     """
@@ -236,12 +306,14 @@ def pack(
     inputs = (Path(model),) if isinstance(model, str | os.PathLike) else ()
     check_destination(output_path, force=force, what="bundle", inputs=inputs)
     compression = _parse_level(level)
+    announce = phase or (lambda _text: None)
     from kbundle.models import keras_io
 
     with tempfile.TemporaryDirectory(prefix="kbundle-pack-") as scratch:
         crc_watch: ZipCrcWatch | None = None  # Keras has just written a saved model
         unchecked: tuple[str, ...] = ()
         if keras_io.is_keras_model(model):
+            announce("saving the model")
             source = keras_io.save_model(model, Path(scratch))
             fmt = "keras"
             description = keras_io.describe_live_model(model)
@@ -249,6 +321,7 @@ def pack(
         elif isinstance(model, str | os.PathLike):
             source = Path(model)
             fmt = identify_format(source)
+            announce("checking the model file")
             # Refuse a corrupt or hostile file now, not when someone loads the bundle.
             checked = require_sound_before_streaming(
                 source, fmt, error=PackError, hint=f"run 'kbundle doctor {source}'"
@@ -263,12 +336,25 @@ def pack(
         payload = _model_payload(source, fmt, crc_watch)
         added = extras(model, Path(scratch), fmt) if extras else Extras()
         added = added.merged(Extras(notes=unchecked))
+        announce("finding the model's custom objects")
         added = _with_custom_objects(
-            added, model, source, fmt, Path(scratch), custom_objects, custom_modules
+            added,
+            model,
+            source,
+            fmt,
+            Path(scratch),
+            custom_objects,
+            custom_modules,
+            project_imports,
         )
+        if probe is not False:
+            announce("running the probe (loads the model with Keras when packing a file)")
         added = added.merged(_probe_extras(model, source, fmt, description, Path(scratch), probe))
         # After the probe: a TensorFlow it imported is recorded in full.
+        announce("recording the environment")
         environment = capture_environment()
+        if lock:
+            announce("hash-locking the requirements (asks the package index)")
         added = added.merged(_requirements_extras(environment, added, Path(scratch), lock))
         payload += list(added.payload)
         created, mtime = _utc_now()

@@ -166,8 +166,8 @@ def find_interpreter(minor: str, python: str | None = None) -> str:
         found = _interpreter_version(python)
         if found != minor:
             raise UsageError(
-                f"--python {python} is Python {found or '(not runnable)'}, the bundle was packed "
-                f"with Python {minor}",
+                f"python (--python) {python} is Python {found or '(not runnable)'}, the bundle was "
+                f"packed with Python {minor}",
                 hint=f"pass an interpreter of Python {minor}",
             )
         return python
@@ -183,7 +183,7 @@ def find_interpreter(minor: str, python: str | None = None) -> str:
         f"Python {minor}, which the bundle was packed with, is not installed here: no "
         f"python{minor} on PATH",
         hint=f"install Python {minor} (python.org, pyenv, 'uv python install {minor}') or pass "
-        "--python PATH",
+        "--python PATH (python=PATH)",
     )
 
 

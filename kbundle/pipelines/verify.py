@@ -72,7 +72,7 @@ def check_expected(expect: str | None) -> None:
     hexpart = expect.removeprefix(_DIGEST_PREFIX)
     if len(hexpart) != 64 or any(c not in "0123456789abcdef" for c in hexpart):
         raise UsageError(
-            f"--expect must be 'sha256:' followed by 64 lowercase hex digits: {expect!r}",
+            f"expect (--expect) must be 'sha256:' followed by 64 lowercase hex digits: {expect!r}",
             hint="copy the digest that 'kbundle pack' printed",
         )
 

@@ -1,2 +1,1 @@
-"""Ed25519 keys and the signatures over a bundle's manifest.
-"""
+"""Ed25519 keys and the signatures over a bundle's manifest."""

@@ -1,2 +1,1 @@
-"""Where outputs are written: complete or not at all, and replaced only as --force allows.
-"""
+"""Where outputs are written: complete or not at all, and replaced only as --force allows."""

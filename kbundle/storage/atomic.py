@@ -62,7 +62,9 @@ def check_destination(
 def _check_free(path: Path, *, force: bool, what: str) -> None:
     """``path`` may be written: it does not exist, or ``force`` is set."""
     if path.exists() and not force:
-        raise OutputExistsError(f"{what} {path} already exists", hint="pass --force to replace it")
+        raise OutputExistsError(
+            f"{what} {path} already exists", hint="pass --force (force=True) to replace it"
+        )
     if path.is_dir() and not path.is_symlink() and what == _BUNDLE:
         raise UsageError(
             f"{path} is a directory", hint="name a file for the bundle, e.g. model.kbundle"
@@ -311,7 +313,7 @@ def _link_anonymous(fd: int, path: Path, *, force: bool, what: str) -> Path | No
         os.link(f"/proc/self/fd/{fd}", target.name, dst_dir_fd=directory, follow_symlinks=True)
     except FileExistsError:
         raise OutputExistsError(
-            f"{what} {path} already exists", hint="pass --force to replace it"
+            f"{what} {path} already exists", hint="pass --force (force=True) to replace it"
         ) from None
     finally:
         os.close(directory)
@@ -328,7 +330,7 @@ def _publish(temp: Path | None, path: Path, *, force: bool, what: str) -> None:
         os.link(temp, path)
     except FileExistsError:
         raise OutputExistsError(
-            f"{what} {path} already exists", hint="pass --force to replace it"
+            f"{what} {path} already exists", hint="pass --force (force=True) to replace it"
         ) from None
     temp.unlink()
 
@@ -383,7 +385,8 @@ def atomic_directory(path: Path, *, force: bool, inputs: Sequence[Path] = ()) ->
         if path.exists() or path.is_symlink():
             if not force:
                 raise OutputExistsError(
-                    f"destination {path} already exists", hint="pass --force to replace it"
+                    f"destination {path} already exists",
+                    hint="pass --force (force=True) to replace it",
                 )
             # Again: files may have been added while the bundle was extracted and loaded.
             refusal = _replace_refusal(path, _DESTINATION, inputs)

@@ -92,9 +92,7 @@ def _deflate_bomb(name: str, header: bytes, zeros: int) -> bytes:
     )
     directory_offset = len(local) + len(name_bytes) + len(data)
     directory = central + name_bytes
-    end = struct.pack(
-        "<4sHHHHIIH", b"PK\x05\x06", 0, 0, 1, 1, len(directory), directory_offset, 0
-    )
+    end = struct.pack("<4sHHHHIIH", b"PK\x05\x06", 0, 0, 1, 1, len(directory), directory_offset, 0)
     return local + name_bytes + data + directory + end
 
 

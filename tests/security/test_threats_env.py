@@ -186,7 +186,9 @@ def test_row20_env_create_refuses_every_line_but_a_pin_before_any_process(
     number = pins.count(b"\n") + 1
     target, pip_log = tmp_path / "venv", tmp_path / "pip.log"
 
-    result = run_cli("env", "create", bundle, target, env=env_with_unreachable_index(PIP_LOG=str(pip_log)))
+    result = run_cli(
+        "env", "create", bundle, target, env=env_with_unreachable_index(PIP_LOG=str(pip_log))
+    )
 
     _assert_refused_create(result, code, target, pip_log)
     assert result.stderr == _refusal(REQUIREMENTS, number, problem, shown or line, fix)
@@ -233,7 +235,12 @@ def test_row20_a_wheel_with_a_pth_shipped_in_env_is_never_installed(
 
     for trust in ([], ["--trust-code"]):
         result = run_cli(
-            "env", "create", bundle, target, *trust, env=env_with_unreachable_index(PIP_LOG=str(pip_log))
+            "env",
+            "create",
+            bundle,
+            target,
+            *trust,
+            env=env_with_unreachable_index(PIP_LOG=str(pip_log)),
         )
         assert not marker.exists()
         _assert_refused_create(result, 4, target, pip_log)
@@ -282,12 +289,14 @@ def test_row20_trust_code_lets_https_sources_through_and_nothing_local(
     )  # fmt: skip
     _assert_refused_create(created, 2, target, pip_log)
     assert created.stderr.startswith(
-        f"kbundle: error: --python {missing} is Python (not runnable), the bundle was packed"
+        f"kbundle: error: python (--python) {missing} is Python (not runnable), the bundle was packed"
     )
 
     local = _forged(honest, tmp_path / "local.kbundle", pins + b"-e .\n")
     for command in (["export", local], ["create", local, target]):
-        result = run_cli("env", *command, "--trust-code", env=env_with_unreachable_index(PIP_LOG=str(pip_log)))
+        result = run_cli(
+            "env", *command, "--trust-code", env=env_with_unreachable_index(PIP_LOG=str(pip_log))
+        )
         _assert_refused_create(result, 4, target, pip_log)
         assert result.stderr == _refusal(REQUIREMENTS, number, PIP_OPTION, "-e .", NEVER_LOCAL)
 
@@ -330,7 +339,9 @@ def test_row20_hashed_lock_lines_validate_and_a_lock_line_without_hash_is_refuse
     assert_clean_failure(refused, 1)
     assert (refused.stdout, refused.stderr) == ("", expected)
     target, pip_log = tmp_path / "venv", tmp_path / "pip.log"
-    created = run_cli("env", "create", unhashed, target, env=env_with_unreachable_index(PIP_LOG=str(pip_log)))
+    created = run_cli(
+        "env", "create", unhashed, target, env=env_with_unreachable_index(PIP_LOG=str(pip_log))
+    )
     _assert_refused_create(created, 1, target, pip_log)
     assert created.stderr == expected
 
@@ -382,7 +393,9 @@ def test_row26_non_utf8_requirements_are_a_format_error(honest: Path, tmp_path: 
     assert_clean_failure(exported, 1)
     assert (exported.stdout, exported.stderr) == ("", expected)
     target, pip_log = tmp_path / "venv", tmp_path / "pip.log"
-    created = run_cli("env", "create", bundle, target, env=env_with_unreachable_index(PIP_LOG=str(pip_log)))
+    created = run_cli(
+        "env", "create", bundle, target, env=env_with_unreachable_index(PIP_LOG=str(pip_log))
+    )
     _assert_refused_create(created, 1, target, pip_log)
     assert created.stderr == expected
 

@@ -63,7 +63,9 @@ def _install(site: Path, name: str, version: str, files: dict[str, str]) -> None
     info.mkdir()
     (info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n")
     (info / "top_level.txt").write_text(f"{name}\n")
-    records += [f"{name}-{version}.dist-info/{n},," for n in ("METADATA", "RECORD", "top_level.txt")]
+    records += [
+        f"{name}-{version}.dist-info/{n},," for n in ("METADATA", "RECORD", "top_level.txt")
+    ]
     (info / "RECORD").write_text("\n".join(records) + "\n")
 
 
@@ -185,7 +187,12 @@ def test_row18_an_installed_distribution_is_imported_only_when_allowed(
     assert site.marks() == set() and not (tmp_path / "a").exists()
 
     allowed = run_cli(
-        "unpack", boom_bundle, "-d", tmp_path / "b", "--allow-distribution", "evillayers",
+        "unpack",
+        boom_bundle,
+        "-d",
+        tmp_path / "b",
+        "--allow-distribution",
+        "evillayers",
         env=site.env(),
     )
     assert allowed.returncode == 0, allowed.stderr
@@ -367,7 +374,12 @@ def test_row18_an_object_must_be_what_its_module_registered(
         lambda manifest: _record(manifest).update(qualname="helper"),
     )
     result = run_cli(
-        "unpack", bundle, "-d", tmp_path / "out", "--allow-distribution", "evillayers",
+        "unpack",
+        bundle,
+        "-d",
+        tmp_path / "out",
+        "--allow-distribution",
+        "evillayers",
         env=site.env(),
     )
     assert_clean_failure(result, 4)
@@ -440,7 +452,12 @@ def test_row26_system_exit_from_imported_code_is_a_load_error(
 
     bundle = _reforged(boom_bundle, tmp_path / "exit.kbundle", exiting)
     result = run_cli(
-        "unpack", bundle, "-d", tmp_path / "out", "--allow-distribution", "exitlayers",
+        "unpack",
+        bundle,
+        "-d",
+        tmp_path / "out",
+        "--allow-distribution",
+        "exitlayers",
         env=site.env(),
     )
     assert_clean_failure(result, 5)
@@ -585,10 +602,35 @@ print(json.dumps({"outcomes": outcomes, "events": events, "search_path": search_
 # Packages an untrusted load may import from (and run code of): the standard library, kbundle,
 # and what Keras and TensorFlow themselves import. Never the Keras 2 implementations.
 _LIBRARY_TOPS = {
-    "kbundle", "keras", "tensorflow", "numpy", "h5py", "ml_dtypes", "google", "absl",
-    "optree", "rich", "namex", "packaging", "zstandard", "click", "wrapt", "tensorboard",
-    "opt_einsum", "gast", "astunparse", "termcolor", "flatbuffers", "markdown_it", "mdurl",
-    "pygments", "grpc", "keras_hub", "keras_cv", "keras_nlp", "_distutils_hack",
+    "kbundle",
+    "keras",
+    "tensorflow",
+    "numpy",
+    "h5py",
+    "ml_dtypes",
+    "google",
+    "absl",
+    "optree",
+    "rich",
+    "namex",
+    "packaging",
+    "zstandard",
+    "click",
+    "wrapt",
+    "tensorboard",
+    "opt_einsum",
+    "gast",
+    "astunparse",
+    "termcolor",
+    "flatbuffers",
+    "markdown_it",
+    "mdurl",
+    "pygments",
+    "grpc",
+    "keras_hub",
+    "keras_cv",
+    "keras_nlp",
+    "_distutils_hack",
 }
 _NEVER = ("tf_keras", "tensorflow.python.keras", "tensorflow.keras")
 
@@ -628,7 +670,9 @@ def _forbidden(event: list[Any], roots: list[str], readable: list[str], scratch:
         if not os.path.isabs(path):
             return None  # a name under a directory descriptor: shutil.rmtree of scratch
         keras_config = os.path.expanduser("~/.keras/")  # Keras reads its own keras.json
-        if path.startswith((*roots, *readable, scratch, keras_config, "/proc/", "/sys/", "/dev/", "/etc/")):
+        if path.startswith(
+            (*roots, *readable, scratch, keras_config, "/proc/", "/sys/", "/dev/", "/etc/")
+        ):
             return None
         return f"read {path}"
     return f"{kind} {detail}"

@@ -53,6 +53,7 @@ BACKEND_LIBRARIES = {"jax": ("jax", "jaxlib"), "torch": ("torch",), "tensorflow"
 EXPORT_FIX = "install the recorded environment: 'kbundle env create BUNDLE DIR'"
 MISSING = "not installed"  # the current value of a field whose distribution is absent
 
+
 @dataclass(frozen=True, slots=True)
 class Outcome:
     severity: Severity
@@ -80,6 +81,7 @@ RISK = Outcome(Severity.WARN)
 NOTE = Outcome(Severity.INFO)
 INCIDENTAL = Outcome(Severity.INFO, incidental=True)
 
+
 @dataclass(frozen=True, slots=True)
 class Result:
     location: str
@@ -89,6 +91,7 @@ class Result:
     problem: str
     why: str | None = None
     fix: str | None = None
+
 
 @dataclass(frozen=True, slots=True)
 class Needed:
@@ -215,4 +218,3 @@ def compare_version(
         outcome, problem = newer, f"{what} is newer than the one that packed the model"
         why = why_newer
     return Result(location, recorded, current, outcome, problem, why, fix)
-

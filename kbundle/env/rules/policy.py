@@ -143,7 +143,7 @@ def resolve_policy(
         if name not in POLICIES:
             raise UsageError(
                 f"policy must be one of {', '.join(POLICIES)}: {name!r}",
-                hint="use --policy default|strict|lenient",
+                hint="use --policy (policy=) default, strict or lenient",
             )
         policy_name = name
     overrides.extend(parse_severity_overrides(severity, origin))

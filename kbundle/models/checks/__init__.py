@@ -64,7 +64,6 @@ def require_sound_model(
     raise_problems(check_model_file(path, fmt, label=label), label or str(path), error, hint)
 
 
-
 @dataclass(frozen=True, slots=True)
 class PackCheck:
     """What :func:`require_sound_before_streaming` leaves to the pack that follows it."""
@@ -94,7 +93,6 @@ def require_sound_before_streaming(
     unchecked = tuple(f.describe() for f in findings if f.severity == Severity.INFO)
     watch = ZipCrcWatch(path, deferred, error, hint) if deferred else None
     return PackCheck(watch, objects, unchecked)
-
 
 
 def check_model_file(

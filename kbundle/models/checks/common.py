@@ -35,16 +35,12 @@ Opener = Callable[[str], "tuple[IO[bytes], int] | None"]
 # of elements, or None for a group.
 H5Objects = dict[str, "int | None"]
 
-DAMAGED_START = (
-    "the file is damaged at its start; restore it from a backup or save the model again"
-)
+DAMAGED_START = "the file is damaged at its start; restore it from a backup or save the model again"
 CUT_SHORT = "an interrupted save or copy cuts a file short"
 INCOMPLETE = "the file is incomplete; copy it again or save the model again"
 
 
-def raise_problems(
-    findings: FileFindings, name: str, error: type[KbundleError], hint: str
-) -> None:
+def raise_problems(findings: FileFindings, name: str, error: type[KbundleError], hint: str) -> None:
     problems = [f for f in findings if f.severity >= Severity.ERROR]
     if not problems:
         return

@@ -42,6 +42,7 @@ H5_BOMB_FLOOR_BYTES = 64 * 1024 * 1024
 _H5_SUPERBLOCK_SEARCH_LIMIT = 1 << 20
 _UNDEFINED_ADDRESS = (1 << 64) - 1
 
+
 def check_h5(
     handle: IO[bytes], size: int, name: str, h5_objects: H5Objects | None = None
 ) -> FileFindings:

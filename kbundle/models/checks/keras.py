@@ -74,6 +74,7 @@ ZIP_BOMB_FLOOR_BYTES = 64 * 1024 * 1024
 # Keras 3's other weights store, read when a .keras archive has no model.weights.h5.
 KERAS_NPZ_WEIGHTS_NAME = "model.weights.npz"
 
+
 @dataclass(frozen=True, slots=True)
 class StoredRange:
     """A stored zip member's data: where it is in the archive and the CRC-32 it declares."""
@@ -112,7 +113,6 @@ class ZipCrcWatch:
             if actual != member.crc
         ]
         raise_problems(findings, str(self._path), self._error, self._hint)
-
 
 
 def check_keras_zip(
@@ -378,7 +378,6 @@ def _zip_directory_findings(archive: zipfile.ZipFile, name: str, size: int) -> F
     return findings
 
 
-
 def _zip_member_findings(
     archive: zipfile.ZipFile, info: zipfile.ZipInfo, name: str, extract_to: Path | None
 ) -> FileFindings:
@@ -535,6 +534,7 @@ def _recompute_crc(
 # --------------------------------------------------------------------------------------------
 # The Keras 3 layout (both forms)
 
+
 def _keras_layout_findings(
     open_member: Opener, name: str, prefix: str, h5_objects: H5Objects | None = None
 ) -> FileFindings:
@@ -565,7 +565,6 @@ def _keras_layout_findings(
         with handle:
             findings += npz_findings(handle, size, f"{prefix}{KERAS_NPZ_WEIGHTS_NAME}")
     return findings
-
 
 
 def check_keras_dir(path: Path, name: str, h5_objects: H5Objects | None = None) -> FileFindings:
