@@ -142,7 +142,8 @@ def test_env_create_needs_the_recorded_python(tmp_path: Path, sequential_model: 
     assert missing.stderr == (
         "kbundle: error: Python 3.4, which the bundle was packed with, is not installed here: no "
         "python3.4 on PATH; "
-        "install Python 3.4 (python.org, pyenv, 'uv python install 3.4') or pass --python PATH\n"
+        "install Python 3.4 (python.org, pyenv, 'uv python install 3.4') or pass --python PATH "
+        "(python=PATH)\n"
     )
     assert not (tmp_path / "venv").exists()
     import sys

@@ -22,6 +22,7 @@ INTRO = """# kbundle Python API
 
 Generated from the code by `tools/api_reference.py`; a test fails when it is stale.
 
+<!-- snippet: setup model -->
 ```python
 import kbundle
 
