@@ -30,6 +30,7 @@ from kbundle.env import distributions
 from kbundle.env.distributions import canonical_name
 
 __all__ = [
+    "KERAS_ECOSYSTEM",
     "KERAS_PACKAGES",
     "ModuleOrigin",
     "ModuleOrigins",
@@ -47,6 +48,10 @@ __all__ = [
 
 # Packages whose objects Keras resolves by itself: never custom objects, never bundled.
 KERAS_PACKAGES = frozenset({"keras", "tf_keras", "tensorflow"})
+# The packages Keras 3's safe-mode deserialiser itself imports a config's ``module`` from
+# (keras.src.saving.serialization_lib): the ecosystem's own built-ins. Never bundled; their
+# objects are recorded as built-ins, with the distribution that provides them.
+KERAS_ECOSYSTEM = frozenset({"keras", "keras_hub", "keras_cv", "keras_nlp"})
 
 
 def reserved_module(name: str) -> str | None:
@@ -55,7 +60,7 @@ def reserved_module(name: str) -> str | None:
     top = name.split(".")[0]
     if top in sys.stdlib_module_names:
         return "a standard-library module"
-    if top in KERAS_PACKAGES or top == "kbundle":
+    if top in KERAS_PACKAGES or top in KERAS_ECOSYSTEM or top == "kbundle":
         return f"part of {top}"
     return None
 

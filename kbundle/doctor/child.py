@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kbundle.code.gate import ImportGate
+from kbundle.code.sources import KERAS_ECOSYSTEM
 from kbundle.findings import Severity
 from kbundle.models.checks import check_model_file
 from kbundle.models.formats import describe_model_file, read_model_config
@@ -75,7 +76,6 @@ _FUNCTION_NAMESPACES = (
 )
 # Keras 2 model classes Keras 3 reads under other names.
 _MODEL_ALIASES = frozenset({"Functional", "Model", "Sequential"})
-_KERAS_PACKAGES = ("keras", "keras_hub", "keras_cv", "keras_nlp")
 
 
 def _emit(out: IO[str], **record: Any) -> None:
@@ -171,7 +171,7 @@ def _unresolved(keras: Any, ref: ObjectReference) -> dict[str, Any] | None:
     keras2_only = ref.name in KERAS2_ONLY_CLASSES or bool(
         module and module.startswith(KERAS2_MODULE_PREFIXES)
     )
-    from_keras = module is not None and module.split(".")[0] in _KERAS_PACKAGES
+    from_keras = module is not None and module.split(".")[0] in KERAS_ECOSYSTEM
     if not keras2_only and from_keras and _attribute(str(module), ref.name) is not None:
         return None
     if (

@@ -31,6 +31,7 @@ from kbundle.container.manifest import (
 from kbundle.container.signature_member import signature_member_size
 from kbundle.container.writer import DEFAULT_LEVEL, PayloadFile, ProgressCallback, write_bundle
 from kbundle.env.capture import capture_environment
+from kbundle.env.rules.tensorflow import shadowing
 from kbundle.errors import PackError, UsageError
 from kbundle.models.checks import ZipCrcWatch, require_sound_before_streaming
 from kbundle.models.formats import (
@@ -147,15 +148,13 @@ def _probe_extras(
     model: Any,
     source: Path,
     fmt: str,
-    description: Mapping[str, Any],
     scratch: Path,
     probe: bool | None,
 ) -> Extras:
     """``probe/``: a deterministic input and the model's output on it (see kbundle.models.probe)."""
     from kbundle.models.probe import probe_payload
 
-    inputs = description.get("inputs")
-    info, files, notes = probe_payload(model, source, fmt, inputs, scratch, wanted=probe)
+    info, files, notes = probe_payload(model, source, fmt, scratch, wanted=probe)
     return Extras(tuple(files), {"probe": info} if info else None, notes)
 
 
@@ -266,9 +265,11 @@ def pack(
         added = _with_custom_objects(
             added, model, source, fmt, Path(scratch), custom_objects, custom_modules
         )
-        added = added.merged(_probe_extras(model, source, fmt, description, Path(scratch), probe))
+        added = added.merged(_probe_extras(model, source, fmt, Path(scratch), probe))
         # After the probe: a TensorFlow it imported is recorded in full.
         environment = capture_environment()
+        shadowed = shadowing(environment)  # two TensorFlows: the user must hear it now
+        added = added.merged(Extras(notes=(shadowed,) if shadowed else ()))
         added = added.merged(_requirements_extras(environment, added, Path(scratch), lock))
         payload += list(added.payload)
         created, mtime = _utc_now()
