@@ -559,8 +559,8 @@ def _keras_layout_findings(
             Finding(
                 location=name,
                 problem=f"is a SavedModel in a zip ({saved_model}), not a .keras archive",
-                fix="unzip it and use the directory that holds saved_model.pb: it is a "
-                "SavedModel (kbundle doctor DIR --trust-code loads it, as loading runs its graph)",
+                fix="unzip it and load the directory that holds saved_model.pb as a SavedModel "
+                "(loading one runs its graph: only if you trust it, with --trust-code)",
             )
         ]
     findings: FileFindings = []
