@@ -348,3 +348,14 @@ def test_no_probe_stored_is_said_on_the_command_line(tmp_path: Path, keras: Any)
         assert done.returncode == 0, done.stderr
         assert f"kbundle: note: {note}" in done.stderr.splitlines(), done.stderr
         assert kbundle.inspect(tmp_path / f"{name}.kbundle").manifest.probe is None
+
+
+def test_an_unzipped_keras_directory_is_probed(tmp_path: Path, sequential_model: Any, keras: Any) -> None:
+    keras.saving.save_model(sequential_model, tmp_path / "unzipped", zipped=False)
+    done = run_cli("pack", tmp_path / "unzipped", "-o", tmp_path / "dir.kbundle")
+    assert done.returncode == 0, done.stderr
+    assert "no probe stored" not in done.stderr
+    assert kbundle.inspect(tmp_path / "dir.kbundle").manifest.probe is not None
+    loaded = kbundle.unpack(tmp_path / "dir.kbundle", tmp_path / "out", load_model=True)
+    probe = next(f for f in loaded.environment if f.location == "probe")
+    assert (probe.severity, probe.actual) == (kbundle.Severity.OK, "max abs diff 0, max rel diff 0")

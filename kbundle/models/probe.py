@@ -219,7 +219,8 @@ def probe_payload(
     if live is None:
         if importlib.util.find_spec("keras") is None:
             return skip("Keras is not installed here to run the model")
-        if fmt not in ("keras", "h5"):
+        unzipped = fmt == "keras-dir" and keras_io.loads_unzipped_keras()
+        if fmt not in ("keras", "h5") and not unzipped:
             kind = {"savedmodel": "a SavedModel", "keras-dir": "an unzipped .keras directory"}
             return skip(f"Keras does not load {kind.get(fmt, fmt)} as a model to run it")
         try:

@@ -554,7 +554,7 @@ def _keras_layout_findings(
     archive Keras 3 writes has them, empty for a model without weights). ``members``, the
     archive's names, tell a zipped SavedModel from an incomplete ``.keras`` file."""
     saved_model = next((m for m in members if m.rpartition("/")[2] == "saved_model.pb"), None)
-    if open_member(KERAS_CONFIG_NAME) is None and saved_model is not None:
+    if saved_model is not None and KERAS_CONFIG_NAME not in members:
         return [
             Finding(
                 location=name,
