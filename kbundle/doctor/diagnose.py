@@ -2,19 +2,24 @@
 
 A model fails to load for one of three reasons, and each finding is filed under one:
 
-* **corruption** — the bytes are damaged or hostile: wrong magic bytes, truncation, a bad zip
-  CRC, unreadable HDF5 structure, a bundle that fails verification, bombs and external links;
-* **serialization** — the config names classes or functions this environment cannot resolve,
-  or Lambda layers that need ``safe_mode=False``;
-* **environment** — the file was written by another Keras major, backend or TensorFlow, or
-  needs ops this TensorFlow build lacks.
+* **corruption** — the bytes are damaged or hostile, or are not the model at all: wrong magic
+  bytes, truncation, a bad zip CRC, unreadable HDF5 structure, an archive missing a member, a
+  config that disagrees with its weights, an empty file, a Git LFS pointer, text, a zipped
+  SavedModel, a bundle that fails verification, bombs and external links;
+* **serialization** — the config names classes or functions this environment cannot resolve
+  (what their module defines and registers now is read from its source, never imported),
+  Lambda layers that need ``safe_mode=False``, or there is no config (a weights-only file);
+* **environment** — the file was written by another Keras major (or a newer Keras of this
+  one), backend or TensorFlow, or needs ops this TensorFlow build lacks.
 
 The static part runs here and never imports TensorFlow or Keras. Everything that may crash,
 hang or needs Keras — reading HDF5 through h5py, resolving names, the real load — runs in a
 child process (``kbundle.doctor.child``) with safe mode on and no custom objects, so bundled
 code never runs and a crash is reported, not suffered. The child's exception is mapped to a
-class by :data:`FAILURE_RULES`. A model is healthy when it loads; findings on a model that
-loads are warnings. Stable: ``diagnose`` and ``Diagnosis`` are public API; texts may change.
+class by :data:`FAILURE_RULES`, then explained by the findings made before it (a missing
+object a finding names takes that finding's fix). Every finding carries a fix. A model is
+healthy when it loads; findings on a model that loads are warnings. Stable: ``diagnose`` and
+``Diagnosis`` are public API; texts may change.
 """
 
 from __future__ import annotations
@@ -33,8 +38,8 @@ from typing import Any
 from kbundle.container.manifest import CustomObject, Environment
 from kbundle.container.zstdframes import ZSTD_MAGIC
 from kbundle.env.rules import compare_saved_by
-from kbundle.env.rules.base import EXPORT_FIX, parse_version
-from kbundle.env.rules.saved_by import KERAS2_FIX
+from kbundle.env.rules.base import EXPORT_FIX
+from kbundle.env.rules.saved_by import KERAS2_FIX, newer_version
 from kbundle.errors import (
     EnvironmentMismatchError,
     IntegrityError,
@@ -610,7 +615,7 @@ def _explained(
         not custom_missing
         and saved
         and _same_major(saved, here)
-        and _newer(saved, here)
+        and newer_version(saved, here)
     ):
         return replace(
             load,
@@ -640,9 +645,6 @@ def _same_major(left: str, right: str | None) -> bool:
     return right is not None and left.split(".")[0] == right.split(".")[0]
 
 
-def _newer(left: str, right: str | None) -> bool:
-    was, now = parse_version(left), parse_version(right)
-    return was is not None and now is not None and was > now
 
 
 # --------------------------------------------------------------------------------------------
@@ -751,7 +753,7 @@ def _ecosystem_finding(
     saved = saved_by.get("keras_version")
     if item.get("module_status") == "missing":
         fix = f"install {distribution} (the file names {module}.{item['name']})"
-    elif top == "keras" and saved and _newer(saved, here):
+    elif top == "keras" and saved and newer_version(saved, here):
         fix = f"upgrade keras to {saved} or later: the file was written by Keras {saved}"
     else:
         fix = (
