@@ -345,3 +345,18 @@ def test_every_finding_has_a_fix_and_none_sends_the_user_to_doctor(
             fixes.append(report["load"]["fix"])
     assert fixes
     assert [fix for fix in fixes if re.search(r"kbundle doctor|run .*doctor", fix)] == []
+
+
+def test_the_load_finding_takes_the_fix_of_the_finding_that_explains_it(
+    diagnoses: dict[str, tuple[int, dict[str, Any]]],
+) -> None:
+    """The failed load's own finding says what the static finding says: --trust-code for code
+    the bundle carries, the exact custom_objects key for a changed registration."""
+    for name, wanted in (
+        ("carried.kbundle", "then load with --trust-code (trust_code=True)"),
+        ("scale.keras", "load with custom_objects={'pkg>Scale': Scale}"),
+    ):
+        _, report = diagnoses[name]
+        (load,) = [f for f in report["findings"]["serialization"] if f["location"] == "load"]
+        assert wanted in load["fix"], load
+        assert "import the module that defines the missing object" not in load["fix"]
