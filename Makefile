@@ -18,6 +18,11 @@ $(STAMP): pyproject.toml
 	# on plain "tensorflow", which would install the CUDA build over tensorflow-cpu, so it is
 	# installed without dependencies: everything it needs is already here.
 	$(BIN)/python -m pip install --quiet --no-deps "tf-keras>=2.16"
+	# keras-hub: the tests pack its backbones (built at tiny sizes, never downloaded). Its
+	# tensorflow-text pulls plain "tensorflow" beside tensorflow-cpu (two TensorFlows sharing
+	# one package directory), so it too is installed without dependencies, with the one it
+	# imports at start (tokenizers; kagglehub and tensorflow-text are imported only when used).
+	$(BIN)/python -m pip install --quiet --no-deps "keras-hub==0.32.0" "tokenizers==0.23.3"
 	touch $(STAMP)
 
 test: $(STAMP)

@@ -87,9 +87,19 @@ class KbundleError(Exception):
         return self.message
 
 
+# Keras 3 wraps an error raised inside a layer's call in a frame: this line, the error in
+# terminal bold, then "Arguments received by ...". The error is what a user needs to see.
+_KERAS_CALL_FRAME = "Exception encountered when calling"
+_TERMINAL_BOLD = re.compile(r"\x1b\[[01]m")
+
+
 def exception_summary(exc: BaseException) -> str:
-    """``TypeName: first line of the message``: how a foreign exception appears in ours."""
+    """``TypeName: first line of the message``: how a foreign exception appears in ours
+    (for an error Keras wrapped in its call frame, the first line of the error inside)."""
     text = str(exc).strip()
+    if text.startswith(_KERAS_CALL_FRAME) and "\n" in text:
+        inner = text.split("\n", 1)[1].split("Arguments received by", 1)[0]
+        text = _TERMINAL_BOLD.sub("", inner).strip() or text
     return f"{type(exc).__name__}: {text.splitlines()[0][:300]}" if text else type(exc).__name__
 
 

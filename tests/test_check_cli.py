@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import assert_clean_failure, child_env, run_cli, run_python
+from conftest import assert_clean_failure, child_env, python_with_site, run_cli, run_python
 
 import kbundle
 
@@ -342,3 +342,78 @@ def test_check_says_it_reads_only_the_manifest_and_verifies_on_request(
     assert intact.returncode == 0, intact.stderr
     assert intact.stdout.splitlines()[-2] == ("integrity: verified, every member's SHA-256 matches")
     assert json.loads(run_cli("check", bundle, "--verify", "--json").stdout)["verified"] is True
+
+
+def _two_tensorflows(root: Path, files_of: str) -> Path:
+    """An interpreter in which plain ``tensorflow`` is installed beside ``tensorflow-cpu``
+    (as keras-hub's tensorflow-text pulls it), the shared ``tensorflow`` package holding
+    ``files_of``'s files: both distributions' metadata (copied from the real tensorflow-cpu's)
+    in a site directory ahead of this environment's, each RECORD listing the real package's
+    ``build_info.py``, with its real hash for ``files_of`` and a stale one for the other."""
+    import base64
+    import hashlib
+    import os
+
+    from kbundle.env.distributions import find
+
+    real = find("tensorflow-cpu")
+    assert real is not None
+    build_info = real.locate("tensorflow/python/platform/build_info.py")
+    digest = hashlib.sha256(build_info.read_bytes()).digest()
+    actual = base64.urlsafe_b64encode(digest).decode().rstrip("=")
+    python = python_with_site(root, {})
+    site = Path(
+        run_python(
+            "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])", python=python
+        ).stdout.strip()
+    )
+    for name in ("tensorflow", "tensorflow-cpu"):
+        info = site / f"{name.replace('-', '_')}-{real.version}.dist-info"
+        info.mkdir()
+        metadata = (real.path / "METADATA").read_text()
+        (info / "METADATA").write_text(
+            re.sub(r"(?m)^Name: .*$", f"Name: {name}", metadata, count=1)
+        )
+        recorded = actual if name == files_of else "stale" + actual[5:]
+        (info / "RECORD").write_text(
+            f"{os.path.relpath(build_info, site)},sha256={recorded},{build_info.stat().st_size}\n"
+        )
+    return python
+
+
+def test_two_tensorflows_are_said_at_pack_and_the_imported_one_recorded(
+    tmp_path: Path, saved_keras_file: Path
+) -> None:
+    for files_of, probe in (("tensorflow", "--probe"), ("tensorflow-cpu", "--no-probe")):
+        (tmp_path / files_of).mkdir()
+        python = _two_tensorflows(tmp_path / files_of, files_of)
+        bundle = tmp_path / f"{files_of}.kbundle"
+        done = run_python(
+            "-m", "kbundle", "pack", saved_keras_file, "-o", bundle, probe, "-q", python=python
+        )
+        assert done.returncode == 0, done.stderr
+        version = kbundle.inspect(bundle).manifest.environment.distributions["tensorflow-cpu"]
+        assert (
+            f"kbundle: note: 2 TensorFlow distributions shadow each other (tensorflow-cpu "
+            f"{version}, tensorflow {version}): they share one tensorflow package, whose files "
+            f"are {files_of}'s (recorded); uninstall all of them and install only the one you "
+            "want"
+        ) in done.stderr.splitlines(), done.stderr
+        manifest = kbundle.inspect(bundle).manifest
+        assert manifest.environment.tensorflow is not None
+        assert manifest.environment.tensorflow.distribution == files_of
+        assert manifest.environment.tensorflow.build_info["is_cuda_build"] is False
+        extracted = kbundle.unpack(bundle, tmp_path / f"{files_of}-files").path
+        pins = (extracted / "env/requirements.txt").read_text().splitlines()
+        assert [p for p in pins if p.startswith("tensorflow")] == [f"{files_of}=={version}"]
+
+        # The same environment is not called different; this one (one TensorFlow) is.
+        same = run_python("-m", "kbundle", "check", bundle, "--json", python=python)
+        assert same.returncode == 0, same.stderr
+        assert _not_ok(json.loads(same.stdout)) == []
+        other = json.loads(run_cli("check", bundle, "--json").stdout)
+        differing = {f["location"]: f["severity"] for f in _not_ok(other)}
+        if files_of == "tensorflow":
+            assert differing == {"tensorflow.distribution": "info"}
+        else:
+            assert differing == {}

@@ -117,7 +117,7 @@ def test_unpack_refuses_existing_destination(saved_keras_file: Path, tmp_path: P
         ),
         (
             ["pack", "notes.txt", "-o", "x.kbundle"],
-            "kbundle: error: notes.txt is not a Keras model file (starts with 68656c6c); pass a .keras or .h5 file, or a SavedModel directory; 'kbundle doctor' diagnoses damaged files",
+            "kbundle: error: notes.txt is text, not a model (it starts: 'hello world'); this is not a model file: find the model file it stands for (a download that saved an error page, or a note about the model)",
         ),
         (
             ["pack", "notes.txt", "-o", "nodir/x.kbundle"],

@@ -250,9 +250,17 @@ def test_several_tensorflow_distributions_and_a_cpu_build_for_a_cuda_one_are_war
         for f in compare_environments(recorded_gpu, both, manifest=_manifest(recorded_gpu))
         if f.severity > Severity.OK
     }
+    version = REAL.tensorflow.version
     assert (found["tensorflow.distribution"].severity, found["tensorflow.distribution"].actual) == (
         Severity.WARN,
-        "tensorflow-cpu, tensorflow",
+        f"tensorflow-cpu {version}, tensorflow {version}",
+    )
+    # Packed where the same two were installed, with the same one's files imported: the same.
+    same = compare_environments(both, both, manifest=_manifest(both))
+    (finding,) = [f for f in same if f.location == "tensorflow.distribution"]
+    assert (finding.severity, finding.problem) == (
+        Severity.OK,
+        "several TensorFlow distributions are installed, as when packing",
     )
     assert (
         found["tensorflow.build"].expected,

@@ -268,14 +268,16 @@ def test_unregistered_custom_layer(tmp_path: Path, keras: Any) -> None:
         "location": "model.config.layers[1]",
         "problem": "class 'Scale' cannot be resolved here (module 'kbtest_layers', registered name 'kbtest>Scale')",
         "severity": "error",
-        "why": "Keras builds every object the config names from a registered or built-in class",
+        "why": "Keras builds every object the config names from a registered or built-in class, "
+        "looked up by the registered name the file records",
         "fix": "'kbtest_layers' is installed but doctor never imports it: import it before loading so "
-        "its registration runs, or pass the class in custom_objects",
+        "its registration runs, or load with custom_objects={'kbtest>Scale': Scale}",
     }
     assert load["location"] == "load"
     assert load["problem"].startswith(
         "the real load failed: TypeError: Could not locate class 'Scale'."
     )
+    assert load["fix"] == static["fix"]  # the finding that explains the failure, not a generic one
     assert report["load"]["failure_class"] == "serialization"
     _only(report, "serialization")
 
@@ -474,7 +476,10 @@ def test_not_a_model_and_missing_path(tmp_path: Path) -> None:
 
     done = run_cli("doctor", text)
     assert_clean_failure(done, 2)
-    assert f"kbundle: error: {text} is not a Keras model file (starts with 68656c6c)" in done.stderr
+    assert (
+        f"kbundle: error: {text} is text, not a model (it starts: 'hello'); this is not a model "
+        "file: find the model file it stands for" in done.stderr
+    )
 
     done = run_cli("doctor", tmp_path / "absent.h5")
     assert_clean_failure(done, 2)

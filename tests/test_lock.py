@@ -62,6 +62,16 @@ def test_tf_keras_asking_for_tensorflow_keeps_the_installed_tensorflow_cpu() -> 
     assert missing == []
 
 
+def test_two_installed_tensorflows_are_never_both_pinned() -> None:
+    """tf-keras asks for plain tensorflow; with it installed beside tensorflow-cpu (as
+    keras-hub's tensorflow-text pulls it), the one pinned is the one whose files are imported."""
+    version = metadata.version(TENSORFLOW)
+    installed = {**versions(), "tensorflow": version}
+    for imported in (TENSORFLOW, "tensorflow"):
+        pins, _ = closure(["tf-keras"], installed, tensorflow=imported)
+        assert [name for name in pins if name.startswith("tensorflow")] == [imported]
+
+
 def test_local_version_labels_are_kept_and_missing_requirements_named() -> None:
     installed = {**versions(), "keras": "3.15.1+cu121"}
     del installed["namex"]

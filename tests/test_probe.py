@@ -213,25 +213,153 @@ def test_packing_a_file_probes_it_unless_told_not_to(
     assert (done.returncode, done.stdout) == (0, "None []\n"), done.stderr
 
 
-def test_a_model_without_a_known_signature_is_packed_with_a_note(
-    tmp_path: Path, keras: Any
-) -> None:
-    class Doubler(keras.Model):  # subclassed: Keras records no input signature, even once called
+def test_a_subclassed_model_never_called_is_packed_with_a_note(tmp_path: Path, keras: Any) -> None:
+    class Doubler(keras.Model):  # subclassed and never called: no input shape anywhere
         def call(self, x):  # type: ignore[no-untyped-def]
             return x * 2
 
     model = Doubler()
-    model(np.ones((1, 3), "float32"))
-    result = kbundle.pack(model, tmp_path / "doubler.kbundle")
+    with pytest.warns(UserWarning, match="has not yet been built"):
+        result = kbundle.pack(model, tmp_path / "doubler.kbundle")
     assert result.manifest.probe is None
-    assert result.notes == (
-        "no probe stored: the model's input signature (shapes and numeric dtypes) is unknown",
+    reason = (
+        "the model's input signature (shapes and numeric dtypes) is unknown: a subclassed model "
+        "that was never called (call it once on real data first)"
     )
-    with pytest.raises(PackError) as caught:
+    assert result.notes == (f"no probe stored: {reason}",)
+    with pytest.raises(PackError) as caught, pytest.warns(UserWarning):
         kbundle.pack(model, tmp_path / "asked.kbundle", probe=True)
     assert (
-        str(caught.value)
-        == "cannot probe the model: the model's input signature (shapes and numeric dtypes) is "
-        "unknown; pack with --no-probe (probe=False)"
+        str(caught.value) == f"cannot probe the model: {reason}; pack with --no-probe (probe=False)"
     )
     assert not (tmp_path / "asked.kbundle").exists()
+
+
+_SUBCLASSED_MODULE = """
+import keras
+
+@keras.saving.register_keras_serializable(package="ProbeTest")
+class Summer(keras.Model):
+    def call(self, inputs):
+        return {"sum": inputs["a"] * 2.0 + keras.ops.sum(inputs["b"], axis=-1, keepdims=True)}
+"""
+
+
+def test_a_subclassed_model_that_was_called_is_probed(tmp_path: Path) -> None:
+    """Keras records the shapes a subclassed model was built for (its build config, saved
+    with it): the probe uses them, at pack and again in a fresh process at load."""
+    (tmp_path / "summer_models.py").write_text(_SUBCLASSED_MODULE)
+    env = child_env(PYTHONPATH=os.pathsep.join([str(REPO), str(tmp_path)]))
+    pack_script = (
+        "import sys, numpy as np, kbundle, summer_models\n"
+        "model = summer_models.Summer()\n"
+        "model({'a': np.ones((1, 1), 'float32'), 'b': np.ones((1, 3), 'float32')})\n"
+        "result = kbundle.pack(model, sys.argv[1])\n"
+        "print(result.notes, result.manifest.model.inputs, result.manifest.probe is not None)\n"
+    )
+    bundle = tmp_path / "summer.kbundle"
+    done = run_python("-c", pack_script, bundle, env=env, cwd=tmp_path)
+    assert (done.returncode, done.stdout) == (0, "() None True\n"), done.stderr
+    load_script = (
+        "import sys, kbundle\n"
+        "result = kbundle.unpack(sys.argv[1], sys.argv[2], trust_code=True, load_model=True)\n"
+        "print([(f.severity.name, f.actual) for f in result.environment if f.location == 'probe'])\n"
+    )
+    done = run_python("-c", load_script, bundle, tmp_path / "out", env=child_env())
+    assert (done.returncode, done.stdout) == (
+        0,
+        "[('OK', 'max abs diff 0, max rel diff 0')]\n",
+    ), done.stderr
+    a, b = _npz(tmp_path / "out/probe/inputs.npz")  # flattened in Keras's order: a, b
+    assert (a.shape, b.shape) == ((2, 1), (2, 3))
+    [total] = _npz(tmp_path / "out/probe/outputs.npz")
+    np.testing.assert_array_equal(total, a * 2.0 + b.sum(axis=-1, keepdims=True))
+
+
+def _text_model(keras: Any) -> Any:
+    """Dict inputs declared in non-alphabetical order (token_ids, segment_ids, padding_mask),
+    as keras-hub's text backbones take them, with a masked mean over the sequence."""
+    keras.utils.set_random_seed(3)
+    tokens = keras.Input((None,), dtype="int32", name="token_ids")
+    segments = keras.Input((None,), dtype="int32", name="segment_ids")
+    mask = keras.Input((None,), dtype="int32", name="padding_mask")
+    embedded = keras.layers.Embedding(7, 4)(tokens) + keras.layers.Embedding(2, 4)(segments)
+    weights = keras.ops.expand_dims(keras.ops.cast(mask, "float32"), -1)
+    pooled = keras.ops.sum(embedded * weights, axis=1) / (keras.ops.sum(weights, axis=1) + 1.0)
+    return keras.Model(
+        {"token_ids": tokens, "segment_ids": segments, "padding_mask": mask},
+        keras.layers.Dense(2, name="head")(pooled),
+        name="text",
+    )
+
+
+def test_dict_inputs_are_fed_by_name(tmp_path: Path, keras: Any) -> None:
+    model = _text_model(keras)
+    # Warnings are errors here: Keras's "structure of inputs doesn't match" would fail the probe.
+    result = kbundle.pack(model, tmp_path / "text.kbundle")
+    assert (result.notes, result.manifest.probe is not None) == ((), True)
+    assert [s.name for s in result.manifest.model.inputs or []] == [
+        "padding_mask",
+        "segment_ids",
+        "token_ids",
+    ]
+    unpacked = kbundle.unpack(tmp_path / "text.kbundle", tmp_path / "text", load_model=True)
+    mask, segments, tokens = _npz(unpacked.path / "probe/inputs.npz")
+    [expected] = _npz(unpacked.path / "probe/outputs.npz")
+    by_name = {"token_ids": tokens, "segment_ids": segments, "padding_mask": mask}
+    np.testing.assert_array_equal(expected, np.asarray(model(by_name, training=False)))
+    probe = next(f for f in unpacked.environment if f.location == "probe")
+    assert (probe.severity, probe.actual) == (kbundle.Severity.OK, "max abs diff 0, max rel diff 0")
+
+
+def test_nested_inputs_keep_their_structure(tmp_path: Path, keras: Any) -> None:
+    keras.utils.set_random_seed(4)
+    a, b = keras.Input((3,), name="a"), keras.Input((2,), name="b")
+    c = keras.Input((4,), name="c")
+    out = keras.layers.Dense(1)(keras.layers.Concatenate()([a * 2.0, b, c]))
+    model = keras.Model({"pair": [a, b], "c": c}, out)
+    kbundle.pack(model, tmp_path / "nested.kbundle")
+    unpacked = kbundle.unpack(tmp_path / "nested.kbundle", tmp_path / "out", load_model=True)
+    c_in, a_in, b_in = _npz(unpacked.path / "probe/inputs.npz")  # dict keys sorted: c, pair
+    assert (c_in.shape, a_in.shape, b_in.shape) == ((2, 4), (2, 3), (2, 2))
+    [expected] = _npz(unpacked.path / "probe/outputs.npz")
+    np.testing.assert_array_equal(
+        expected, np.asarray(model({"pair": [a_in, b_in], "c": c_in}, training=False))
+    )
+    probe = next(f for f in unpacked.environment if f.location == "probe")
+    assert probe.severity == kbundle.Severity.OK
+
+
+def test_no_probe_stored_is_said_on_the_command_line(tmp_path: Path, keras: Any) -> None:
+    """Every way pack can store no probe is one 'kbundle: note:' line with the reason."""
+    keras.utils.set_random_seed(5)
+    images = keras.Input((1100, 1000), name="images")  # 2.2 M elements for two rows: too big
+    big = keras.Model(images, keras.layers.Dense(1)(images))
+    big.save(tmp_path / "big.keras")
+    exported = tmp_path / "exported"
+    keras.Sequential([keras.Input((3,)), keras.layers.Dense(1)]).export(
+        exported, format="tf_saved_model", verbose=False
+    )
+    cases = {
+        "big.keras": "no probe stored: the probe input would hold 2200000 elements, more than "
+        "1048576",
+        "exported": "no probe stored: Keras does not load a SavedModel as a model to run it",
+    }
+    for name, note in cases.items():
+        done = run_cli("pack", tmp_path / name, "-o", tmp_path / f"{name}.kbundle")
+        assert done.returncode == 0, done.stderr
+        assert f"kbundle: note: {note}" in done.stderr.splitlines(), done.stderr
+        assert kbundle.inspect(tmp_path / f"{name}.kbundle").manifest.probe is None
+
+
+def test_an_unzipped_keras_directory_is_probed(
+    tmp_path: Path, sequential_model: Any, keras: Any
+) -> None:
+    keras.saving.save_model(sequential_model, tmp_path / "unzipped", zipped=False)
+    done = run_cli("pack", tmp_path / "unzipped", "-o", tmp_path / "dir.kbundle")
+    assert done.returncode == 0, done.stderr
+    assert "no probe stored" not in done.stderr
+    assert kbundle.inspect(tmp_path / "dir.kbundle").manifest.probe is not None
+    loaded = kbundle.unpack(tmp_path / "dir.kbundle", tmp_path / "out", load_model=True)
+    probe = next(f for f in loaded.environment if f.location == "probe")
+    assert (probe.severity, probe.actual) == (kbundle.Severity.OK, "max abs diff 0, max rel diff 0")

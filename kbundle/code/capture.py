@@ -6,7 +6,10 @@ optimizers, schedules). Each is found among what the packing process already has
 ``custom_objects=`` given to pack, the Keras registry, imported modules, the live model, the
 modules named with ``custom_modules``) and travels one way:
 
-- ``distribution``: defined in an installed distribution (a company's package, keras_hub);
+- ``builtin``: Keras's own ecosystem (``keras_hub``, ``keras_cv``, ``keras_nlp``), which
+  Keras's safe-mode deserialiser imports itself: recorded with the distribution providing it
+  (pinned in the requirements), found without importing it and without a flag;
+- ``distribution``: defined in an installed distribution (a company's package);
   the distribution and its exact version are recorded, the code is not copied;
 - ``source``: defined in local source; the defining module and every local module it
   imports (and their packages' ``__init__``) are copied under ``code/``;
@@ -36,6 +39,7 @@ from typing import Any
 
 from kbundle.code.registry import registered_object
 from kbundle.code.sources import (
+    KERAS_ECOSYSTEM,
     KERAS_PACKAGES,
     ModuleOrigin,
     ModuleOrigins,
@@ -45,6 +49,7 @@ from kbundle.code.sources import (
     member_path,
     qualified_attribute,
     read_source,
+    reserved_module,
 )
 from kbundle.container.manifest import CustomObject, PickleInfo, SourceFile
 from kbundle.container.names import name_problem
@@ -88,6 +93,7 @@ class Reference:
     function: bool
     kind_hint: str | None = None
     legacy: bool = False
+    ecosystem: bool = False  # a built-in of Keras's ecosystem (keras_hub, ...): no lookup
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,7 +135,8 @@ def config_references(config: Any) -> list[Reference]:
 
 
 def _is_keras_module(module: Any) -> bool:
-    return isinstance(module, str) and module.split(".")[0] in KERAS_PACKAGES
+    """Keras's, TensorFlow's or the Keras ecosystem's (keras_hub, ...): never custom."""
+    return isinstance(module, str) and module.split(".")[0] in KERAS_PACKAGES | KERAS_ECOSYSTEM
 
 
 def _kind_from_key(key: str | None) -> str | None:
@@ -142,8 +149,22 @@ def _kind_from_key(key: str | None) -> str | None:
 
 def _reference(node: dict[str, Any], class_name: str, key: str | None) -> Reference | None:
     module = node.get("module")
-    if _is_keras_module(module):
+    if isinstance(module, str) and module.split(".")[0] in KERAS_PACKAGES:
         return None
+    if _is_keras_module(module):  # keras_hub and the like: recorded, never looked up
+        registered = node.get("registered_name") or class_name
+        function = class_name == "function"
+        name = node.get("config") if function else registered
+        if not isinstance(name, str):
+            return None
+        return Reference(
+            name,
+            name if function else class_name,
+            str(module),
+            function=function,
+            kind_hint=_kind_from_key(key),
+            ecosystem=True,
+        )
     if class_name == "function":
         name = node.get("config")
         if not isinstance(name, str):
@@ -437,6 +458,8 @@ class _Capture:
             parent = name.rpartition(".")[0]
             if parent:
                 pending.append(parent)
+            if origin.kind == "local" and reserved_module(name):
+                continue  # never served from a bundle, so never copied (kbundle from a checkout)
             if origin.kind == "local" and origin.file is not None:
                 source = self._copy_module(name, origin, owner)
                 if source is not None:
@@ -509,7 +532,8 @@ def _travel(name: str, obj: Any, kind: str, capture: _Capture) -> CustomObject |
     if text is not None:
         common["source_digest"] = definition_digest(text)
     if _is_keras_module(module_name):
-        return CustomObject(transport="builtin", **common)
+        distributions = _ecosystem_distribution(module_name, capture)
+        return CustomObject(transport="builtin", distributions=distributions, **common)
     importable = (
         module_name != "__main__"
         and qualified_attribute(sys.modules.get(module_name), qualname) is obj
@@ -544,6 +568,30 @@ def _travel(name: str, obj: Any, kind: str, capture: _Capture) -> CustomObject |
         )
         return None
     return _pickled(obj, text, common, capture)
+
+
+def _ecosystem_distribution(module: str, capture: _Capture) -> dict[str, str]:
+    """``{distribution: version}`` of a Keras-ecosystem module (``keras_hub`` ->
+    ``keras-hub``), found without importing it; empty for Keras's own or when not installed."""
+    if module.split(".")[0] in KERAS_PACKAGES:
+        return {}
+    origin = capture.origins(module.split(".")[0])
+    return dict([origin.distribution]) if origin.distribution else {}
+
+
+def _builtin_record(ref: Reference, capture: _Capture) -> CustomObject:
+    """The record of an object of Keras's ecosystem a config names (``keras_hub>Backbone``):
+    what the config says, with the distribution providing it. Nothing is imported: Keras
+    imports it itself when it loads the model."""
+    assert ref.module is not None
+    return CustomObject(
+        name=ref.name,
+        kind=ref.kind_hint or ("function" if ref.function else "class"),
+        module=ref.module,
+        qualname=ref.class_name.rpartition(">")[2],
+        transport="builtin",
+        distributions=_ecosystem_distribution(ref.module, capture),
+    )
 
 
 def _pickled(
@@ -626,7 +674,12 @@ def collect_custom_objects(
     resolve = _Resolver(given, capture, model, modules)
     wanted: dict[str, tuple[Any, str | None]] = {key: (obj, None) for key, obj in given.items()}
     resolved: set[str] = set()  # each name is looked up (and reported) once
+    builtins: dict[str, CustomObject] = {}
     for ref in references:
+        if ref.ecosystem:
+            if ref.name not in given and ref.name not in builtins:
+                builtins[ref.name] = _builtin_record(ref, capture)
+            continue
         if ref.name in wanted and wanted[ref.name][1] is None:
             wanted[ref.name] = (wanted[ref.name][0], ref.kind_hint)
         if ref.name in wanted or ref.name in resolved:
@@ -636,7 +689,10 @@ def collect_custom_objects(
         if obj is not None and not _is_keras_module(getattr(obj, "__module__", None)):
             wanted[ref.name] = (obj, ref.kind_hint)
     records = []
-    for name in sorted(wanted):
+    for name in sorted([*wanted, *builtins]):
+        if name in builtins:
+            records.append(builtins[name])
+            continue
         obj, hint = wanted[name]
         record = _travel(name, obj, _kind(obj, hint), capture)
         if record is not None:

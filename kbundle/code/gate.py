@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from kbundle.code.sources import ModuleOrigins, qualified_attribute
+from kbundle.code.sources import KERAS_ECOSYSTEM, ModuleOrigins, qualified_attribute
 from kbundle.env.distributions import canonical_name, packages_distributions
 from kbundle.errors import ModelLoadError, UntrustedCodeError, exception_summary
 from kbundle.models.references import object_references
@@ -46,9 +46,6 @@ __all__ = [
     "ImportGate",
 ]
 
-# The packages Keras 3's safe-mode deserialiser itself imports a config's ``module`` from
-# (keras.src.saving.serialization_lib): the ecosystem's own built-ins.
-KERAS_ECOSYSTEM = frozenset({"keras", "keras_hub", "keras_cv", "keras_nlp"})
 # Module prefixes no load imports, whoever allows it: Keras 2 implementations deserialise
 # Lambda bytecode without Keras 3's safe mode.
 NEVER_IMPORTED = ("tf_keras", "tensorflow.python.keras", "tensorflow.keras")

@@ -30,6 +30,7 @@ from kbundle.env import distributions
 from kbundle.env.distributions import canonical_name
 
 __all__ = [
+    "KERAS_ECOSYSTEM",
     "KERAS_PACKAGES",
     "ModuleOrigin",
     "ModuleOrigins",
@@ -41,12 +42,17 @@ __all__ = [
     "member_path",
     "qualified_attribute",
     "read_source",
+    "registered_classes",
     "reserved_module",
 ]
 
 
 # Packages whose objects Keras resolves by itself: never custom objects, never bundled.
 KERAS_PACKAGES = frozenset({"keras", "tf_keras", "tensorflow"})
+# The packages Keras 3's safe-mode deserialiser itself imports a config's ``module`` from
+# (keras.src.saving.serialization_lib): the ecosystem's own built-ins. Never bundled; their
+# objects are recorded as built-ins, with the distribution that provides them.
+KERAS_ECOSYSTEM = frozenset({"keras", "keras_hub", "keras_cv", "keras_nlp"})
 
 
 def reserved_module(name: str) -> str | None:
@@ -55,7 +61,7 @@ def reserved_module(name: str) -> str | None:
     top = name.split(".")[0]
     if top in sys.stdlib_module_names:
         return "a standard-library module"
-    if top in KERAS_PACKAGES or top == "kbundle":
+    if top in KERAS_PACKAGES or top in KERAS_ECOSYSTEM or top == "kbundle":
         return f"part of {top}"
     return None
 
@@ -250,6 +256,51 @@ def definition_source(source: str, qualname: str) -> str | None:
     start = min([node.lineno, *(d.lineno for d in node.decorator_list)])
     lines = source.splitlines(keepends=True)
     return "".join(lines[start - 1 : node.end_lineno])
+
+
+# The decorator that registers a class with Keras (keras.saving.register_keras_serializable,
+# keras.utils.register_keras_serializable in Keras 2), and the package it defaults to.
+_REGISTER = "register_keras_serializable"
+_DEFAULT_PACKAGE = "Custom"
+
+
+def registered_classes(source: str) -> dict[str, str | None]:
+    """The top-level classes a module's source defines, each with the name its
+    ``@register_keras_serializable(package, name)`` decorator registers it under with Keras
+    (``package>name``; ``None`` when it is not decorated so, or its arguments are not
+    literals). Read from the syntax tree: nothing runs."""
+    try:
+        tree = ast.parse(source)
+    except (SyntaxError, ValueError, RecursionError):
+        return {}
+    found: dict[str, str | None] = {}
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef):
+            found[node.name] = next(
+                (
+                    name
+                    for decorator in node.decorator_list
+                    if (name := _registered_as(decorator, node.name)) is not None
+                ),
+                None,
+            )
+    return found
+
+
+def _registered_as(decorator: ast.expr, class_name: str) -> str | None:
+    call = decorator if isinstance(decorator, ast.Call) else None
+    target = call.func if call else decorator
+    called = target.attr if isinstance(target, ast.Attribute) else getattr(target, "id", None)
+    if called != _REGISTER or call is None:
+        return None
+    values: dict[str, Any] = dict(zip(("package", "name"), call.args, strict=False))
+    values.update({k.arg: k.value for k in call.keywords if k.arg in ("package", "name")})
+    literal: dict[str, str | None] = {}
+    for key, node in values.items():
+        if not isinstance(node, ast.Constant) or not isinstance(node.value, str | None):
+            return None
+        literal[key] = node.value
+    return f"{literal.get('package') or _DEFAULT_PACKAGE}>{literal.get('name') or class_name}"
 
 
 def qualified_attribute(holder: Any, qualname: str) -> Any:

@@ -38,6 +38,7 @@ from kbundle.errors import IntegrityError, LimitExceededError, NotABundleError, 
 from kbundle.findings import Finding
 
 __all__ = [
+    "ALTERED_FIX",
     "BundleHead",
     "MemberSink",
     "MemberWriter",
@@ -49,6 +50,9 @@ __all__ = [
 # Zero blocks a reader tolerates after the end-of-archive marker: tar tools pad the archive to
 # a 10 KiB record (20 blocks); anything beyond that, or non-zero, is trailing garbage.
 _MAX_TRAILER = 20 * BLOCK
+# What to do about any member or framing that differs from what the manifest and trailer
+# record: nothing in the bundle can be trusted to repair it.
+ALTERED_FIX = "the bundle is corrupt or was altered; fetch an intact copy"
 
 
 class MemberWriter(Protocol):
@@ -296,7 +300,11 @@ def scan_bundle(
             current = "(end of archive)"
             if bounded.drain():
                 report.findings.append(
-                    Finding(location=current, problem="data after the end-of-archive marker")
+                    Finding(
+                        location=current,
+                        problem="data after the end-of-archive marker",
+                        fix=ALTERED_FIX,
+                    )
                 )
             if not tracker.at_end:
                 raise Truncated()
@@ -328,7 +336,9 @@ def _check_trailer(tracker: FrameTracker, digest: str, report: ScanReport) -> No
     trailer = tracker.trailer or b""
     if trailer[: len(TRAILER_TAG)] != TRAILER_TAG:
         report.findings.append(
-            Finding(location="(trailer)", problem="the trailer frame is not kbundle's")
+            Finding(
+                location="(trailer)", problem="the trailer frame is not kbundle's", fix=ALTERED_FIX
+            )
         )
     elif trailer[len(TRAILER_TAG) :] != digest_bytes(digest):
         report.findings.append(
@@ -384,7 +394,13 @@ class _MemberScanner:
         self, location: str, problem: str, *, expected: str | None = None, actual: str | None = None
     ) -> None:
         self._report.findings.append(
-            Finding(location=location, problem=problem, expected=expected, actual=actual)
+            Finding(
+                location=location,
+                problem=problem,
+                expected=expected,
+                actual=actual,
+                fix=ALTERED_FIX,
+            )
         )
 
     def member(self, tar: TarReader, entry: TarEntry, hasher: PipelinedHasher) -> None:

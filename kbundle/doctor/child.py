@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import IO, Any
 
 from kbundle.code.gate import ImportGate
+from kbundle.code.sources import KERAS_ECOSYSTEM, find_spec, read_source, registered_classes
 from kbundle.findings import Severity
 from kbundle.models.checks import check_model_file
 from kbundle.models.formats import describe_model_file, read_model_config
@@ -78,7 +79,6 @@ _FUNCTION_NAMESPACES = (
 )
 # Keras 2 model classes Keras 3 reads under other names.
 _MODEL_ALIASES = frozenset({"Functional", "Model", "Sequential"})
-_KERAS_PACKAGES = ("keras", "keras_hub", "keras_cv", "keras_nlp")
 
 
 def _emit(out: IO[str], **record: Any) -> None:
@@ -113,6 +113,8 @@ def main(argv: list[str] | None = None) -> int:
         stage="describe",
         saved_by=description.get("saved_by", {}),
         class_name=description.get("class_name"),
+        # An HDF5 file without a model config: what save_weights writes (Keras 2 and 3).
+        weights_only=fmt == "h5" and not config,
     )
 
     _emit(out, stage="resolve", started=True)
@@ -156,6 +158,7 @@ def main(argv: list[str] | None = None) -> int:
             error=" ".join(str(cause).rsplit("Exception encountered:", 1)[-1].split())[:2000],
             message=getattr(exc, "message", str(exc)),
             hint=getattr(exc, "hint", None),
+            loads_uncompiled=fmt != "savedmodel" and _loads_uncompiled(keras_io, path, fmt),
         )
         return 0
     _emit(
@@ -180,6 +183,16 @@ def _load_trusted_bundle(bundle: Path) -> Any:
     return LoadedModel(model, "kbundle.load", "with the bundle's own code (trusted)")
 
 
+def _loads_uncompiled(keras_io: Any, path: Path, fmt: str) -> bool:
+    """Whether the model loads without its training config (loss, metrics, optimizer): then
+    only that config is what failed, and ``compile=False`` is the way to load it."""
+    try:
+        keras_io.load_model_file(path, fmt=fmt, safe_mode=True, compile=False)
+    except Exception:
+        return False
+    return True
+
+
 # --------------------------------------------------------------------------------------------
 # Resolving what a config names, without importing anything but Keras's own modules
 
@@ -193,7 +206,7 @@ def _unresolved(keras: Any, ref: ObjectReference) -> dict[str, Any] | None:
     keras2_only = ref.name in KERAS2_ONLY_CLASSES or bool(
         module and module.startswith(KERAS2_MODULE_PREFIXES)
     )
-    from_keras = module is not None and module.split(".")[0] in _KERAS_PACKAGES
+    from_keras = module is not None and module.split(".")[0] in KERAS_ECOSYSTEM
     if not keras2_only and from_keras and _attribute(str(module), ref.name) is not None:
         return None
     if (
@@ -202,6 +215,8 @@ def _unresolved(keras: Any, ref: ObjectReference) -> dict[str, Any] | None:
         and _in_namespaces(keras, ref)
     ):
         return None
+    status = _module_status(module)
+    defined = _defined_in(str(module)) if status == "installed" and not from_keras else {}
     return {
         "name": ref.name,
         "kind": ref.kind,
@@ -209,9 +224,22 @@ def _unresolved(keras: Any, ref: ObjectReference) -> dict[str, Any] | None:
         "registered_name": ref.registered_name,
         "location": ref.location,
         "keras2_only": keras2_only,
-        "module_status": _module_status(module),
-        "similar": _similar(keras, ref),
+        "keras_own": from_keras and not keras2_only,
+        "module_status": status,
+        "defined": defined,
+        "similar": _similar(keras, ref, defined, str(module)),
     }
+
+
+def _defined_in(module: str) -> dict[str, str | None]:
+    """The classes ``module``'s source defines at its top level, with the name each registers
+    with Keras: read from the file, never imported (importing it would run it)."""
+    spec = find_spec(module)
+    origin = getattr(spec, "origin", None)
+    if not origin or not origin.endswith(".py"):
+        return {}
+    source = read_source(Path(origin))
+    return registered_classes(source) if source is not None else {}
 
 
 # Doctor is given no trust: it imports only what Keras's safe-mode deserialiser would.
@@ -255,21 +283,35 @@ def _module_status(module: str | None) -> str:
         return "missing"
 
 
-def _similar(keras: Any, ref: ObjectReference) -> list[str]:
-    """Importable objects whose names are close to ``ref``'s (a rename, a typo, a package)."""
+# How close a name in the module a config names must be to count as "similarly named": a
+# class renamed with a suffix (Foo -> FooV2: 0.75) is, an unrelated one (Foo -> Bar) is not.
+_SIMILAR_IN_MODULE = 0.6
+
+
+def _similar(
+    keras: Any, ref: ObjectReference, defined: dict[str, str | None], module: str
+) -> list[str]:
+    """Importable objects whose names are close to ``ref``'s (a rename, a typo, a package):
+    classes its own module now defines (read, not imported) first, then Keras's."""
+    wanted = (ref.registered_name or ref.name).split(">")[-1]
+    nearby = [
+        f"{module}.{name}" + (f" (registered as {defined[name]!r})" if defined[name] else "")
+        for name in difflib.get_close_matches(
+            wanted, [n for n in defined if n != ref.name], n=3, cutoff=_SIMILAR_IN_MODULE
+        )
+    ]
     candidates: dict[str, str] = {}
     for namespace in _FUNCTION_NAMESPACES if ref.kind == "function" else _CLASS_NAMESPACES:
         try:
-            module = importlib.import_module(namespace)  # Keras's own, fixed above
+            keras_module = importlib.import_module(namespace)  # Keras's own, fixed above
         except ImportError:
             continue
-        for name in dir(module):
+        for name in dir(keras_module):
             if not name.startswith("_"):
                 candidates.setdefault(name, f"{namespace}.{name}")
     for registered in keras.saving.get_custom_objects():
         candidates.setdefault(registered.split(">")[-1], f"registered as {registered!r}")
-    wanted = (ref.registered_name or ref.name).split(">")[-1]
-    return [
+    return nearby + [
         candidates[name]
         for name in difflib.get_close_matches(wanted, list(candidates), n=3, cutoff=0.8)
     ]

@@ -2,19 +2,24 @@
 
 A model fails to load for one of three reasons, and each finding is filed under one:
 
-* **corruption** — the bytes are damaged or hostile: wrong magic bytes, truncation, a bad zip
-  CRC, unreadable HDF5 structure, a bundle that fails verification, bombs and external links;
-* **serialization** — the config names classes or functions this environment cannot resolve,
-  or Lambda layers that need ``safe_mode=False``;
-* **environment** — the file was written by another Keras major, backend or TensorFlow, or
-  needs ops this TensorFlow build lacks.
+* **corruption** — the bytes are damaged or hostile, or are not the model at all: wrong magic
+  bytes, truncation, a bad zip CRC, unreadable HDF5 structure, an archive missing a member, a
+  config that disagrees with its weights, an empty file, a Git LFS pointer, text, a zipped
+  SavedModel, a bundle that fails verification, bombs and external links;
+* **serialization** — the config names classes or functions this environment cannot resolve
+  (what their module defines and registers now is read from its source, never imported),
+  Lambda layers that need ``safe_mode=False``, or there is no config (a weights-only file);
+* **environment** — the file was written by another Keras major (or a newer Keras of this
+  one), backend or TensorFlow, or needs ops this TensorFlow build lacks.
 
 The static part runs here and never imports TensorFlow or Keras. Everything that may crash,
 hang or needs Keras — reading HDF5 through h5py, resolving names, the real load — runs in a
 child process (``kbundle.doctor.child``) with safe mode on and no custom objects, so bundled
 code never runs and a crash is reported, not suffered. The child's exception is mapped to a
-class by :data:`FAILURE_RULES`. A model is healthy when it loads; findings on a model that
-loads are warnings. Stable: ``diagnose`` and ``Diagnosis`` are public API; texts may change.
+class by :data:`FAILURE_RULES`, then explained by the findings made before it (a missing
+object a finding names takes that finding's fix). Every finding carries a fix. A model is
+healthy when it loads; findings on a model that loads are warnings. Stable: ``diagnose`` and
+``Diagnosis`` are public API; texts may change.
 """
 
 from __future__ import annotations
@@ -34,7 +39,8 @@ from kbundle.code.bundled import CARRIED
 from kbundle.container.manifest import CustomObject, Environment
 from kbundle.container.zstdframes import ZSTD_MAGIC
 from kbundle.env.rules import compare_saved_by
-from kbundle.env.rules.saved_by import KERAS2_FIX
+from kbundle.env.rules.base import EXPORT_FIX
+from kbundle.env.rules.saved_by import KERAS2_FIX, newer_version
 from kbundle.errors import (
     EnvironmentMismatchError,
     IntegrityError,
@@ -75,13 +81,36 @@ _LAMBDA_FIX = (
 )
 _CUSTOM_FIX = (
     "import the module that defines the missing object (its @keras.saving."
-    "register_keras_serializable decorator must run) or pass it in custom_objects"
+    "register_keras_serializable decorator must run), or pass the class in custom_objects "
+    "under the registered name the file records"
+)
+_WEIGHTS_FIX = (
+    "the file holds weights only, no model: build the model in code (the architecture that "
+    "saved them), then call model.load_weights(FILE) (Keras 2 and Keras 3 both read .h5 "
+    "weights)"
+)
+_DISAGREE_FIX = (
+    "the model's config and its stored weights come from different models (an edited config, "
+    "or files of two saves put together); restore the file from a backup or save the model again"
+)
+_UNKNOWN_FIX = "run with KBUNDLE_DEBUG=1 and report the error if the model should load"
+_UNCOMPILED_FIX = (
+    "the model itself loads; its training config (loss, metrics, optimizer) does not: load it "
+    "with compile=False (keras.saving.load_model(FILE, compile=False), kbundle.load(..., "
+    "compile=False)) and compile it again"
 )
 
 # (pattern over "ErrorType: message", class, fix), first match wins. Maps the exception the
 # real load raised to a failure class.
 FAILURE_RULES: tuple[tuple[str, str, str], ...] = (
     (r"safe_mode|`Lambda` layer|lambda", "serialization", _LAMBDA_FIX),
+    (r"No model config found", "serialization", _WEIGHTS_FIX),
+    (
+        r"expected \d+ variables, but received \d+ variables|shape of the target variable and "
+        r"the shape of the target value|[Ss]hape mismatch in layer",
+        "corruption",
+        _DISAGREE_FIX,
+    ),
     (r"tf-keras \(Keras 2\) is not installed", "environment", KERAS2_FIX),
     (
         r"TFOpLambda|SlicingOpLambda|tf_keras\.src|keras\.src\.engine|keras\.engine",
@@ -101,7 +130,8 @@ FAILURE_RULES: tuple[tuple[str, str, str], ...] = (
         _CUSTOM_FIX,
     ),
     (
-        r"unexpected keyword argument|required positional argument|from_config|get_config",
+        r"unexpected keyword argument|Unrecognized keyword argument|required positional argument|"
+        r"from_config|get_config",
         "serialization",
         "a class's constructor does not accept the config it saved: its definition changed since "
         "saving, or its get_config() is incomplete; load with the code that saved it",
@@ -306,9 +336,10 @@ def _diagnose_bundle(path: Path, timeout: float, trusted: bool) -> Diagnosis:
             expected=f.expected,
             actual=f.actual,
             why=f.why,
-            fix=f.fix,
+            fix=f.fix or EXPORT_FIX.replace("BUNDLE", str(path)),
         )
         for f in compare_environments(manifest.environment, current)
+        if f.severity > Severity.OK  # a field that is the same is no finding
     ]
     findings = dict(diagnosis.findings)
     findings["environment"] = (
@@ -345,11 +376,23 @@ def _diagnose_model(
     findings["corruption"] += [
         _finding(item) for item in child.record("preload").get("findings", [])
     ]
-    saved_by = {str(k): str(v) for k, v in child.record("describe").get("saved_by", {}).items()}
+    described = child.record("describe")
+    saved_by = {str(k): str(v) for k, v in described.get("saved_by", {}).items()}
     resolved = child.record("resolve")
+    here = resolved.get("keras_version") or (current.keras.version if current.keras else None)
     for item in resolved.get("unresolved", []):
-        finding = _reference_finding(item, custom_objects or [], trusted=trusted)
-        findings["environment" if item.get("keras2_only") else "serialization"].append(finding)
+        finding = _reference_finding(item, custom_objects or [], saved_by, here, trusted=trusted)
+        keras_side = item.get("keras2_only") or item.get("keras_own")
+        findings["environment" if keras_side else "serialization"].append(finding)
+    if described.get("weights_only"):
+        findings["serialization"].append(
+            Finding(
+                location=label,
+                problem="holds weights only: the file has no model config to build the model from",
+                why="model.save_weights() (Keras 2 and 3) writes the weights alone",
+                fix=_WEIGHTS_FIX,
+            )
+        )
     findings["serialization"] += [
         Finding(
             location=location,
@@ -360,8 +403,9 @@ def _diagnose_model(
         )
         for location in resolved.get("lambdas", [])
     ]
-    findings["environment"] += _environment_findings(path, fmt, saved_by, current, resolved)
-    load = _load_attempt(child, findings)
+    if not described.get("weights_only"):  # weights carry no classes: any Keras reads them
+        findings["environment"] += _environment_findings(path, fmt, saved_by, current, resolved)
+    load = _explained(_load_attempt(child, findings), findings, saved_by, here)
     if load.ok:
         findings = {name: _as_warnings(items) for name, items in findings.items()}
     if load.failure_class and not load.ok:
@@ -482,15 +526,20 @@ def _load_attempt(child: _ChildResult, findings: dict[str, list[Finding]]) -> Lo
                 attempted=True, ok=True, loader=load.get("loader"), note=load.get("note")
             )
         # The proximate cause first (for a Keras 2 file, tf-keras's error), then kbundle's message.
-        failure, fix = classify_failure(f"{load.get('error_type')}: {load.get('error')}")
+        error = str(load.get("error"))
+        failure, fix = classify_failure(f"{load.get('error_type')}: {error}")
         if failure == "unknown":
             failure, fix = classify_failure(str(load.get("message")))
+        if fix == _DISAGREE_FIX:
+            error = _disagreement(error) or error
+        if load.get("loads_uncompiled") and failure in ("serialization", "unknown"):
+            fix = _UNCOMPILED_FIX
         return LoadAttempt(
             attempted=True,
             error_type=load.get("error_type"),
-            error=str(load.get("error"))[:500],
+            error=error[:500],
             failure_class=failure,
-            fix=load.get("hint") if failure == "unknown" else fix,
+            fix=fix,
         )
     if any(f.severity >= Severity.ERROR for f in findings["corruption"]):
         return LoadAttempt(
@@ -527,13 +576,85 @@ def _load_attempt(child: _ChildResult, findings: dict[str, list[Finding]]) -> Lo
     )
 
 
+def _disagreement(error: str) -> str | None:
+    """Which layer's config and stored weights disagree, and how, from Keras's load error
+    (it names one example layer and the variable or count that differs)."""
+    layer = re.search(r"for object <\w+ name=([^,>]+)|Layer '([^']+)'", error)
+    name = next((g for g in layer.groups() if g), None) if layer else None
+    if name is None:
+        return None
+    shapes = re.search(
+        r"variable\.shape=(\([^)]*\)), Received: value\.shape=(\([^)]*\)).*?path=([^,>]+)", error
+    )
+    count = re.search(r"expected (\d+) variables, but received (\d+) variables", error)
+    if shapes:
+        how = (
+            f"its config makes {shapes.group(3)} of shape {shapes.group(1)}, "
+            f"the file stores {shapes.group(2)}"
+        )
+    elif count:
+        how = f"its config makes {count.group(1)} variable(s), the file stores {count.group(2)}"
+    else:
+        return None
+    return f"the config and the stored weights disagree at layer {name!r}: {how}"
+
+
 def classify_failure(text: str) -> tuple[str, str]:
     """The failure class and fix for an exception text (``Type: message``); ``unknown`` if no
     rule in :data:`FAILURE_RULES` matches."""
     for pattern, failure, fix in FAILURE_RULES:
         if re.search(pattern, text):
             return failure, fix
-    return "unknown", "run with KBUNDLE_DEBUG=1 and report the error if the model should load"
+    return "unknown", _UNKNOWN_FIX
+
+
+def _explained(
+    load: LoadAttempt,
+    findings: dict[str, list[Finding]],
+    saved_by: dict[str, str],
+    here: str | None,
+) -> LoadAttempt:
+    """The load failure's class and fix, once what was found before the load explains it.
+
+    * The file was written by a newer Keras of this major, and nothing custom is missing:
+      what this Keras did not know (a layer, a keyword argument) is the environment's.
+    * A Keras 2 file whose model loads without its training config: Keras 3 does not read
+      Keras 2's compile arguments (``"mse"``): the environment's, and ``compile=False``.
+    * A missing custom object that a finding above names: that finding's class and its fix
+      (the exact ``custom_objects`` key, a renamed class, ``--trust-code`` for code the
+      bundle carries) instead of the generic one.
+    """
+    if load.ok or not load.attempted or load.failure_class not in ("serialization", "unknown"):
+        return load
+    custom_missing = [f for f in findings["serialization"] if f.severity >= Severity.ERROR]
+    saved = saved_by.get("keras_version")
+    if not custom_missing and saved and _same_major(saved, here) and newer_version(saved, here):
+        return replace(
+            load,
+            failure_class="environment",
+            fix=f"the file was written by Keras {saved}, newer than this Keras {here}, which "
+            f"does not know all it uses: upgrade keras to {saved} or later",
+        )
+    if load.fix == _UNCOMPILED_FIX:
+        major = saved.split(".")[0] if saved else None
+        keras2 = major == "2" and here is not None and not here.startswith("2.")
+        return replace(load, failure_class="environment" if keras2 else load.failure_class)
+    explained = next(
+        (
+            (name, f)
+            for name in ("serialization", "environment")
+            for f in findings[name]
+            if f.severity >= Severity.ERROR and f.location != "load" and f.fix
+        ),
+        None,
+    )
+    if explained is not None and load.fix == _CUSTOM_FIX:
+        return replace(load, failure_class=explained[0], fix=explained[1].fix)
+    return load
+
+
+def _same_major(left: str, right: str | None) -> bool:
+    return right is not None and left.split(".")[0] == right.split(".")[0]
 
 
 # --------------------------------------------------------------------------------------------
@@ -541,7 +662,12 @@ def classify_failure(text: str) -> tuple[str, str]:
 
 
 def _reference_finding(
-    item: dict[str, Any], custom_objects: list[CustomObject], *, trusted: bool = False
+    item: dict[str, Any],
+    custom_objects: list[CustomObject],
+    saved_by: dict[str, str],
+    here: str | None,
+    *,
+    trusted: bool = False,
 ) -> Finding:
     name, module, registered = item["name"], item.get("module"), item.get("registered_name")
     details = ", ".join(
@@ -562,8 +688,12 @@ def _reference_finding(
             why="Keras 3 removed it; only tf-keras (Keras 2) can build it",
             fix=KERAS2_FIX,
         )
+    if item.get("keras_own"):
+        return _ecosystem_finding(item, problem, saved_by, here)
     similar = item.get("similar") or []
-    hint = f"; similar names importable here: {', '.join(similar)}" if similar else ""
+    hint = f"; similarly named here: {', '.join(similar)}" if similar else ""
+    key = registered or name
+    passing = f"custom_objects={{{key!r}: {name}}}"  # the key Keras looks the object up by
     carried = next(
         (o for o in custom_objects if name in (o.name, o.qualname) or registered == o.name), None
     )
@@ -584,28 +714,78 @@ def _reference_finding(
             fix="review it with 'kbundle show-code', then pass --trust-code (to doctor, and "
             "when you load the bundle)",
         )
+    defined: dict[str, str | None] = item.get("defined") or {}
     if carried is not None and carried.requirement:
         fix = f"install {carried.requirement}, which defines it, then import {carried.module}"
     elif status == "main":
         fix = (
             "it was defined in the training script (__main__): move it into an importable module, "
             "register it with @keras.saving.register_keras_serializable(), and import it before "
-            "loading"
+            f"loading, or load with {passing}"
         )
     elif status == "missing":
-        fix = f"install the package that provides {module!r}, import it before loading"
+        fix = (
+            f"install the package that provides {module!r} and import it before loading, or "
+            f"load with {passing}"
+        )
+    elif status == "installed" and name in defined and registered and defined[name] != registered:
+        now = defined[name]
+        fix = (
+            f"{module!r} now registers {name} "
+            + (f"as {now!r}" if now else "under no name (it is not decorated)")
+            + f", not as {registered!r}, the name the file records: importing it does not help; "
+            f"load with {passing} ({name} from {module})"
+        )
+        hint = ""
+    elif status == "installed" and defined and name not in defined:
+        renamed = [s.split(" ", 1)[0] for s in similar if s.startswith(f"{module}.")]
+        fix = f"{module!r} no longer defines {name!r}" + (
+            f"; if {renamed[0]} is the same class renamed, load with "
+            f"custom_objects={{{key!r}: {renamed[0].rpartition('.')[2]}}}"
+            if renamed
+            else f": install the version of it that saved the file, or load with {passing}"
+        )
+        hint = "" if renamed else hint
     elif status == "installed":
         fix = (
-            f"{module!r} is installed but doctor never imports it: import it before loading so its "
-            "registration runs, or pass the class in custom_objects"
+            f"{module!r} is installed but doctor never imports it: import it before loading so "
+            f"its registration runs, or load with {passing}"
         )
     else:
-        fix = _CUSTOM_FIX
+        fix = f"import the module that defines it before loading, or load with {passing}"
     return Finding(
         location=item["location"],
         problem=problem,
-        why="Keras builds every object the config names from a registered or built-in class",
+        why="Keras builds every object the config names from a registered or built-in class, "
+        "looked up by the registered name the file records",
         fix=fix + hint,
+    )
+
+
+def _ecosystem_finding(
+    item: dict[str, Any], problem: str, saved_by: dict[str, str], here: str | None
+) -> Finding:
+    """A class or function the config places in Keras itself (or keras_hub, ...) that this
+    installation does not have: made by a newer release, or a package not installed."""
+    module = str(item.get("module") or "keras")
+    top = module.split(".")[0]
+    distribution = top.replace("_", "-")
+    saved = saved_by.get("keras_version")
+    if item.get("module_status") == "missing":
+        fix = f"install {distribution} (the file names {module}.{item['name']})"
+    elif top == "keras" and saved and newer_version(saved, here):
+        fix = f"upgrade keras to {saved} or later: the file was written by Keras {saved}"
+    else:
+        fix = (
+            f"install the {distribution} release that wrote the file"
+            + (f" (Keras {saved})" if top == "keras" and saved else "")
+            + f": this {distribution} has no {module}.{item['name']}"
+        )
+    return Finding(
+        location=item["location"],
+        problem=problem + f" — this {distribution} does not have it",
+        why="a newer release added it, or the package that provides it is not installed",
+        fix=fix,
     )
 
 

@@ -3,7 +3,9 @@
 Capture is cheap by default: versions come from installed distribution metadata, the Keras
 backend from ``KERAS_BACKEND`` or ``~/.keras/keras.json``, and TensorFlow's build (CUDA,
 cuDNN, ROCm, TensorRT) from its generated ``build_info.py``, parsed as data and never
-executed. TensorFlow is imported only when asked (``runtime=True``) or when it is already
+executed; with several TensorFlow distributions installed (they share one package
+directory), the one recorded is the one whose files are really there. TensorFlow is imported
+only when asked (``runtime=True``) or when it is already
 imported, because importing it costs about two seconds; a runtime capture adds the git
 version, compile flags and the devices TensorFlow sees. Comparing two records lives in
 ``kbundle.env.rules``. Stable: internal; the record's fields are format 1.0.
@@ -12,11 +14,15 @@ version, compile flags and the devices TensorFlow sees. Comparing two records li
 from __future__ import annotations
 
 import ast
+import base64
+import hashlib
+import importlib.machinery
 import json
 import os
 import pickle
 import platform
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +38,8 @@ from kbundle.env.distributions import find, versions
 __all__ = [
     "TENSORFLOW_DISTRIBUTIONS",
     "capture_environment",
+    "imported_tensorflow",
+    "installed_tensorflows",
 ]
 
 # Every distribution that installs the ``tensorflow`` package, most specific first: a user
@@ -92,8 +100,55 @@ def _platform() -> PlatformInfo:
     )
 
 
+# A file every TensorFlow wheel installs and whose bytes differ between its builds (CPU,
+# CUDA, ROCm): which distribution's RECORD matches it says whose files are really there.
+_BUILD_INFO = "python/platform/build_info.py"
+
+
+def installed_tensorflows(distributions: Mapping[str, str]) -> list[str]:
+    """The TensorFlow distributions installed, most specific first (several share one
+    ``tensorflow`` package directory, the last one installed having overwritten the others)."""
+    return [d for d in TENSORFLOW_DISTRIBUTIONS if d in distributions]
+
+
+def _tensorflow_package() -> Path | None:
+    """The ``tensorflow`` package directory that is (or would be) imported; not imported here."""
+    file = getattr(sys.modules.get("tensorflow"), "__file__", None)
+    if file:
+        return Path(file).parent
+    spec = importlib.machinery.PathFinder.find_spec("tensorflow")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    return Path(locations[0]) if locations else None
+
+
+def imported_tensorflow(distributions: Mapping[str, str]) -> str | None:
+    """The TensorFlow distribution whose files the ``tensorflow`` package really holds.
+
+    With one installed, that one. With several (keras-hub's tensorflow-text pulls plain
+    ``tensorflow`` beside ``tensorflow-cpu``), the one whose RECORD lists the package's
+    ``build_info.py`` with the hash the file has now: the last one installed. When several
+    match (identical files) or none does, the most specific installed one.
+    """
+    installed = installed_tensorflows(distributions)
+    if len(installed) <= 1:
+        return installed[0] if installed else None
+    package = _tensorflow_package()
+    if package is None:
+        return installed[0]
+    marker = package / _BUILD_INFO
+    try:
+        digest = base64.urlsafe_b64encode(hashlib.sha256(marker.read_bytes()).digest())
+    except OSError:
+        return installed[0]
+    actual = "sha256=" + digest.decode("ascii").rstrip("=")
+    matching = [
+        name for name in installed if (dist := find(name)) and dist.recorded_hash(marker) == actual
+    ]
+    return matching[0] if matching else installed[0]
+
+
 def _tensorflow(distributions: dict[str, str], *, runtime: bool) -> TensorFlowInfo | None:
-    distribution = next((d for d in TENSORFLOW_DISTRIBUTIONS if d in distributions), None)
+    distribution = imported_tensorflow(distributions)
     if distribution is None:
         return None
     version = distributions[distribution]
@@ -115,18 +170,17 @@ def _tensorflow(distributions: dict[str, str], *, runtime: bool) -> TensorFlowIn
         distribution=distribution,
         version=version,
         captured="static",
-        build_info=_static_build_info(distribution),
+        build_info=_static_build_info(),
     )
 
 
-def _static_build_info(distribution: str) -> dict[str, Any]:
-    """TensorFlow's generated ``build_info`` dict, read as a literal from its source file."""
-    found = find(distribution)
-    if found is None:
+def _static_build_info() -> dict[str, Any]:
+    """TensorFlow's generated ``build_info`` dict, read as a literal from the source file of
+    the package that is imported (whichever distribution's files those are)."""
+    package = _tensorflow_package()
+    if package is None:
         return {}
-    # locate builds the path directly; listing the distribution's files would parse a
-    # RECORD of some 20,000 lines.
-    source = found.locate("tensorflow/python/platform/build_info.py")
+    source = package / _BUILD_INFO
     try:
         tree = ast.parse(source.read_text(encoding="utf-8"))
     except (OSError, SyntaxError, ValueError):

@@ -63,6 +63,25 @@ class Distribution:
         """A file of the distribution, relative to the directory its metadata sits in."""
         return self.path.parent / relative
 
+    def recorded_hash(self, file: Path) -> str | None:
+        """The hash its RECORD lists for ``file`` (``sha256=...``), or None when the RECORD
+        does not list that file. Only lines naming the file's base name are parsed: a
+        TensorFlow RECORD has some 20,000 lines."""
+        import csv
+
+        try:
+            text = (self.path / "RECORD").read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return None
+        target = file.resolve()
+        for line in text.splitlines():
+            if file.name not in line:
+                continue
+            for row in csv.reader([line]):
+                if len(row) >= 2 and (self.locate(row[0])).resolve() == target:
+                    return row[1] or None
+        return None
+
     def files(self) -> frozenset[str]:
         """The files its RECORD lists, relative to :meth:`locate`'s base, with ``/``."""
         from importlib import metadata

@@ -21,7 +21,7 @@ from packaging.requirements import InvalidRequirement, Requirement
 
 from kbundle.container.manifest import CustomObject, Environment, Requirements
 from kbundle.container.writer import PayloadFile
-from kbundle.env.capture import TENSORFLOW_DISTRIBUTIONS
+from kbundle.env.capture import TENSORFLOW_DISTRIBUTIONS, installed_tensorflows
 from kbundle.env.distributions import canonical_name, find, versions
 from kbundle.env.lock import hash_lock
 from kbundle.env.requirement_lines import parse_pins
@@ -52,9 +52,7 @@ def model_roots(environment: Environment, custom_objects: Sequence[CustomObject]
     roots.append("h5py")
     if any(o.transport == "pickle" for o in custom_objects):
         roots.append("cloudpickle")
-    for obj in custom_objects:
-        if obj.transport == "builtin":
-            continue
+    for obj in custom_objects:  # a built-in of Keras's ecosystem names its keras-hub too
         roots += list(obj.distributions)
         if obj.requirement:
             with contextlib.suppress(InvalidRequirement):
@@ -66,17 +64,22 @@ def model_roots(environment: Environment, custom_objects: Sequence[CustomObject]
 
 
 def closure(
-    roots: Iterable[str], installed: Mapping[str, str] | None = None
+    roots: Iterable[str],
+    installed: Mapping[str, str] | None = None,
+    *,
+    tensorflow: str | None = None,
 ) -> tuple[dict[str, str], list[str]]:
     """Every installed distribution ``roots`` need, recursively: ``({name: version}, missing)``.
 
     Requirement markers are evaluated for this interpreter and the extras asked for. A
-    requirement on any TensorFlow distribution is satisfied by the one installed, so tf-keras
-    (which asks for plain ``tensorflow``) keeps ``tensorflow-cpu``. ``missing`` lists
-    requirements that are not installed (``name (required by X)``).
+    requirement on any TensorFlow distribution is satisfied by ``tensorflow``, the one whose
+    files are imported (default: the most specific installed), so tf-keras or
+    tensorflow-text (which ask for plain ``tensorflow``) keep ``tensorflow-cpu``, and two
+    installed TensorFlows are never both pinned. ``missing`` lists requirements that are not
+    installed (``name (required by X)``).
     """
     installed = dict(installed if installed is not None else versions())
-    tensorflows = [d for d in TENSORFLOW_DISTRIBUTIONS if d in installed]
+    chosen = tensorflow or next(iter(installed_tensorflows(installed)), None)
     pins: dict[str, str] = {}
     missing: list[str] = []
     visited: set[tuple[str, frozenset[str]]] = set()
@@ -85,8 +88,8 @@ def closure(
     ]
     while pending:
         name, extras, parent = pending.pop()
-        if name not in installed and name in TENSORFLOW_DISTRIBUTIONS and tensorflows:
-            name = tensorflows[0]
+        if name in TENSORFLOW_DISTRIBUTIONS and chosen in installed:
+            name = str(chosen)
         if name not in installed:
             missing.append(f"{name} (required by {parent})")
             continue
@@ -149,7 +152,8 @@ def requirements_payload(
     lock: bool = False,
 ) -> tuple[Requirements, list[PayloadFile]]:
     """Write ``env/requirements.txt`` (and with ``lock`` the hashed lock) under ``directory``."""
-    pins, missing = closure(model_roots(environment, custom_objects))
+    tensorflow = environment.tensorflow.distribution if environment.tensorflow else None
+    pins, missing = closure(model_roots(environment, custom_objects), tensorflow=tensorflow)
     env_dir = directory / "env"
     env_dir.mkdir(exist_ok=True)
     requirements = directory / REQUIREMENTS_MEMBER

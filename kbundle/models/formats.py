@@ -29,10 +29,12 @@ from kbundle.models.protowire import WireError, messages, read_fields, strings, 
 from kbundle.models.zipmember import open_zip_member
 
 __all__ = [
+    "CONTENT_SNIFF_BYTES",
     "HDF5_SIGNATURE",
     "KERAS_CONFIG_NAME",
     "KERAS_METADATA_NAME",
     "KERAS_WEIGHTS_NAME",
+    "LFS_POINTER_START",
     "MAX_CONFIG_BYTES",
     "MODEL_FILE_NAMES",
     "SERVING_ENDPOINTS",
@@ -42,6 +44,7 @@ __all__ = [
     "identify_format",
     "keras_major",
     "open_keras_member",
+    "other_content",
     "read_model_config",
     "read_saved_model",
     "saved_model_file",
@@ -106,7 +109,8 @@ def identify_format(path: Path) -> str:
     if not path.exists():
         raise UsageError(f"{path} does not exist", hint="check the model path")
     with path.open("rb") as handle:
-        magic = handle.read(8)
+        head = handle.read(CONTENT_SNIFF_BYTES)
+    magic = head[:8]
     if magic.startswith(ZIP_SIGNATURE):
         return "keras"
     if magic == HDF5_SIGNATURE:
@@ -116,11 +120,50 @@ def identify_format(path: Path) -> str:
             f"{path} is a zstd file (a kbundle bundle?), not a Keras model",
             hint="pack the model file itself; 'kbundle inspect' shows what a bundle holds",
         )
+    other = other_content(head, path.stat().st_size)
+    if other is not None:
+        raise UsageError(f"{path} {other[0]}", hint=other[1])
     raise UsageError(
         f"{path} is not a Keras model file (starts with {magic[:4].hex() or 'nothing'})",
         hint="pass a .keras or .h5 file, or a SavedModel directory; "
         "'kbundle doctor' diagnoses damaged files",
     )
+
+
+# A Git LFS pointer file: what a clone without ``git lfs`` holds instead of the large file.
+LFS_POINTER_START = b"version https://git-lfs."
+# How much of a file's start is enough to tell what it is instead of a model.
+CONTENT_SNIFF_BYTES = 512
+
+
+def other_content(head: bytes, size: int) -> tuple[str, str] | None:
+    """What a file that is not a model file is instead, from its size and first bytes
+    (``head``, at least :data:`CONTENT_SNIFF_BYTES` of them when the file is that long):
+    ``(what it is, what to do)`` for an empty file, a Git LFS pointer or a text file;
+    ``None`` when it looks like none of them (binary data of some other kind)."""
+    if size == 0:
+        return (
+            "is empty (0 bytes)",
+            "the save or copy wrote nothing; copy the file again or save the model again",
+        )
+    if head.startswith(LFS_POINTER_START):
+        return (
+            "is a Git LFS pointer, not the model: the repository holds the model's bytes in "
+            "Git LFS and they were never fetched",
+            "run 'git lfs pull' in the repository (or download the file itself, not its pointer)",
+        )
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        text = head[: exc.start].decode("utf-8") if exc.start > len(head) - 4 else ""
+    if text and all(c.isprintable() or c in "\t\r\n" for c in text):
+        first = " ".join(text.split())[:60]
+        return (
+            f"is text, not a model (it starts: {first!r})",
+            "this is not a model file: find the model file it stands for (a download that saved "
+            "an error page, or a note about the model)",
+        )
+    return None
 
 
 def saved_model_file(directory: Path) -> Path | None:

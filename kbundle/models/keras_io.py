@@ -21,6 +21,7 @@ from kbundle.errors import EnvironmentMismatchError, ModelLoadError, PackError, 
 __all__ = [
     "LoadedModel",
     "describe_live_model",
+    "input_structure",
     "is_keras_model",
     "keras",
     "load_model",
@@ -28,6 +29,7 @@ __all__ = [
     "loads_unzipped_keras",
     "native_logs",
     "save_model",
+    "tensor_specs",
 ]
 
 
@@ -95,7 +97,8 @@ def save_model(model: Any, directory: Path) -> Path:
     return path
 
 
-def _specs(tensors: Any) -> list[TensorSpec] | None:
+def tensor_specs(tensors: Any) -> list[TensorSpec] | None:
+    """Name, shape and dtype of each symbolic tensor in ``tensors`` (None: not a sequence)."""
     if tensors is None:
         return None
     try:
@@ -125,11 +128,48 @@ def _producer_name(tensor: Any) -> str | None:
     return name if isinstance(name, str) else None
 
 
+def input_structure(model: Any) -> Any:
+    """The structure ``model`` takes its inputs in, leaves symbolic tensors with shape and
+    dtype; ``None`` when Keras cannot tell.
+
+    A functional model (Keras 3 or tf-keras) declares it (``model.input``: a dict by input
+    name, nested lists as declared); a Sequential model takes its one input; a subclassed
+    model that has been called knows the shapes it was built for (``get_build_config()``,
+    saved with it and restored at load), its inputs taken in the model's input dtype.
+    ``keras.tree.flatten`` of the structure is the order of ``model.inputs`` (dict keys
+    sorted): the order the probe stores its arrays in.
+    """
+    module = keras()
+    for attribute in ("input", "inputs"):
+        try:
+            structure = getattr(model, attribute)
+        except (AttributeError, ValueError):  # never called symbolically
+            continue
+        if attribute == "inputs" and isinstance(structure, list | tuple) and len(structure) == 1:
+            structure = structure[0]
+        if structure is not None and (not isinstance(structure, list | tuple) or structure):
+            return structure
+    try:
+        build = model.get_build_config() or {}
+    except (AttributeError, TypeError, ValueError):
+        return None
+    shapes = build.get("input_shape") if set(build) == {"input_shape"} else None
+    if shapes is None:
+        return None  # never built, or built from several call arguments
+    dtype = str(getattr(model, "input_dtype", None) or "float32")
+    try:
+        return module.tree.map_shape_structure(
+            lambda shape: module.KerasTensor(tuple(shape), dtype=dtype), shapes
+        )
+    except (TypeError, ValueError):
+        return None
+
+
 def describe_live_model(model: Any) -> dict[str, Any]:
     """Class, name, inputs, outputs and parameter count of a live model."""
     try:
-        inputs = _specs(model.inputs)
-        outputs = _specs(model.outputs)
+        inputs = tensor_specs(model.inputs)
+        outputs = tensor_specs(model.outputs)
     except (AttributeError, ValueError):  # a subclassed model that was never called
         inputs = outputs = None
     # An output tensor's own name is generated ("keras_tensor_7"); the layer that makes it

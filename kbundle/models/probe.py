@@ -26,7 +26,7 @@ from typing import Any
 
 from kbundle.container.manifest import CustomObject, ProbeInfo, TensorSpec
 from kbundle.container.writer import PayloadFile
-from kbundle.errors import ModelFileError, ModelLoadError, PackError
+from kbundle.errors import ModelFileError, ModelLoadError, PackError, exception_summary
 from kbundle.findings import Finding, Severity
 from kbundle.models.checks.npz import read_npz
 
@@ -38,6 +38,7 @@ __all__ = [
     "check_probe",
     "compare_probe",
     "make_probe",
+    "model_signature",
     "probe_finding",
     "probe_payload",
     "probe_signature",
@@ -111,17 +112,38 @@ def _tolerance(dtypes: Sequence[str]) -> tuple[float, float]:
 
 
 def _run(model: Any, inputs: list[Any]) -> list[Any]:
-    """The model's outputs on ``inputs`` as a flat list of numpy arrays (inference mode)."""
-    import numpy as np
+    """The model's outputs on ``inputs`` as a flat list of numpy arrays (inference mode).
 
+    ``inputs`` are in the order of the model's flattened input structure; they are fed in
+    that structure (a dict by input name, nested as declared), so a model whose dict keys
+    are not in alphabetical order gets each array under its own name.
+    """
+    from kbundle.models.keras_io import input_structure, native_logs
     from kbundle.models.keras_io import keras as keras_module
-    from kbundle.models.keras_io import native_logs
 
     keras = keras_module()
-    feed = inputs[0] if len(inputs) == 1 else inputs
+    import numpy as np
+
+    structure = input_structure(model)
+    if structure is not None and len(keras.tree.flatten(structure)) == len(inputs):
+        feed = keras.tree.pack_sequence_as(structure, inputs)
+    else:  # Keras cannot tell (a subclassed model): one array, or the list of them
+        feed = inputs[0] if len(inputs) == 1 else inputs
     with native_logs():  # the first op of a fresh TensorFlow may log its start-up again
         result = model(feed, training=False)
     return [np.asarray(keras.ops.convert_to_numpy(t)) for t in keras.tree.flatten(result)]
+
+
+def model_signature(model: Any) -> list[TensorSpec] | None:
+    """The probe's input specs for a live model, in the order of its flattened input
+    structure (kbundle.models.keras_io.input_structure); None when they are unknown."""
+    from kbundle.models.keras_io import input_structure, tensor_specs
+    from kbundle.models.keras_io import keras as keras_module
+
+    structure = input_structure(model)
+    if structure is None:
+        return None
+    return probe_signature(tensor_specs(keras_module().tree.flatten(structure)))
 
 
 def _write_npz(path: Path, arrays: Sequence[Any], prefix: str) -> int:
@@ -154,8 +176,7 @@ def make_probe(
         outputs = _run(model, inputs)
     except Exception as exc:
         raise PackError(
-            f"the model failed on the probe input: {type(exc).__name__}: "
-            f"{str(exc).strip().splitlines()[0][:300] if str(exc).strip() else ''}",
+            f"the model failed on the probe input: {exception_summary(exc)}",
             hint="pack with --no-probe (probe=False) if the model cannot run on random inputs",
         ) from exc
     rtol, atol = _tolerance([str(o.dtype) for o in outputs])
@@ -187,7 +208,6 @@ def probe_payload(
     model: Any,
     source: Path,
     fmt: str,
-    inputs: Sequence[TensorSpec] | None,
     directory: Path,
     *,
     wanted: bool | None,
@@ -195,7 +215,8 @@ def probe_payload(
     """The probe for pack; ``wanted=None`` probes when it can.
 
     A live model is run directly; a model file is loaded with Keras first (safe mode on).
-    When the probe is not possible, ``wanted=None`` gives a note and ``wanted=True`` an error.
+    When the probe is not possible, ``wanted=None`` gives a note saying why (``kbundle pack``
+    prints it) and ``wanted=True`` an error.
     """
     if wanted is False:
         return ProbePayload()
@@ -214,7 +235,8 @@ def probe_payload(
     if live is None:
         if importlib.util.find_spec("keras") is None:
             return skip("Keras is not installed here to run the model")
-        if fmt not in ("keras", "h5"):
+        unzipped = fmt == "keras-dir" and keras_io.loads_unzipped_keras()
+        if fmt not in ("keras", "h5") and not unzipped:
             kind = {"savedmodel": "a SavedModel", "keras-dir": "an unzipped .keras directory"}
             return skip(f"Keras does not load {kind.get(fmt, fmt)} as a model to run it")
         try:
@@ -222,10 +244,12 @@ def probe_payload(
         except ModelLoadError as exc:
             return skip(f"the model does not load here ({exc.message})")
         described = keras_io.describe_live_model(live)
-        inputs = described["inputs"]
-    specs = probe_signature(inputs)
+    specs = model_signature(live)
     if specs is None:
-        return skip("the model's input signature (shapes and numeric dtypes) is unknown")
+        return skip(
+            "the model's input signature (shapes and numeric dtypes) is unknown: "
+            + _unknown_signature(live)
+        )
     try:
         info, payload = make_probe(live, specs, directory)
     except PackError as exc:
@@ -233,6 +257,23 @@ def probe_payload(
             raise
         return ProbePayload(notes=(f"no probe stored: {exc.message}",), described=described)
     return ProbePayload(info, tuple(payload), (), described)
+
+
+def _unknown_signature(model: Any) -> str:
+    """Why a live model's input signature is unknown, in the user's terms."""
+    from kbundle.models.keras_io import input_structure, tensor_specs
+    from kbundle.models.keras_io import keras as keras_module
+
+    structure = input_structure(model)
+    if structure is None:
+        return "a subclassed model that was never called (call it once on real data first)"
+    odd = [
+        spec
+        for spec in tensor_specs(keras_module().tree.flatten(structure)) or []
+        if spec.dtype is None or not _numeric(spec.dtype)
+    ]
+    named = ", ".join(f"{s.name or '?'} ({s.dtype})" for s in odd)
+    return f"inputs of non-numeric dtype: {named}" if named else "no input shapes recorded"
 
 
 @dataclass(frozen=True, slots=True)

@@ -32,6 +32,7 @@ from kbundle.container.manifest import (
 from kbundle.container.signature_member import signature_member_size
 from kbundle.container.writer import DEFAULT_LEVEL, PayloadFile, ProgressCallback, write_bundle
 from kbundle.env.capture import capture_environment
+from kbundle.env.rules.tensorflow import shadowing
 from kbundle.errors import PackError, UsageError
 from kbundle.models.checks import ZipCrcWatch, require_sound_before_streaming
 from kbundle.models.formats import (
@@ -169,7 +170,7 @@ def _probe_extras(
             )
         reason = "loading the model runs its Lambda layers' Python bytecode, which pack does not do"
         return Extras(notes=(*lambdas, f"no probe stored: {reason}"))
-    made = probe_payload(model, source, fmt, description.get("inputs"), scratch, wanted=probe)
+    made = probe_payload(model, source, fmt, scratch, wanted=probe)
     for key, value in (made.described or {}).items():
         known = description.get(key)
         # The config names the outputs; only the loaded model knows their shapes.
@@ -353,6 +354,8 @@ def pack(
         # After the probe: a TensorFlow it imported is recorded in full.
         announce("recording the environment")
         environment = capture_environment()
+        shadowed = shadowing(environment)  # two TensorFlows: the user must hear it now
+        added = added.merged(Extras(notes=(shadowed,) if shadowed else ()))
         if lock:
             announce("hash-locking the requirements (asks the package index)")
         added = added.merged(_requirements_extras(environment, added, Path(scratch), lock))

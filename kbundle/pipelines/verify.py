@@ -18,7 +18,13 @@ from typing import Any
 
 from kbundle.container.manifest import format_digest
 from kbundle.container.names import MANIFEST_NAME, SIGNATURE_NAME
-from kbundle.container.reader import BundleHead, MemberSink, read_head, scan_bundle
+from kbundle.container.reader import (
+    ALTERED_FIX,
+    BundleHead,
+    MemberSink,
+    read_head,
+    scan_bundle,
+)
 from kbundle.errors import IntegrityError, SignatureError, UsageError
 from kbundle.findings import Finding
 from kbundle.signing.signatures import (
@@ -172,5 +178,5 @@ def _raise_findings(report: VerifyReport, bundle: Path) -> None:
     raise (SignatureError if only_signature else IntegrityError).from_findings(
         report.findings,
         f"{bundle} failed verification: {report.findings[0].describe()}",
-        hint=report.findings[0].fix or "the bundle is corrupt or was altered; fetch an intact copy",
+        hint=report.findings[0].fix or ALTERED_FIX,
     )

@@ -70,6 +70,7 @@ def test_row01_byte_flip_truncation_garbage(tmp_path: Path) -> None:
                 "severity": "error",
                 "expected": digest(content),
                 "actual": digest(flip(content, offset)),
+                "fix": "the bundle is corrupt or was altered; fetch an intact copy",
             }
         ]
 

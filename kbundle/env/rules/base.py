@@ -150,9 +150,7 @@ def needed_distributions(objects: Sequence[CustomObject]) -> dict[str, Needed]:
         else:
             needed[key] = Needed(version, (obj.name,), bundled)
 
-    for obj in objects:
-        if obj.transport == "builtin":
-            continue
+    for obj in objects:  # a built-in of Keras's ecosystem needs its distribution (keras-hub)
         for name, version in obj.distributions.items():
             add(name, version, obj)
         if obj.requirement:

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from kbundle.container.manifest import Environment
 from kbundle.env.rules.base import CERTAIN, RISK, Result, parse_version, release
 
-__all__ = ["GPU_ONLY_OPS", "KERAS2_FIX", "rules"]
+__all__ = ["GPU_ONLY_OPS", "KERAS2_FIX", "newer_version", "rules"]
 
 # TensorFlow registers these ops with GPU kernels only: a graph that runs them cannot run on
 # a CPU build (Keras RNN layers keep a CPU twin that TensorFlow swaps in; raw use does not).
@@ -46,7 +46,8 @@ def _major(version: str | None) -> int | None:
     return release(parsed, 1)[0] if parsed else None
 
 
-def _newer(left: str | None, right: str | None) -> bool:
+def newer_version(left: str | None, right: str | None) -> bool:
+    """Whether version ``left`` is newer than ``right`` (False when either is unreadable)."""
     was, now = parse_version(left), parse_version(right)
     return was is not None and now is not None and was > now
 
@@ -83,7 +84,7 @@ def rules(
             if saved_major == 2
             else f"install keras>={saved_version}",
         )
-    elif saved_major is not None and _newer(saved_version, here_version):
+    elif saved_major is not None and newer_version(saved_version, here_version):
         yield Result(
             "saved_by.keras_version",
             saved_version,
@@ -132,7 +133,7 @@ def _graph_rules(
             fix="set KERAS_BACKEND=tensorflow",
         )
     saved = saved_by.get("tensorflow_version")
-    if saved and _newer(saved, tf.version):
+    if saved and newer_version(saved, tf.version):
         yield Result(
             "saved_by.tensorflow_version",
             saved,

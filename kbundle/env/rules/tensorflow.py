@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from kbundle.container.manifest import Environment
-from kbundle.env.capture import TENSORFLOW_DISTRIBUTIONS
+from kbundle.env.capture import installed_tensorflows
 from kbundle.env.rules.base import (
     CERTAIN,
     MISSING,
@@ -18,7 +18,7 @@ from kbundle.env.rules.base import (
     compare_version,
 )
 
-__all__ = ["rules"]
+__all__ = ["rules", "shadowing"]
 
 
 def _build_label(info: Mapping[str, Any]) -> str:
@@ -31,24 +31,51 @@ def _build_label(info: Mapping[str, Any]) -> str:
     return "CPU"
 
 
-def _installed_tensorflows(env: Environment) -> list[str]:
-    return [d for d in TENSORFLOW_DISTRIBUTIONS if d in env.distributions]
+def _installed(env: Environment) -> list[str]:
+    """``name version`` of each TensorFlow distribution installed in ``env``."""
+    return [f"{d} {env.distributions[d]}" for d in installed_tensorflows(env.distributions)]
+
+
+def shadowing(env: Environment) -> str | None:
+    """What to tell the user when several TensorFlow distributions are installed in ``env``
+    (one line: which ones, and whose files the ``tensorflow`` package really holds)."""
+    several = _installed(env)
+    if len(several) <= 1:
+        return None
+    imported = env.tensorflow.distribution if env.tensorflow else "?"
+    return (
+        f"{len(several)} TensorFlow distributions shadow each other ({', '.join(several)}): "
+        f"they share one tensorflow package, whose files are {imported}'s (recorded); "
+        f"uninstall all of them and install only the one you want"
+    )
 
 
 def rules(c: Context) -> Iterator[Result]:
     rt, ct = c.recorded.tensorflow, c.current.tensorflow
-    several = _installed_tensorflows(c.current)
+    several = _installed(c.current)
     if len(several) > 1:
+        same = (
+            several == _installed(c.recorded)
+            and rt is not None
+            and ct is not None
+            and rt.distribution == ct.distribution
+        )
+        # The same shadowing as when packing, with the same files imported, is the same
+        # environment: said (packing warned about it), never called a difference.
         yield Result(
             "tensorflow.distribution",
-            rt.distribution if rt else None,
+            ", ".join(_installed(c.recorded)) or (rt.distribution if rt else None),
             ", ".join(several),
-            RISK,
-            "several TensorFlow distributions are installed",
+            SAME if same else RISK,
+            "several TensorFlow distributions are installed, as when packing"
+            if same
+            else "several TensorFlow distributions are installed",
             "they share the tensorflow package directory, so the last one installed silently wins "
-            "(installing tf-keras with its dependencies pulls plain tensorflow, the CUDA build, "
-            "over tensorflow-cpu)",
-            f"uninstall all of them and install only {rt.distribution if rt else several[0]}",
+            "(keras-hub's tensorflow-text, or tf-keras installed with its dependencies, pulls "
+            "plain tensorflow, the CUDA build, over tensorflow-cpu)",
+            None
+            if same
+            else f"uninstall all of them and install only {rt.distribution if rt else 'one'}",
         )
     if rt is None:
         if ct is not None:

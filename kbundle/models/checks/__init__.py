@@ -117,4 +117,10 @@ def check_model_file(
             return check_h5(handle, path.stat().st_size, name, h5_objects)
     if fmt == "savedmodel":
         return check_saved_model(path, name)
-    return [Finding(location=name, problem=f"unknown model format {fmt!r}")]
+    return [
+        Finding(
+            location=name,
+            problem=f"unknown model format {fmt!r}",
+            fix="pass a .keras or .h5 file, or a SavedModel directory",
+        )
+    ]

@@ -11,7 +11,12 @@ from typing import IO
 
 from kbundle.errors import KbundleError
 from kbundle.findings import Finding, Severity
-from kbundle.models.formats import MAX_CONFIG_BYTES, ZIP_SIGNATURE
+from kbundle.models.formats import (
+    CONTENT_SNIFF_BYTES,
+    MAX_CONFIG_BYTES,
+    ZIP_SIGNATURE,
+    other_content,
+)
 
 __all__ = [
     "CUT_SHORT",
@@ -24,6 +29,7 @@ __all__ = [
     "bomb",
     "declared_format_findings",
     "json_findings",
+    "not_a_model",
     "raise_problems",
 ]
 
@@ -51,6 +57,22 @@ def raise_problems(findings: FileFindings, name: str, error: type[KbundleError],
     )
 
 
+def not_a_model(handle: IO[bytes], size: int, name: str, fmt: str) -> Finding | None:
+    """The finding for a file named as a model of format ``fmt`` that is something else
+    altogether (empty, a Git LFS pointer, text, a bundle): what it is and what to do, instead
+    of "damaged at its start"; None when it is not recognisably something else."""
+    handle.seek(0)
+    other = other_content(handle.read(CONTENT_SNIFF_BYTES), size)
+    handle.seek(0)
+    if other is None:
+        return None
+    return Finding(
+        location=name,
+        problem=f"named as a .{fmt} model, but it {other[0]}",
+        fix=other[1],
+    )
+
+
 _KIND_OF_FORMAT = {"keras": "file", "h5": "file", "keras-dir": "dir", "savedmodel": "dir"}
 
 
@@ -61,7 +83,13 @@ def declared_format_findings(path: Path, fmt: str, name: str) -> FileFindings:
     reads the zip instead."""
     kind = _KIND_OF_FORMAT.get(fmt)
     if kind is None:
-        return [Finding(location=name, problem=f"unknown model format {fmt!r}")]
+        return [
+            Finding(
+                location=name,
+                problem=f"unknown model format {fmt!r}",
+                fix="pass a .keras or .h5 file, or a SavedModel directory",
+            )
+        ]
     if path.is_dir() if kind == "file" else not path.is_dir():
         found = "a directory" if kind == "file" else "a file"
         return [
@@ -79,6 +107,9 @@ def declared_format_findings(path: Path, fmt: str, name: str) -> FileFindings:
         # the signature of an h5 file themselves, where a user block may precede it.)
         with path.open("rb") as handle:
             magic = handle.read(len(ZIP_SIGNATURE))
+            other = not_a_model(handle, path.stat().st_size, name, fmt)
+        if other is not None:
+            return [other]
         if magic != ZIP_SIGNATURE:
             return [
                 Finding(

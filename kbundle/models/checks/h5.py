@@ -23,6 +23,7 @@ from kbundle.models.checks.common import (
     H5Objects,
     bomb,
     json_findings,
+    not_a_model,
 )
 from kbundle.models.formats import (
     HDF5_SIGNATURE,
@@ -72,7 +73,9 @@ def _h5_superblock_findings(handle: IO[bytes], size: int, name: str) -> FileFind
             break
         offset = 512 if offset == 0 else offset * 2
     else:
-        handle.seek(0)
+        other = not_a_model(handle, size, name, "h5")
+        if other is not None:
+            return [other]
         return [
             Finding(
                 location=name,

@@ -16,7 +16,7 @@ import io
 import struct
 import zipfile
 import zlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, cast
@@ -148,7 +148,9 @@ def check_keras_zip(
                 if extract_to is None
                 else (lambda member: _dir_open(extract_to, member))
             )
-            findings += _keras_layout_findings(opener, name, f"{name}/", h5_objects)
+            findings += _keras_layout_findings(
+                opener, name, f"{name}/", h5_objects, archive.namelist()
+            )
     return findings
 
 
@@ -534,10 +536,32 @@ def _recompute_crc(
 # --------------------------------------------------------------------------------------------
 # The Keras 3 layout (both forms)
 
+_ARCHIVE_INCOMPLETE = (
+    "the archive is incomplete (a member was lost when it was copied, unzipped or edited); "
+    "restore it from a backup or save the model again"
+)
+
 
 def _keras_layout_findings(
-    open_member: Opener, name: str, prefix: str, h5_objects: H5Objects | None = None
+    open_member: Opener,
+    name: str,
+    prefix: str,
+    h5_objects: H5Objects | None = None,
+    members: Sequence[str] = (),
 ) -> FileFindings:
+    """The members of the Keras 3 layout: config and metadata (JSON), and the weights (every
+    archive Keras 3 writes has them, empty for a model without weights). ``members``, the
+    archive's names, tell a zipped SavedModel from an incomplete ``.keras`` file."""
+    saved_model = next((m for m in members if m.rpartition("/")[2] == "saved_model.pb"), None)
+    if saved_model is not None and KERAS_CONFIG_NAME not in members:
+        return [
+            Finding(
+                location=name,
+                problem=f"is a SavedModel in a zip ({saved_model}), not a .keras archive",
+                fix="unzip it and load the directory that holds saved_model.pb as a SavedModel "
+                "(loading one runs its graph: only if you trust it, with --trust-code)",
+            )
+        ]
     findings: FileFindings = []
     for member, required in ((KERAS_CONFIG_NAME, True), (KERAS_METADATA_NAME, False)):
         opened = open_member(member)
@@ -546,24 +570,36 @@ def _keras_layout_findings(
                 findings.append(
                     Finding(
                         location=f"{prefix}{member}",
-                        problem="missing",
-                        fix="the archive is incomplete; save the model again",
+                        problem="missing: the model's config is not in the archive",
+                        fix=_ARCHIVE_INCOMPLETE,
                     )
                 )
             continue
         handle, size = opened
         with handle:
             findings += json_findings(handle, size, f"{prefix}{member}")
+    weights = False
     opened = open_member(KERAS_WEIGHTS_NAME)
     if opened is not None:
+        weights = True
         handle, size = opened
         with handle:
             findings += check_h5(handle, size, f"{prefix}{KERAS_WEIGHTS_NAME}", h5_objects)
     opened = open_member(KERAS_NPZ_WEIGHTS_NAME)  # Keras reads it when there is no .h5
     if opened is not None:
+        weights = True
         handle, size = opened
         with handle:
             findings += npz_findings(handle, size, f"{prefix}{KERAS_NPZ_WEIGHTS_NAME}")
+    if not weights:
+        findings.append(
+            Finding(
+                location=f"{prefix}{KERAS_WEIGHTS_NAME}",
+                problem=f"missing: the archive holds no weights ({KERAS_WEIGHTS_NAME} or "
+                f"{KERAS_NPZ_WEIGHTS_NAME}), which Keras 3 writes for every model",
+                fix=_ARCHIVE_INCOMPLETE,
+            )
+        )
     return findings
 
 
