@@ -9,6 +9,8 @@ subpackages is internal, and docs/ and examples/ use only these names::
     kbundle.check("model.kbundle")                   -> CompatReport (this environment vs recorded)
     kbundle.unpack("model.kbundle", "dir")           -> UnpackResult
     kbundle.load("model.kbundle")                    -> keras.Model (docs/model-formats.md)
+    kbundle.open("model.kbundle")                    -> OpenedBundle (model, assets, metadata)
+    kbundle.diff("a.kbundle", "b.kbundle")           -> BundleDiff (what changed, and where)
     kbundle.show_code("model.kbundle")               -> [CodeListing] (bundled code, for review)
     kbundle.sign_bundle("model.kbundle", key)        -> SignResult (keys: load_signing_key)
     kbundle.diagnose("model.h5")                     -> Diagnosis (why it does not load)
@@ -51,6 +53,10 @@ _LAZY = {
     "UnpackResult": "kbundle.pipelines.load",
     "load": "kbundle.pipelines.load",
     "unpack": "kbundle.pipelines.load",
+    "OpenedBundle": "kbundle.pipelines.opened",
+    "open": "kbundle.pipelines.opened",
+    "BundleDiff": "kbundle.pipelines.diff",
+    "diff": "kbundle.pipelines.diff",
     "VerifyReport": "kbundle.pipelines.verify",
     "inspect": "kbundle.pipelines.verify",
     "verify": "kbundle.pipelines.verify",
@@ -87,7 +93,9 @@ if TYPE_CHECKING:
     from kbundle.doctor.diagnose import Diagnosis, diagnose
     from kbundle.env.rules import CompatReport, EnvironmentWarning
     from kbundle.pipelines.check import check
+    from kbundle.pipelines.diff import BundleDiff, diff
     from kbundle.pipelines.load import LoadOptions, UnpackResult, load, unpack
+    from kbundle.pipelines.opened import OpenedBundle, open
     from kbundle.pipelines.pack import PackResult, pack
     from kbundle.pipelines.rebuild import (
         CreatedEnvironment,
@@ -120,6 +128,7 @@ def __getattr__(name: str) -> Any:
 
 
 __all__ = [
+    "BundleDiff",
     "BundleFormatError",
     "BundleHead",
     "CodeConflictWarning",
@@ -140,6 +149,7 @@ __all__ = [
     "ModelLoadError",
     "NewerFormatWarning",
     "NotABundleError",
+    "OpenedBundle",
     "OutputExistsError",
     "PackError",
     "PackResult",
@@ -159,12 +169,14 @@ __all__ = [
     "check",
     "create_environment",
     "diagnose",
+    "diff",
     "errors",
     "export_requirements",
     "generate_key",
     "inspect",
     "load",
     "load_signing_key",
+    "open",
     "pack",
     "show_code",
     "sign_bundle",
