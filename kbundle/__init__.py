@@ -16,6 +16,10 @@ subpackages is internal, and docs/ and examples/ use only these names::
     kbundle.diagnose("model.h5")                     -> Diagnosis (why it does not load)
     kbundle.export_requirements / create_environment -> the recorded environment, rebuilt
 
+Where models are made: ``kbundle.keras.BundleCheckpoint`` packs during ``fit``, and
+``kbundle.mlflow.log_bundle`` logs a bundle to an MLflow run (``kbundle.load`` reads
+``runs:/`` and ``models:/`` URIs back).
+
 Every error is a :class:`KbundleError` whose ``exit_code`` is the CLI's. Importing kbundle
 never imports TensorFlow or Keras; ``load`` and packing a live model do.
 """
@@ -116,12 +120,18 @@ if TYPE_CHECKING:
     from kbundle.signing.signatures import SignatureStatus, TrustedKeys
 
 
+# Public submodules, imported on first use: kbundle.keras imports Keras, kbundle.mlflow MLflow.
+_SUBMODULES = ("keras", "mlflow")
+
+
 def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _SUBMODULES:
+        return importlib.import_module(f"kbundle.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'kbundle' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
