@@ -28,13 +28,17 @@ _GIT_TIMEOUT_SECONDS = 10.0
 _GIT_SAFE_OPTIONS = ("-c", "core.fsmonitor=false", "-c", "core.untrackedCache=false")
 
 
-def capture_provenance(*, hostname: bool = False, directory: Path | None = None) -> Provenance:
-    """The provenance of a pack run from ``directory`` (default: the current directory)."""
+def capture_provenance(
+    *, hostname: bool = False, command: bool = True, directory: Path | None = None
+) -> Provenance:
+    """The provenance of a pack run from ``directory`` (default: the current directory): the
+    command line unless ``command`` is false, the host name only with ``hostname``."""
     commit, dirty = _git_state(directory or Path.cwd())
+    argv = list(sys.argv) if command and sys.argv and sys.argv != [""] else None
     return Provenance(
         git_commit=commit,
         git_dirty=dirty,
-        command=list(sys.argv) if sys.argv and sys.argv != [""] else None,
+        command=argv,
         hostname=_hostname() if hostname else None,
     )
 

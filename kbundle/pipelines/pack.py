@@ -75,12 +75,20 @@ class PackResult:
         }
 
 
-def _utc_now() -> tuple[str, int]:
-    # SOURCE_DATE_EPOCH makes bundles byte-for-byte reproducible (reproducible-builds.org).
+def _source_date_epoch() -> int | None:
+    """``SOURCE_DATE_EPOCH`` when set to decimal digits: the user asks for a reproducible
+    bundle (reproducible-builds.org), so nothing may depend on when or how pack ran."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch and epoch.isascii() and epoch.isdigit():  # str.isdigit alone accepts '²'
+        return int(epoch)
+    return None
+
+
+def _utc_now() -> tuple[str, int]:
+    epoch = _source_date_epoch()
     moment = (
-        _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc)
-        if epoch and epoch.isascii() and epoch.isdigit()  # str.isdigit alone accepts '²'
+        _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc)
+        if epoch is not None
         else _dt.datetime.now(_dt.timezone.utc)
     )
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ"), int(moment.timestamp())
@@ -248,7 +256,9 @@ def _metadata_fields(
     if provenance:
         from kbundle.env.provenance import capture_provenance
 
-        recorded = capture_provenance(hostname=record_hostname)
+        # A reproducible pack records no command line: it names the output, which differs.
+        command = _source_date_epoch() is None
+        recorded = capture_provenance(hostname=record_hostname, command=command)
     return {"metadata": Metadata(labels=dict(sorted(checked.items())), provenance=recorded)}
 
 
