@@ -167,7 +167,7 @@ def test_sign_with_a_key_file_signs_every_bundle(
     for record in callback.records:
         report = kbundle.verify(record.path, trusted_keys=[key.public_path])
         assert report.signature is not None and report.signature.trusted
-        assert report.signature.to_dict()["signers"][0]["key_id"] == key.key_id
+        assert report.signature.trusted_signers == (key.key_id,)
 
 
 @pytest.mark.parametrize(
