@@ -336,10 +336,13 @@ class _Comparison:
         old = {o.name: o for o in self.old.custom_objects}
         new = {o.name: o for o in self.new.custom_objects}
         for kind, name, before, after in _pairs(old, new):
-            where = f"custom_objects.{name}"
             if kind != "changed":
+                where = f"custom_objects.{name}"
                 self.add("custom_objects", kind, where, _object_text(before), _object_text(after))
-                continue
+        for name in sorted(old.keys() & new.keys()):
+            # Equal records may still carry different files: compared member by member.
+            where = f"custom_objects.{name}"
+            before, after = old[name], new[name]
             for field_kind, key, one, two in _pairs(_record_fields(before), _record_fields(after)):
                 self.add("custom_objects", field_kind, f"{where}.{key}", one, two)
             self._source_changes(where, before, after)
