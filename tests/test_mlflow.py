@@ -88,7 +88,8 @@ def test_a_logged_bundle_loads_back_by_run_and_by_registered_model(
     np.testing.assert_array_equal(by_name.predict(batch, verbose=0), expected)
     client = mlflow.tracking.MlflowClient()
     assert client.get_model_version("churn", "1").tags["kbundle.digest"] == logged.digest
-    with kbundle.open(logged.model_uri) as opened:
+    client.set_registered_model_alias("churn", "champion", "1")
+    with kbundle.open("models:/churn@champion", expect=logged.digest) as opened:
         assert json.loads(opened.assets["labels.json"].read_text())["1"] == "churn"
     assert kbundle.diff(logged.uri, logged.model_uri).identical
 

@@ -301,13 +301,12 @@ class SavedLiveModel:
 
 
 def save_live_model(model: Any, directory: Path) -> SavedLiveModel:
-    """Save ``model`` as ``directory/model.keras`` and describe it (class, inputs, maker)."""
+    """Save ``model`` as ``directory/model.keras`` and describe it (class, inputs, outputs,
+    parameters: what only the live model knows; the file is read later, by pack)."""
     from kbundle.models import keras_io
 
     path = keras_io.save_model(model, directory)
-    description = keras_io.describe_live_model(model)
-    description["saved_by"] = model_saved_by(path, "keras")
-    return SavedLiveModel(model, path, description)
+    return SavedLiveModel(model, path, keras_io.describe_live_model(model))
 
 
 def pack(
@@ -372,7 +371,7 @@ def pack(
             model = save_live_model(model, Path(scratch))
         if isinstance(model, SavedLiveModel):
             source, fmt, live = model.path, "keras", model.model
-            description = dict(model.description)
+            description = {**model.description, "saved_by": model_saved_by(source, fmt)}
         elif isinstance(model, str | os.PathLike):
             source = Path(model)
             fmt = identify_format(source)
