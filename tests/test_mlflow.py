@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from conftest import child_env, run_cli
 
 import kbundle
 import kbundle.mlflow
@@ -92,6 +93,12 @@ def test_a_logged_bundle_loads_back_by_run_and_by_registered_model(
     with kbundle.open("models:/churn@champion", expect=logged.digest) as opened:
         assert json.loads(opened.assets["labels.json"].read_text())["1"] == "churn"
     assert kbundle.diff(logged.uri, logged.model_uri).identical
+    on_the_command_line = run_cli(
+        "diff", logged.uri, "models:/churn@champion", "--json",
+        env=child_env(MLFLOW_TRACKING_URI=tracking.as_uri(), MLFLOW_ALLOW_FILE_STORE="true"),
+    )  # fmt: skip
+    assert on_the_command_line.returncode == 0, on_the_command_line.stderr
+    assert json.loads(on_the_command_line.stdout)["identical"] is True
 
 
 def test_an_existing_bundle_is_logged_as_it_is(

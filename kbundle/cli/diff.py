@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
@@ -22,10 +21,12 @@ Examples:
   kbundle diff old.kbundle new.kbundle --json | jq '.changes[] | select(.section == "weights")'
   kbundle diff old.kbundle new.kbundle --manifest-only --policy strict
   kbundle diff a.kbundle b.kbundle >/dev/null || echo "the model changed"
+  kbundle diff models:/churn/1 models:/churn/2      # MLflow URIs, with kbundle[mlflow]
 """
 )
-@click.argument("before", type=click.Path(path_type=Path, dir_okay=False))
-@click.argument("after", type=click.Path(path_type=Path, dir_okay=False))
+# Strings, not paths: an MLflow URI (runs:/..., models:/...) is not a file name.
+@click.argument("before", type=click.Path(path_type=str, dir_okay=False))
+@click.argument("after", type=click.Path(path_type=str, dir_okay=False))
 @click.option(
     "--manifest-only",
     is_flag=True,
@@ -36,8 +37,8 @@ Examples:
 @json_option
 @handle_errors("as_json")
 def diff(
-    before: Path,
-    after: Path,
+    before: str,
+    after: str,
     manifest_only: bool,
     policy: str | None,
     severity: tuple[str, ...],
@@ -51,7 +52,7 @@ def diff(
     a unified diff), the environment (the fields 'kbundle check' compares, BEFORE as recorded,
     AFTER as current), assets and labels. Notes (creation time, provenance, the model file's
     save time, other installed distributions) are shown but do not count. Nothing is
-    imported, unpickled or loaded.
+    imported, unpickled or loaded. BEFORE and AFTER may be MLflow URIs (runs:/..., models:/...).
     """
     from kbundle.pipelines.diff import diff as compare
 
