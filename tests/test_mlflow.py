@@ -144,3 +144,18 @@ def test_unknown_runs_and_ambiguous_directories_are_usage_errors(
         f"MLflow artifact 'runs:/{run.info.run_id}/two' is a directory holding 2 .kbundle "
         "files (a.kbundle, b.kbundle), not exactly one"
     )
+
+
+def test_importing_the_facades_imports_neither_mlflow_nor_keras() -> None:
+    """``kbundle.mlflow`` imports MLflow only when a function needs it; ``import kbundle``
+    then ``kbundle.mlflow`` (attribute access) works without an explicit import."""
+    from conftest import run_python
+
+    code = (
+        "import sys, kbundle\n"
+        "facade = kbundle.mlflow\n"
+        "assert facade.log_bundle.__module__ == 'kbundle.integrations.mlflow_logging'\n"
+        "assert 'mlflow' not in sys.modules and 'keras' not in sys.modules, 'imported'\n"
+    )
+    result = run_python("-c", code)
+    assert result.returncode == 0, result.stderr

@@ -5,10 +5,11 @@ What happens on the training thread is what a plain checkpoint does: at the end 
 the file name is formatted (``{epoch}`` and the logs), the monitored value decides
 (``save_best_only``, ``mode``, ``initial_value_threshold``), and the model is saved with
 ``model.save`` (into a private temporary directory). Packing that file (hashing, compressing,
-recording the environment, signing) runs on one background thread, and writes atomically:
-a bundle appears complete under its final name or not at all. Training waits only when the
-packer is still busy with the previous checkpoint (at most one save waits in line, so temporary
-files cannot pile up), and at the end of ``fit``, which returns once every bundle is written.
+recording the environment, signing) runs on one background thread at a lower priority (on
+Linux), and writes atomically: a bundle appears complete under its final name or not at all.
+Training waits only when the packer is still busy with the previous checkpoint (at most one
+save waits in line, so temporary files cannot pile up), and at the end of ``fit``, which
+returns once every bundle is written.
 A failure in the background is raised on the training thread at the next epoch end (or at
 the end of ``fit``). ``keep=N`` keeps the N most recent bundles this callback wrote and
 deletes the older ones. Stable: the public class is ``kbundle.keras.BundleCheckpoint``.
@@ -16,10 +17,12 @@ deletes the older ones. Stable: the public class is ``kbundle.keras.BundleCheckp
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import queue
 import shutil
+import sys
 import tempfile
 import threading
 from collections.abc import Mapping, Sequence
@@ -43,6 +46,9 @@ _DEFAULT_THREADS = 0
 # Saves waiting for the packer: one, so that a slow disk costs at most one temporary copy of
 # the model before training waits for it.
 _PENDING_SAVES = 1
+# How much lower than the training the packing thread runs (Linux thread niceness, 0-19):
+# on a machine whose CPUs the training keeps busy, packing takes what training leaves.
+_PACKING_NICENESS = 10
 
 if TYPE_CHECKING:
 
@@ -252,6 +258,7 @@ class BundleCheckpoint(_Callback):
         self._worker.start()
 
     def _work(self) -> None:
+        _lower_priority()
         while (job := self._jobs.get()) is not None:
             try:
                 if self._failure is None:
@@ -286,6 +293,16 @@ class BundleCheckpoint(_Callback):
             return
         self._failure_raised = True
         raise failure
+
+
+def _lower_priority() -> None:
+    """Run the calling thread, and the threads it starts (the hasher), below the training.
+    Linux only: there ``setpriority`` on a thread id changes that thread alone; elsewhere it
+    would slow the whole process, training included."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError):  # a container may forbid it; packing still works
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), _PACKING_NICENESS)
 
 
 def _compiled_metrics(model: Any) -> list[Any]:
