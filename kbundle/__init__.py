@@ -9,10 +9,16 @@ subpackages is internal, and docs/ and examples/ use only these names::
     kbundle.check("model.kbundle")                   -> CompatReport (this environment vs recorded)
     kbundle.unpack("model.kbundle", "dir")           -> UnpackResult
     kbundle.load("model.kbundle")                    -> keras.Model (docs/model-formats.md)
+    kbundle.open("model.kbundle")                    -> OpenedBundle (model, assets, metadata)
+    kbundle.diff("a.kbundle", "b.kbundle")           -> BundleDiff (what changed, and where)
     kbundle.show_code("model.kbundle")               -> [CodeListing] (bundled code, for review)
     kbundle.sign_bundle("model.kbundle", key)        -> SignResult (keys: load_signing_key)
     kbundle.diagnose("model.h5")                     -> Diagnosis (why it does not load)
     kbundle.export_requirements / create_environment -> the recorded environment, rebuilt
+
+Where models are made: ``kbundle.keras.BundleCheckpoint`` packs during ``fit``, and
+``kbundle.mlflow.log_bundle`` logs a bundle to an MLflow run (``kbundle.load`` reads
+``runs:/`` and ``models:/`` URIs back).
 
 Every error is a :class:`KbundleError` whose ``exit_code`` is the CLI's. Importing kbundle
 never imports TensorFlow or Keras; ``load`` and packing a live model do.
@@ -51,6 +57,10 @@ _LAZY = {
     "UnpackResult": "kbundle.pipelines.load",
     "load": "kbundle.pipelines.load",
     "unpack": "kbundle.pipelines.load",
+    "OpenedBundle": "kbundle.pipelines.opened",
+    "open": "kbundle.pipelines.opened",
+    "BundleDiff": "kbundle.pipelines.diff",
+    "diff": "kbundle.pipelines.diff",
     "VerifyReport": "kbundle.pipelines.verify",
     "inspect": "kbundle.pipelines.verify",
     "verify": "kbundle.pipelines.verify",
@@ -87,7 +97,9 @@ if TYPE_CHECKING:
     from kbundle.doctor.diagnose import Diagnosis, diagnose
     from kbundle.env.rules import CompatReport, EnvironmentWarning
     from kbundle.pipelines.check import check
+    from kbundle.pipelines.diff import BundleDiff, diff
     from kbundle.pipelines.load import LoadOptions, UnpackResult, load, unpack
+    from kbundle.pipelines.opened import OpenedBundle, open
     from kbundle.pipelines.pack import PackResult, pack
     from kbundle.pipelines.rebuild import (
         CreatedEnvironment,
@@ -108,18 +120,25 @@ if TYPE_CHECKING:
     from kbundle.signing.signatures import SignatureStatus, TrustedKeys
 
 
+# Public submodules, imported on first use: kbundle.keras imports Keras, kbundle.mlflow MLflow.
+_SUBMODULES = ("keras", "mlflow")
+
+
 def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _SUBMODULES:
+        return importlib.import_module(f"kbundle.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'kbundle' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 
 
 __all__ = [
+    "BundleDiff",
     "BundleFormatError",
     "BundleHead",
     "CodeConflictWarning",
@@ -140,6 +159,7 @@ __all__ = [
     "ModelLoadError",
     "NewerFormatWarning",
     "NotABundleError",
+    "OpenedBundle",
     "OutputExistsError",
     "PackError",
     "PackResult",
@@ -159,12 +179,14 @@ __all__ = [
     "check",
     "create_environment",
     "diagnose",
+    "diff",
     "errors",
     "export_requirements",
     "generate_key",
     "inspect",
     "load",
     "load_signing_key",
+    "open",
     "pack",
     "show_code",
     "sign_bundle",

@@ -26,7 +26,7 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("kbundle.models",),
     ("kbundle.code", "kbundle.signing"),
     ("kbundle.pipelines",),
-    ("kbundle.doctor",),
+    ("kbundle.doctor", "kbundle.integrations"),
     ("kbundle.cli",),
     ("kbundle", "kbundle.__main__"),
 )

@@ -43,9 +43,10 @@ PLACEHOLDER = re.compile(r"sha256:[0-9a-f]*\.\.\.|\$PINNED_DIGEST")
 # "acme" and "distribution" put a custom layer in it): "bundle" model.kbundle, "keys"
 # release.key/.pub, "signed" model.kbundle signed with release.key, "trusted" release.pub in
 # the trusted-keys directory, "other" other.kbundle, "savedmodel" exported_savedmodel/ and
-# big_model.keras, "examples" a copy of examples/. Without a setup marker: "bundle".
+# big_model.keras, "examples" a copy of examples/, "assets" tokenizer.json and vocab/,
+# "old-new" old.kbundle and new.kbundle (two models). Without a setup marker: "bundle".
 SETUPS = {"model", "bundle", "keys", "signed", "other", "trusted", "custom", "acme",
-          "distribution", "savedmodel", "examples"}  # fmt: skip
+          "distribution", "savedmodel", "examples", "assets", "old-new"}  # fmt: skip
 PROJECT = REPO / "tests" / "custom_objects_project"
 
 
@@ -158,6 +159,10 @@ if "bundle" in flags or "signed" in flags:
         *(["--custom-objects", "acme_layers.layers"] if "distribution" in flags else []))
 if "other" in flags:
     run("pack", "model.keras", "-o", "other.kbundle", "-q", "--no-probe")
+if "old-new" in flags:
+    run("pack", "model.keras", "-o", "old.kbundle", "-q", "--no-probe")
+    keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)], name="tiny").save("new.keras")
+    run("pack", "new.keras", "-o", "new.kbundle", "-q", "--no-probe")
 """
 
 _CUSTOM_LAYER = """\
@@ -206,6 +211,10 @@ def _template(setup: frozenset[str], root: Path) -> Path:
         shutil.copy(PROJECT / "mypkg" / "acme.py", workspace / "mypkg")
     if "distribution" in setup:
         shutil.copytree(PROJECT / "site", workspace / "site")
+    if "assets" in setup:
+        (workspace / "tokenizer.json").write_text('{"model": {"type": "WordLevel"}}\n')
+        (workspace / "vocab").mkdir()
+        (workspace / "vocab" / "words.txt").write_text("the\nof\nand\n")
     built = run_python(
         "-c", _BUILD, *sorted(setup), cwd=workspace, env=_environment(workspace, setup)
     )

@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO, child_env, run_cli, run_python
 
 
@@ -88,3 +89,21 @@ def test_archive_example_reports_a_clean_environment(
         timeout=300,
     )
     assert damaged.returncode == 1, damaged.stdout + damaged.stderr
+
+
+@pytest.mark.parametrize(
+    ("script", "marker"),
+    [
+        ("assets_and_metadata.py", "assets OK: the bundled label map named the predictions"),
+        ("keras_checkpoint.py", "checkpoints OK: the best bundle loads"),
+        ("diff_checkpoints.py", "diff OK: exit 10"),
+        ("mlflow_tracking.py", "mlflow OK: logged, registered and loaded back verified"),
+    ],
+)
+def test_integration_examples_run(tmp_path: Path, script: str, marker: str) -> None:
+    """The examples of docs/assets-and-metadata.md, keras-callback.md, diff.md and mlflow.md."""
+    if script.startswith("mlflow"):
+        pytest.importorskip("mlflow")
+    result = run_python(REPO / "examples" / script, tmp_path / "work", cwd=tmp_path, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.splitlines()[-1] == marker

@@ -99,9 +99,16 @@ def file_member(name: str, data: bytes) -> dict[str, Any]:
 
 
 def with_members(members: list[dict[str, Any]]) -> dict[str, Any]:
+    """The example manifest listing ``members`` instead (the model first), with the assets
+    among them."""
     manifest = example()
     manifest["members"] = members
     manifest["model"]["path"] = members[0]["path"]
+    manifest["assets"] = [
+        {"path": m["path"]}
+        for m in members
+        if m["path"].count("/") == 1 and m["path"].startswith("assets/")
+    ]
     return manifest
 
 
@@ -249,11 +256,11 @@ def test_newer_minor_version_warns_and_ignores_unknown_fields() -> None:
     manifest["model"]["quantized"] = True
     with pytest.warns(
         NewerFormatWarning,
-        match=r"^bundle format 1\.7 is newer than 1\.0; unknown fields are ignored$",
+        match=r"^bundle format 1\.7 is newer than 1\.1; unknown fields are ignored$",
     ):
         parsed = parse_manifest(json.dumps(manifest).encode())
     assert parsed.to_dict() == {**example(), "format_version": "1.7"}
-    # The 1.0 schema describes what a 1.0 writer emits, so it refuses these fields.
+    # The schema describes what a 1.1 writer emits, so it refuses these fields.
     assert "$: Additional properties are not allowed ('signed_by' was unexpected)" in schema_errors(
         manifest
     )
@@ -262,10 +269,10 @@ def test_newer_minor_version_warns_and_ignores_unknown_fields() -> None:
 def test_traversal_member_path_is_refused_by_schema_and_reader() -> None:
     manifest = example()
     manifest["members"].append(file_member("../x", b"x"))
-    assert any(error.startswith("$.members[1].path:") for error in schema_errors(manifest))
+    assert any(error.startswith("$.members[2].path:") for error in schema_errors(manifest))
     refused = refused_by_schema_and_reader(manifest, BundleFormatError)
     assert refused.message == (
-        "the manifest breaks 1 format rule(s): members[1].path: component '..' is not allowed "
+        "the manifest breaks 1 format rule(s): members[2].path: component '..' is not allowed "
         "(names must be normalised and relative): '../x'"
     )
 
@@ -473,7 +480,7 @@ def test_member_name_must_be_valid_unicode() -> None:
     with pytest.raises(BundleFormatError) as caught:
         parse_manifest(json.dumps(manifest).encode())  # ensure_ascii spells it \ud800
     assert caught.value.message == (
-        "the manifest breaks 1 format rule(s): members[1].path: name is not valid Unicode "
+        "the manifest breaks 1 format rule(s): members[2].path: name is not valid Unicode "
         "(lone surrogate): 'model/\\ud800'"
     )
 

@@ -1,5 +1,6 @@
-"""Render docs/python-api.md from kbundle's public API (``kbundle.__all__``): signatures and
-docstrings, so the reference says what the code does.
+"""Render docs/python-api.md from kbundle's public API (``kbundle.__all__``, and the
+``__all__`` of the public submodules ``kbundle.keras`` and ``kbundle.mlflow``): signatures
+and docstrings, so the reference says what the code does.
 
     python tools/api_reference.py          # rewrite docs/python-api.md
     python tools/api_reference.py --check  # exit 1 if it is stale (the tests do this)
@@ -14,8 +15,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+import importlib  # noqa: E402
+
 import kbundle  # noqa: E402
 
+# Public submodules, documented after the top level (importing kbundle.keras imports Keras).
+SUBMODULES = ("kbundle.keras", "kbundle.mlflow")
 TARGET = REPO / "docs" / "python-api.md"
 
 INTRO = """# kbundle Python API
@@ -67,6 +72,11 @@ def render() -> str:
         lines += _entry(name, obj)
     for name, obj in other:
         lines += _entry(name, obj)
+    for module_name in SUBMODULES:
+        module = importlib.import_module(module_name)
+        lines += [f"## `{module_name}`", "", inspect.getdoc(module) or "", ""]
+        for name in sorted(module.__all__, key=str.lower):
+            lines += _entry(f"{module_name}.{name}", getattr(module, name))
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -6,7 +6,7 @@ commands live by concern in this package. Stable: commands, options and exit cod
 
 from __future__ import annotations
 
-from kbundle.cli import doctor, env, pack, read, signing  # noqa: F401  (registers commands)
+from kbundle.cli import diff, doctor, env, pack, read, signing  # noqa: F401  (registers commands)
 from kbundle.cli.app import EXIT_CODES, EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_OK, main
 
 __all__ = ["EXIT_CODES", "EXIT_INTERNAL", "EXIT_INTERRUPTED", "EXIT_OK", "main"]

@@ -51,6 +51,9 @@ EXIT_OK = 0
 EXIT_INTERRUPTED = 130  # the shell convention for SIGINT
 EXIT_INTERNAL = errors.KbundleError.exit_code  # EX_SOFTWARE: a bug in kbundle, not the input
 EXIT_OS_ERROR = 2  # the system refused a read or write: unreadable input or unwritable output
+# `kbundle diff` found differences: not an error, so not 1 (an integrity failure of either
+# bundle exits 1), and clear of the error codes 1-5 and of 6-9 left for new ones.
+EXIT_DIFFERENT = 10
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -212,7 +215,7 @@ def handle_errors(json_flag: str | None = None) -> Callable[[F], F]:
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
     epilog="""Exit codes: 0 ok; 1 integrity failure; 2 usage error or unreadable input;
 3 environment incompatible; 4 untrusted code refused; 5 model failed to load;
-70 internal error (a bug); 130 interrupted.
+10 the bundles differ (kbundle diff); 70 internal error (a bug); 130 interrupted.
 
 \b
 Examples:

@@ -23,6 +23,18 @@ from kbundle.cli.options import (
 )
 from kbundle.cli.render import size_text
 from kbundle.container.writer import DEFAULT_LEVEL
+from kbundle.errors import UsageError
+
+
+def _labels(values: tuple[str, ...]) -> dict[str, str]:
+    """``--label KEY=VALUE`` options as a mapping (a later KEY wins)."""
+    labels = {}
+    for value in values:
+        key, sep, text = value.partition("=")
+        if not sep:
+            raise UsageError(f"--label must be KEY=VALUE: {value!r}", hint="write --label team=nlp")
+        labels[key] = text
+    return labels
 
 
 @main.command(
@@ -34,6 +46,8 @@ Examples:
   kbundle pack big.keras -o big.kbundle --level none --quiet --no-probe
   kbundle pack model.keras -o model.kbundle --sign release.key
   kbundle pack model.keras -o model.kbundle --lock
+  kbundle pack model.keras -o model.kbundle --asset tokenizer.json --asset vocab/
+  kbundle pack model.keras -o model.kbundle --label team=nlp --label dataset=v3
 """
 )
 @click.argument("model", type=click.Path(path_type=Path))
@@ -92,6 +106,30 @@ Examples:
     is_flag=True,
     help="Hash-lock the pinned requirements with pip-tools (asks the package index; slow).",
 )
+@click.option(
+    "--asset",
+    "assets",
+    multiple=True,
+    type=click.Path(path_type=Path),
+    metavar="PATH",
+    help="Carry this file or directory in the bundle as assets/NAME, verified like every "
+    "member (repeatable); kbundle.open gives its path after a load.",
+)
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    metavar="KEY=VALUE",
+    help="Record a label in the manifest's metadata (repeatable).",
+)
+@click.option(
+    "--no-provenance",
+    is_flag=True,
+    help="Do not record the git commit, whether tracked files changed, and the command line.",
+)
+@click.option(
+    "--record-hostname", is_flag=True, help="Record this machine's host name in the provenance."
+)
 @force_bundle_option
 @quiet_option
 @json_option
@@ -107,6 +145,10 @@ def pack(
     passphrase_file: Path | None,
     probe: bool | None,
     lock: bool,
+    assets: tuple[Path, ...],
+    labels: tuple[str, ...],
+    no_provenance: bool,
+    record_hostname: bool,
     force: bool,
     quiet: bool,
     as_json: bool,
@@ -135,6 +177,10 @@ def pack(
             lock=lock,
             custom_modules=custom_modules,
             project_imports=not no_project_imports,
+            assets=assets,
+            labels=_labels(labels),
+            provenance=not no_provenance,
+            record_hostname=record_hostname,
         )
     if as_json:
         json_out(result.to_dict())

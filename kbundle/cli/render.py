@@ -1,7 +1,8 @@
 """All human-readable text the command line prints: what may reach a terminal
 (``printable``), a bundle's manifest (``kbundle inspect``), an environment check (``kbundle
-check``), the code a bundle carries (``kbundle show-code``), a diagnosis (``kbundle doctor``),
-and the small helpers (counts, sizes) the commands' summary lines share.
+check``), the code a bundle carries (``kbundle show-code``), a diagnosis (``kbundle doctor``), a
+comparison (``kbundle diff``), and the small helpers (counts, sizes) the commands' summary
+lines share.
 
 Bundle content is hostile until shown otherwise, and a terminal obeys control characters: an
 ESC sequence in a model name could move the cursor and forge a "signed ... (trusted)" line, a
@@ -24,10 +25,11 @@ from kbundle.findings import Severity
 
 if TYPE_CHECKING:
     from kbundle.code.bundled import CodeListing
-    from kbundle.container.manifest import CustomObject, TensorSpec
+    from kbundle.container.manifest import CustomObject, Metadata, TensorSpec
     from kbundle.container.reader import BundleHead
     from kbundle.doctor.diagnose import Diagnosis
     from kbundle.env.rules import CompatReport
+    from kbundle.pipelines.diff import BundleDiff, Change
 
 __all__ = [
     "plural",
@@ -35,6 +37,7 @@ __all__ = [
     "printable_lines",
     "render_compat",
     "render_diagnosis",
+    "render_diff",
     "render_listings",
     "render_manifest",
     "size_text",
@@ -186,6 +189,14 @@ def render_manifest(head: BundleHead) -> str:
             f"probe       {manifest.probe.inputs} "
             f"(rtol {manifest.probe.rtol}, atol {manifest.probe.atol})"
         )
+    if manifest.assets:
+        shown = [
+            f"{a.name}/" if (m := manifest.member(a.path)) and m.type == "dir" else a.name
+            for a in manifest.assets
+        ]
+        lines.append(f"assets      {', '.join(shown)}")
+    if manifest.metadata is not None:
+        lines.extend(_metadata_lines(manifest.metadata))
     lines.append(f"members     {len(manifest.members)} ({manifest.payload_size} bytes):")
     for member in manifest.members:
         if member.type == "dir":
@@ -193,6 +204,26 @@ def render_manifest(head: BundleHead) -> str:
         else:
             lines.append(f"  {member.size:>12}  {member.digest}  {member.path}")
     return printable_lines(lines)
+
+
+def _metadata_lines(metadata: Metadata) -> list[str]:
+    lines = []
+    if metadata.labels:
+        lines.append(
+            "labels      " + ", ".join(f"{k}={v}" for k, v in sorted(metadata.labels.items()))
+        )
+    made = metadata.provenance
+    if made is not None:
+        parts = []
+        if made.git_commit:
+            state = {True: "with changes", False: "clean", None: "state unknown"}[made.git_dirty]
+            parts.append(f"git {made.git_commit} ({state})")
+        if made.command:
+            parts.append(f"command {' '.join(made.command)}")
+        if made.hostname:
+            parts.append(f"host {made.hostname}")
+        lines.append(f"provenance  {'; '.join(parts) or 'nothing recorded'}")
+    return lines
 
 
 def _cell(value: str | None) -> str:
@@ -353,4 +384,58 @@ def render_diagnosis(diagnosis: Diagnosis) -> str:
         verdict = f"does not load: {diagnosis.failure_class}"
     lines.append(f"{'verdict':<14}{verdict}")
     # Paths, findings and the child's error text quote the model: escaped line by line.
+    return printable_lines(lines)
+
+
+_CHANGE_MARKS = {"added": "+", "removed": "-", "changed": "~"}
+
+
+def _change_lines(change: Change) -> list[str]:
+    mark = _CHANGE_MARKS.get(change.kind, "?")
+    severity = f" [{change.severity}]" if change.severity is not None else ""
+    if change.kind == "added":
+        sides = f"{change.after}"
+    elif change.kind == "removed" or change.before == change.after:
+        sides = f"{change.before}"  # (the same on both sides: a dataset whose values changed)
+    else:
+        sides = f"{change.before} -> {change.after}"
+    lines = [f"  {mark} {change.location}{severity}  {sides}"]
+    if change.detail:
+        # A unified diff keeps its lines (each escaped on its own, as show-code does).
+        lines.extend(f"      {line}" for line in change.detail.split("\n"))
+    return lines
+
+
+def render_diff(result: BundleDiff, exit_code: int) -> str:
+    """The ``kbundle diff`` text: both bundles, each section's changes, the notes that do not
+    count, and the verdict with the exit code."""
+    from kbundle.pipelines.diff import SECTIONS
+
+    lines = []
+    for label, side in (("before", result.before), ("after", result.after)):
+        lines.append(
+            f"{label:<7} {side.digest}  {side.bundle} "
+            f"(format {side.format_version}, created {side.created})"
+        )
+    if not result.verified:
+        lines.append("        manifests only: the payloads were not verified or compared")
+    for name in SECTIONS:
+        changes = result.section(name)
+        if not changes:
+            continue
+        lines.append("")
+        if name == "notes":
+            lines.append("notes (how each bundle was made; they do not make the bundles differ):")
+        else:
+            lines.append(f"{name}: {plural(len(changes), 'change')}")
+        for change in changes:
+            lines.extend(_change_lines(change))
+    lines.append("")
+    if result.identical:
+        verdict = "identical (the same bundle digest)"
+    elif result.equal:
+        verdict = "equal: only how they were made differs"
+    else:
+        verdict = f"the bundles differ in {', '.join(result.differing_sections())}"
+    lines.append(f"verdict: {verdict} (exit {exit_code})")
     return printable_lines(lines)

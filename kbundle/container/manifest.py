@@ -9,8 +9,9 @@ are dropped (they are allowed in a newer minor version; the stored bytes stay au
 for the bundle's identity).
 
 ``parse_manifest`` is the only way bytes become a manifest: size cap, depth cap, duplicate
-keys and non-finite numbers refused, version gate applied. Stable: format 1.0; fields are
-only ever added in a minor version.
+keys and non-finite numbers refused, version gate applied. Stable: format 1.1 (1.0 plus
+``assets`` and ``metadata``); fields are only ever added in a minor version, and a manifest of
+an older minor reads with the defaults of the fields added since.
 """
 
 from __future__ import annotations
@@ -33,16 +34,19 @@ from kbundle.errors import BundleFormatError, LimitExceededError, UnsupportedFor
 __all__ = [
     "DIGEST_ALGORITHM",
     "FORMAT_VERSION",
+    "Asset",
     "CustomObject",
     "Environment",
     "KerasInfo",
     "Manifest",
     "Member",
+    "Metadata",
     "ModelInfo",
     "NewerFormatWarning",
     "PickleInfo",
     "PlatformInfo",
     "ProbeInfo",
+    "Provenance",
     "PythonInfo",
     "Requirements",
     "SourceFile",
@@ -55,7 +59,7 @@ __all__ = [
     "serialize_manifest",
 ]
 
-FORMAT_VERSION = "1.0"
+FORMAT_VERSION = "1.1"
 # The only digest algorithm of format 1.0. A manifest naming another (md5, sha1, ...) is
 # refused rather than checked with a weaker function.
 DIGEST_ALGORITHM = "sha256"
@@ -75,7 +79,10 @@ _REFERENCED_BY = {
     "objects": "any custom object",
     "env": "requirements.requirements or requirements.lock",
     "probe": "probe.inputs or probe.outputs",
+    "assets": "assets[].path",
 }
+# An asset is one top-level entry under assets/ (assets/NAME): what it is called after a load.
+_ASSET_DEPTH = 2
 _FORMAT_VERSION_RE = re.compile(r"[0-9]+\.[0-9]+")
 # Format version numbers are small; int() of a longer digit string would raise ValueError
 # (CPython refuses more than 4300 digits) instead of a finding.
@@ -84,7 +91,7 @@ _MAX_VERSION_DIGITS = 9
 
 class NewerFormatWarning(UserWarning):
     """The bundle uses a newer minor format version; fields this reader does not know are
-    ignored."""
+    ignored (and a bundle that needs them to be read is refused)."""
 
 
 def format_digest(hex_digest: str) -> str:
@@ -261,8 +268,46 @@ class ProbeInfo:
 
 
 @dataclass(frozen=True, kw_only=True, slots=True)
+class Asset:
+    """A file or directory the user added to the bundle (format 1.1).
+
+    ``path`` is ``assets/NAME``, a listed member: a file, or a directory that holds every
+    listed member under it. ``NAME`` is what a load calls it (``kbundle.open(...).assets``).
+    """
+
+    path: str
+
+    @property
+    def name(self) -> str:
+        return self.path.partition("/")[2]
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Provenance:
+    """Where and how the bundle was made, as far as the packing process could tell (format
+    1.1): the git commit of the current directory's repository and whether its tracked files
+    had changes, the process's command line (``sys.argv``), and the host name (recorded only
+    when asked for). ``None`` where unknown or not recorded. Informative only."""
+
+    git_commit: str | None = None
+    git_dirty: bool | None = None
+    command: list[str] | None = None
+    hostname: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
+class Metadata:
+    """User labels (string -> string) and the recorded provenance (format 1.1). Informative:
+    never used to decide whether a bundle is valid or may be loaded."""
+
+    labels: dict[str, str] = field(default_factory=dict)
+    provenance: Provenance | None = None
+
+
+@dataclass(frozen=True, kw_only=True, slots=True)
 class Manifest:
-    """The whole manifest of one bundle."""
+    """The whole manifest of one bundle. ``assets`` and ``metadata`` are format 1.1; a 1.0
+    manifest reads with no assets and no metadata."""
 
     format_version: str
     generator: str
@@ -273,6 +318,8 @@ class Manifest:
     custom_objects: list[CustomObject] = field(default_factory=list)
     requirements: Requirements | None = None
     probe: ProbeInfo | None = None
+    assets: list[Asset] = field(default_factory=list)
+    metadata: Metadata | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return _to_json(self)  # type: ignore[no-any-return]
@@ -369,6 +416,7 @@ class Manifest:
         if self.probe is not None:
             for key, path in (("inputs", self.probe.inputs), ("outputs", self.probe.outputs)):
                 problems.extend(_reference_problems(f"probe.{key}", path, "probe", "file", listed))
+        problems.extend(self._asset_problems(listed))
         problems.extend(self._unreferenced_problems())
         if problems:
             raise BundleFormatError(
@@ -377,9 +425,25 @@ class Manifest:
                 hint="the bundle was not written by a conforming kbundle or was tampered with",
             )
 
+    def _asset_problems(self, listed: dict[str, str]) -> list[str]:
+        """Each asset names a listed member ``assets/NAME`` (a file or a directory), once."""
+        problems = []
+        seen: set[str] = set()
+        for index, asset in enumerate(self.assets):
+            where = f"assets[{index}].path"
+            found = _reference_problems(where, asset.path, "assets", None, listed)
+            if not found and asset.path.count("/") != _ASSET_DEPTH - 1:
+                found = [f"{where}: an asset is one entry directly under assets/: {asset.path!r}"]
+            if not found and collision_key(asset.path) in seen:
+                found = [f"{where}: named twice: {asset.path!r}"]
+            seen.add(collision_key(asset.path))
+            problems.extend(found)
+        return problems
+
     def _unreferenced_problems(self) -> list[str]:
         """Payload members outside ``model/`` that no manifest field references: a file must
-        be named by the field of its area, a directory must hold such a file."""
+        be named by the field of its area, a directory must hold such a file; under
+        ``assets/`` a member is an asset or lies inside a directory asset."""
         referenced: dict[str, set[str]] = {
             "code": {source.path for obj in self.custom_objects for source in obj.sources},
             "objects": {obj.pickle.path for obj in self.custom_objects if obj.pickle},
@@ -398,12 +462,22 @@ class Manifest:
             for path in paths
             for depth in range(1, path.count("/") + 1)
         }
+        assets = {asset.path for asset in self.assets}
+        listed = {member.path: member.type for member in self.members}
+        asset_directories = {path for path in assets if listed.get(path) == "dir"}
         problems = []
         for index, member in enumerate(self.members):
             area = member.path.partition("/")[0]
             if area not in _REFERENCED_BY:
                 continue  # model/ holds whatever the model's own format holds
-            if member.type == "dir":
+            if area == "assets":
+                root = "/".join(member.path.split("/")[:_ASSET_DEPTH])
+                if member.path not in assets and root not in asset_directories:
+                    problems.append(
+                        f"members[{index}].path: {member.path!r} is neither an asset nor inside "
+                        "a directory asset (assets[].path)"
+                    )
+            elif member.type == "dir":
                 if member.path not in ancestors:
                     problems.append(
                         f"members[{index}].path: directory {member.path!r} holds no file "
@@ -485,10 +559,25 @@ def serialize_manifest(manifest: Manifest) -> bytes:
 
 
 def parse_manifest(data: bytes) -> Manifest:
-    """Parse and validate manifest bytes, applying every limit before ``json.loads``."""
+    """Parse and validate manifest bytes, applying every limit before ``json.loads``.
+
+    A manifest of a newer minor version that breaks a rule of this version (say a member in
+    a payload area this reader does not know, referenced by a field it ignores) is refused as
+    a newer format, not as a damaged bundle: a reader of that version may read it.
+    """
     raw = load_json_object(data, what="manifest", limit=MAX_MANIFEST_BYTES)
-    check_format_version(raw.get("format_version"))
-    return Manifest.from_dict(raw)
+    version = raw.get("format_version")
+    newer = check_format_version(version)
+    try:
+        return Manifest.from_dict(raw)
+    except BundleFormatError as exc:
+        if not newer:
+            raise
+        raise UnsupportedFormatVersionError(
+            f"bundle format {version} is newer than this kbundle reads ({FORMAT_VERSION}) and "
+            f"uses what it cannot check: {exc.message}",
+            hint=f"install a kbundle release that reads format {version}",
+        ) from None
 
 
 def load_json_object(data: bytes, *, what: str, limit: int) -> dict[str, Any]:
@@ -523,8 +612,8 @@ def load_json_object(data: bytes, *, what: str, limit: int) -> dict[str, Any]:
     return raw
 
 
-def check_format_version(version: Any) -> None:
-    """Reject an unknown major version; warn on a newer minor one."""
+def check_format_version(version: Any) -> bool:
+    """Reject an unknown major version; warn on a newer minor one (and return True)."""
     if not isinstance(version, str) or not _FORMAT_VERSION_RE.fullmatch(version):
         raise BundleFormatError(
             f"format_version must be 'MAJOR.MINOR': {version!r}", hint="the bundle is corrupt"
@@ -548,6 +637,8 @@ def check_format_version(version: Any) -> None:
             NewerFormatWarning,
             stacklevel=3,
         )
+        return True
+    return False
 
 
 def _check_depth(text: str, what: str) -> None:

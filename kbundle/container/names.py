@@ -6,7 +6,7 @@ or named like a Windows device (``con``, ``aux.txt``, ...), is valid Unicode in 
 lives under one of the top-level areas the format defines. Names are compared for duplicates
 after NFC normalisation and case folding, because the file system that receives them may
 fold case. Invalid names are refused, never repaired. Stable: the rules are part of format
-1.0 (spec/bundle-format.md, "Member naming rules").
+1.0 (spec/bundle-format.md, "Member naming rules"); format 1.1 added the ``assets`` area.
 """
 
 from __future__ import annotations
@@ -25,8 +25,9 @@ __all__ = [
 
 MANIFEST_NAME = "kbundle.json"
 SIGNATURE_NAME = "kbundle.sig"
-# Top-level directories a payload member may live under (spec: "Payload areas").
-PAYLOAD_AREAS = ("model", "code", "objects", "env", "probe")
+# Top-level directories a payload member may live under (spec: "Payload areas"). ``assets``
+# is format 1.1: a 1.0 reader refuses its members as outside every area.
+PAYLOAD_AREAS = ("model", "code", "objects", "env", "probe", "assets")
 
 _WINDOWS_RESERVED = {"con", "prn", "aux", "nul"} | {
     f"{p}{i}" for p in ("com", "lpt") for i in range(10)

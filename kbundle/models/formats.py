@@ -42,6 +42,7 @@ __all__ = [
     "SavedModelInfo",
     "describe_model_file",
     "identify_format",
+    "import_h5py",
     "keras_major",
     "open_keras_member",
     "other_content",
@@ -341,7 +342,7 @@ def _keras_metadata(path: Path, fmt: str) -> dict[str, str]:
 def _h5_objects(path: Path, fmt: str) -> dict[str, int | None]:
     """Every HDF5 object of the model's weights reached through hard links, by path: a
     dataset's number of elements, None for a group (as kbundle.models.checks walks them)."""
-    h5py = _h5py()
+    h5py = import_h5py()
     if h5py is None:
         return {}
     if fmt == "h5":
@@ -384,7 +385,8 @@ def _parameter_count(
 # HDF5 (h5py is optional: without it, HDF5 files are described from nothing but their name)
 
 
-def _h5py() -> Any:
+def import_h5py() -> Any:
+    """The ``h5py`` module, or None when it is not installed."""
     try:
         import h5py
     except ImportError:
@@ -393,7 +395,7 @@ def _h5py() -> Any:
 
 
 def _h5_root_attributes(path: Path) -> dict[str, str]:
-    h5py = _h5py()
+    h5py = import_h5py()
     if h5py is None:
         return {}
     result = {}

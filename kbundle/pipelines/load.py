@@ -40,6 +40,7 @@ from kbundle.pipelines.check import environment_gate
 from kbundle.pipelines.verify import ProgressCallback, VerifyReport, check_expected, verified_scan
 from kbundle.signing.signatures import SignaturePolicy, TrustedKeys
 from kbundle.storage.atomic import atomic_directory
+from kbundle.storage.mlflow_artifacts import local_bundle
 
 __all__ = ["LoadOptions", "UnpackResult", "load", "unpack"]
 
@@ -59,6 +60,11 @@ class UnpackResult:
     def model_path(self) -> Path:
         return self.path / self.report.head.manifest.model.path
 
+    @property
+    def assets(self) -> dict[str, Path]:
+        """Each asset's name and where it was extracted (format 1.1; empty for 1.0)."""
+        return {a.name: self.path / a.path for a in self.report.head.manifest.assets}
+
     def to_dict(self) -> dict[str, Any]:
         """The ``kbundle unpack --json`` shape."""
         return {
@@ -66,6 +72,7 @@ class UnpackResult:
             "destination": str(self.path),
             "digest": self.report.head.digest,
             "model": str(self.model_path),
+            "assets": {name: str(path) for name, path in self.assets.items()},
             "loaded": self.model is not None,
             "signature": self.report.signature.to_dict() if self.report.signature else None,
             "environment": [f.to_dict() for f in self.environment],
@@ -362,7 +369,7 @@ def _load_model(
         raise compat.explain_load_failure(exc) from exc
 
 
-def _chosen(options: LoadOptions | None, keywords: LoadOptions) -> LoadOptions:
+def chosen_options(options: LoadOptions | None, keywords: LoadOptions) -> LoadOptions:
     """``options`` or the options built from keyword arguments: not both."""
     if options is None:
         return keywords
@@ -409,7 +416,7 @@ def unpack(
     (bytes done, bytes total) while the bundle is verified; ``phase`` with a few words naming
     each later step (loading the model, running the probe).
     """
-    chosen = _chosen(
+    chosen = chosen_options(
         options,
         LoadOptions.create(
             trust_code=trust_code,
@@ -482,6 +489,10 @@ def load(
 ) -> Any:
     """Verify the bundle into a private temporary directory and load the model from there.
 
+    ``bundle`` is a path, or an MLflow artifact URI (``runs:/RUN_ID/PATH/m.kbundle``,
+    ``models:/NAME/VERSION``; needs ``kbundle[mlflow]``), downloaded into a private temporary
+    directory first (docs/mlflow.md). :func:`kbundle.open` also gives the bundle's assets.
+
     Returns a ``keras.Model`` for ``.keras`` and ``.h5`` models (a ``tf_keras`` model for a
     Keras 2 file only tf-keras can read) and a ``keras.layers.TFSMLayer`` for a SavedModel
     (docs/model-formats.md). The model file is checked before Keras opens it. Code the bundle
@@ -498,7 +509,7 @@ def load(
     ``options`` (a :class:`LoadOptions`) may replace the keyword arguments from
     ``trust_code`` on.
     """
-    chosen = _chosen(
+    chosen = chosen_options(
         options,
         LoadOptions.create(
             trust_code=trust_code,
@@ -511,25 +522,53 @@ def load(
             probe=probe,
         ),
     )
-    path = Path(bundle)
     check_expected(expect)
     policy = SignaturePolicy.create(trusted_keys, require_signature)
-    manifest = read_head(path).manifest
-    scratch = _load_scratch(manifest.payload_size)
-    with tempfile.TemporaryDirectory(prefix="kbundle-load-", dir=scratch) as private:
-        files = Path(private) / "bundle"
-        files.mkdir()
-        split = _zip_split(manifest.model, Path(private) / "keras_model")
-        report = verified_scan(
-            path,
-            expect=expect,
-            policy=policy,
-            progress=progress,
-            extract_to=files,
-            sinks={split.member: split.writer} if split else None,
-        )
-        model, compat = _load_verified(
-            files, report, chosen, str(path), private=True, split=split, phase=phase
-        )
-    compat.warn_once(str(path))
+    with local_bundle(bundle) as path:
+        scratch = _load_scratch(read_head(path).manifest.payload_size)
+        with tempfile.TemporaryDirectory(prefix="kbundle-load-", dir=scratch) as private:
+            model, _, compat = load_into(
+                Path(private),
+                path,
+                chosen,
+                expect=expect,
+                policy=policy,
+                progress=progress,
+                phase=phase,
+            )
+    compat.warn_once(str(bundle))
     return model
+
+
+def load_into(
+    private: Path,
+    path: Path,
+    options: LoadOptions,
+    *,
+    expect: str | None,
+    policy: SignaturePolicy,
+    progress: ProgressCallback | None,
+    load_model: bool = True,
+    phase: Callable[[str], None] | None = None,
+) -> tuple[Any, VerifyReport, CompatReport]:
+    """Verify ``path`` into ``private/bundle`` (a fresh directory only this load uses) and
+    load the model from there (unless not ``load_model``): the model (None when not loaded),
+    the verification report and every environment finding."""
+    files = private / "bundle"
+    files.mkdir()
+    manifest = read_head(path).manifest
+    split = _zip_split(manifest.model, private / "keras_model") if load_model else None
+    report = verified_scan(
+        path,
+        expect=expect,
+        policy=policy,
+        progress=progress,
+        extract_to=files,
+        sinks={split.member: split.writer} if split else None,
+    )
+    if not load_model:  # nothing runs, so differences are reported but refuse nothing
+        return None, report, environment_gate(report.head.manifest, options.env_policy)
+    model, compat = _load_verified(
+        files, report, options, str(path), private=True, split=split, phase=phase
+    )
+    return model, report, compat

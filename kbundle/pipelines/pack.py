@@ -2,8 +2,8 @@
 
 Composes model_files (what the model is), keras_io (saving a live model), environment
 (capture), archive (one streaming pass) and atomic (nothing lost). Later stages add to the
-payload through ``Extras``: custom-object code, requirements, probe data. Stable: the
-``pack()`` signature is public API.
+payload through ``Extras``: custom-object code, requirements, probe data, the user's assets
+and metadata. Stable: the ``pack()`` signature is public API.
 """
 
 from __future__ import annotations
@@ -21,14 +21,17 @@ from typing import Any
 from kbundle._version import __version__
 from kbundle.container.manifest import (
     FORMAT_VERSION,
+    Asset,
     Environment,
     Manifest,
     Member,
+    Metadata,
     ModelInfo,
     bundle_digest,
     parse_manifest,
     serialize_manifest,
 )
+from kbundle.container.names import collision_key, name_problem
 from kbundle.container.signature_member import signature_member_size
 from kbundle.container.writer import DEFAULT_LEVEL, PayloadFile, ProgressCallback, write_bundle
 from kbundle.env.capture import capture_environment
@@ -45,7 +48,7 @@ from kbundle.signing.keys import SigningKey
 from kbundle.signing.signatures import manifest_signer
 from kbundle.storage.atomic import atomic_file, check_destination
 
-__all__ = ["DEFAULT_LEVEL", "PackResult", "pack"]
+__all__ = ["DEFAULT_LEVEL", "PackResult", "SavedLiveModel", "pack", "save_live_model"]
 
 MAX_LEVEL = 22
 
@@ -74,12 +77,20 @@ class PackResult:
         }
 
 
-def _utc_now() -> tuple[str, int]:
-    # SOURCE_DATE_EPOCH makes bundles byte-for-byte reproducible (reproducible-builds.org).
+def _source_date_epoch() -> int | None:
+    """``SOURCE_DATE_EPOCH`` when set to decimal digits: the user asks for a reproducible
+    bundle (reproducible-builds.org), so nothing may depend on when or how pack ran."""
     epoch = os.environ.get("SOURCE_DATE_EPOCH")
+    if epoch and epoch.isascii() and epoch.isdigit():  # str.isdigit alone accepts '²'
+        return int(epoch)
+    return None
+
+
+def _utc_now() -> tuple[str, int]:
+    epoch = _source_date_epoch()
     moment = (
-        _dt.datetime.fromtimestamp(int(epoch), _dt.timezone.utc)
-        if epoch and epoch.isascii() and epoch.isdigit()  # str.isdigit alone accepts '²'
+        _dt.datetime.fromtimestamp(epoch, _dt.timezone.utc)
+        if epoch is not None
         else _dt.datetime.now(_dt.timezone.utc)
     )
     return moment.strftime("%Y-%m-%dT%H:%M:%SZ"), int(moment.timestamp())
@@ -88,7 +99,13 @@ def _utc_now() -> tuple[str, int]:
 def _model_payload(source: Path, fmt: str, watch: ZipCrcWatch | None) -> list[PayloadFile]:
     """Payload entries for the model itself, under ``model/``; a model file's bytes are
     shown to ``watch`` as they are packed."""
-    target = f"model/{MODEL_FILE_NAMES[fmt]}"
+    return _tree_payload(source, f"model/{MODEL_FILE_NAMES[fmt]}", watch)
+
+
+def _tree_payload(source: Path, target: str, watch: ZipCrcWatch | None = None) -> list[PayloadFile]:
+    """Payload entries for a file, or for a directory and everything under it (walked in
+    sorted order, every directory listed so that empty ones come back), as member ``target``.
+    Only regular files and directories travel: a link or a device is refused."""
     if not source.is_dir():
         return [PayloadFile(target, source, source.stat().st_size, watch)]
     entries = [PayloadFile(target, None)]
@@ -217,6 +234,77 @@ def _requirements_extras(
     return Extras(tuple(files), {"requirements": requirements}, notes)
 
 
+def _asset_extras(assets: Sequence[str | os.PathLike[str]]) -> Extras:
+    """``assets/``: each file or directory the user added, as ``assets/<its name>``.
+
+    Every name must pass the member naming rules as it is: an asset is refused, never
+    renamed (a renamed file is not the one the code that reads it expects)."""
+    payload: list[PayloadFile] = []
+    records: list[Asset] = []
+    seen: dict[str, Path] = {}
+    for given in assets:
+        source = Path(given)
+        try:
+            info = source.lstat()
+        except OSError as exc:
+            raise UsageError(
+                f"asset {str(given)!r} cannot be read: {exc.strerror}", hint="check --asset"
+            ) from None
+        if not (stat.S_ISREG(info.st_mode) or stat.S_ISDIR(info.st_mode)):
+            raise UsageError(
+                f"asset {str(given)!r} is not a regular file or directory (a link, device or FIFO)",
+                hint="pass the file or directory itself in --asset (assets=)",
+            )
+        target = f"assets/{source.resolve().name}"
+        earlier = seen.get(collision_key(target))
+        if earlier is not None:
+            raise UsageError(
+                f"assets {str(earlier)!r} and {str(given)!r} would both be {target!r}",
+                hint="give each asset a distinct file name (names are compared ignoring case)",
+            )
+        seen[collision_key(target)] = Path(given)
+        entries = _tree_payload(source, target)
+        for entry in entries:
+            problem = name_problem(entry.path)
+            if problem:
+                raise UsageError(
+                    f"asset {str(entry.source or given)!r} cannot travel as {entry.path!r}: "
+                    f"{problem}",
+                    hint="rename the file; kbundle refuses names some systems cannot create "
+                    "rather than change them",
+                )
+        payload.extend(entries)
+        records.append(Asset(path=target))
+    return Extras(tuple(payload), {"assets": records} if records else None)
+
+
+def _metadata_fields(
+    labels: Mapping[str, str] | None, provenance: bool, record_hostname: bool
+) -> dict[str, Any]:
+    """The ``metadata`` field: the user's labels and the provenance of this run."""
+    checked: dict[str, str] = {}
+    for key, value in (labels or {}).items():
+        if not isinstance(key, str) or not isinstance(value, str):
+            raise UsageError(
+                f"labels map strings to strings: {key!r}: {value!r}",
+                hint="pass labels as --label KEY=VALUE (labels={'key': 'value'})",
+            )
+        if not key or not key.isprintable() or "=" in key:
+            raise UsageError(
+                f"label key must be non-empty printable text without '=': {key!r}",
+                hint="pass labels as --label KEY=VALUE (labels={'key': 'value'})",
+            )
+        checked[key] = value
+    recorded = None
+    if provenance:
+        from kbundle.env.provenance import capture_provenance
+
+        # A reproducible pack records no command line: it names the output, which differs.
+        command = _source_date_epoch() is None
+        recorded = capture_provenance(hostname=record_hostname, command=command)
+    return {"metadata": Metadata(labels=dict(sorted(checked.items())), provenance=recorded)}
+
+
 def _with_custom_objects(
     added: Extras,
     model: Any,
@@ -260,6 +348,27 @@ def _with_custom_objects(
     )
 
 
+@dataclass(frozen=True, slots=True)
+class SavedLiveModel:
+    """A live ``keras.Model`` already saved to ``path`` (a ``.keras`` file) and described.
+
+    :func:`pack` takes one in place of the model: the Keras callback saves and describes the
+    model on the training thread (what a plain checkpoint costs) and packs on another."""
+
+    model: Any
+    path: Path
+    description: Mapping[str, Any]
+
+
+def save_live_model(model: Any, directory: Path) -> SavedLiveModel:
+    """Save ``model`` as ``directory/model.keras`` and describe it (class, inputs, outputs,
+    parameters: what only the live model knows; the file is read later, by pack)."""
+    from kbundle.models import keras_io
+
+    path = keras_io.save_model(model, directory)
+    return SavedLiveModel(model, path, keras_io.describe_live_model(model))
+
+
 def pack(
     model: Any,
     output: str | os.PathLike[str],
@@ -276,6 +385,10 @@ def pack(
     lock: bool = False,
     project_imports: bool = True,
     phase: Callable[[str], None] | None = None,
+    assets: Sequence[str | os.PathLike[str]] = (),
+    labels: Mapping[str, str] | None = None,
+    provenance: bool = True,
+    record_hostname: bool = False,
 ) -> PackResult:
     """Pack ``model`` into the bundle ``output``.
 
@@ -294,6 +407,13 @@ def pack(
     entry; never an installed distribution's): what registers their custom objects runs, in
     your environment, as when you trained the model.
 
+    ``assets`` are files and directories that travel with the model, verified like every
+    member, as ``assets/<name>`` (docs/assets-and-metadata.md); a name the format forbids is
+    refused, never changed. ``labels`` (string -> string) are recorded in the manifest's
+    ``metadata``, with the provenance of this run unless ``provenance=False``: the git commit
+    of the current directory and whether tracked files changed, the command line, and the
+    host name only with ``record_hostname``.
+
     ``model`` is a path to a ``.keras`` file (or directory form), an ``.h5`` file, a SavedModel
     directory, or a live ``keras.Model`` (saved as ``.keras`` first). ``level`` is a zstd
     level or ``"none"``; ``threads`` the zstd worker count (-1: one per CPU). ``progress`` is
@@ -310,15 +430,18 @@ def pack(
     announce = phase or (lambda _text: None)
     from kbundle.models import keras_io
 
+    asset_extras = _asset_extras(assets)  # a bad asset fails before anything is saved
+    metadata = _metadata_fields(labels, provenance, record_hostname)
     with tempfile.TemporaryDirectory(prefix="kbundle-pack-") as scratch:
         crc_watch: ZipCrcWatch | None = None  # Keras has just written a saved model
         unchecked: tuple[str, ...] = ()
+        live: Any = None
         if keras_io.is_keras_model(model):
             announce("saving the model")
-            source = keras_io.save_model(model, Path(scratch))
-            fmt = "keras"
-            description = keras_io.describe_live_model(model)
-            description["saved_by"] = model_saved_by(source, fmt)
+            model = save_live_model(model, Path(scratch))
+        if isinstance(model, SavedLiveModel):
+            source, fmt, live = model.path, "keras", model.model
+            description = {**model.description, "saved_by": model_saved_by(source, fmt)}
         elif isinstance(model, str | os.PathLike):
             source = Path(model)
             fmt = identify_format(source)
@@ -335,22 +458,16 @@ def pack(
                 hint="pass a .keras/.h5 file, a SavedModel directory or a keras.Model",
             )
         payload = _model_payload(source, fmt, crc_watch)
-        added = extras(model, Path(scratch), fmt) if extras else Extras()
+        given = live if live is not None else model  # the live model, or the path given
+        added = extras(given, Path(scratch), fmt) if extras else Extras()
         added = added.merged(Extras(notes=unchecked))
         announce("finding the model's custom objects")
         added = _with_custom_objects(
-            added,
-            model,
-            source,
-            fmt,
-            Path(scratch),
-            custom_objects,
-            custom_modules,
-            project_imports,
+            added, live, source, fmt, Path(scratch), custom_objects, custom_modules, project_imports
         )
         if probe is not False:
             announce("running the probe (loads the model with Keras when packing a file)")
-        added = added.merged(_probe_extras(model, source, fmt, description, Path(scratch), probe))
+        added = added.merged(_probe_extras(given, source, fmt, description, Path(scratch), probe))
         # After the probe: a TensorFlow it imported is recorded in full.
         announce("recording the environment")
         environment = capture_environment()
@@ -359,6 +476,7 @@ def pack(
         if lock:
             announce("hash-locking the requirements (asks the package index)")
         added = added.merged(_requirements_extras(environment, added, Path(scratch), lock))
+        added = added.merged(asset_extras).merged(Extras(fields=metadata))
         payload += list(added.payload)
         created, mtime = _utc_now()
         info = ModelInfo(format=fmt, path=payload[0].path, **description)

@@ -20,6 +20,8 @@ from bundle_factory import Entry, digest, forge, manifest_for
 from conftest import assert_clean_failure, run_cli
 from hostile import MODEL_PATH, base_manifest, model_bundle, tree
 
+from kbundle.container.manifest import FORMAT_VERSION
+
 # A model name that, printed raw, moves the cursor up, erases the "signed" line kbundle just
 # printed and writes a forged one; then a CR, a bidi override and a C1 CSI (U+009B) clearing
 # the screen.
@@ -121,7 +123,7 @@ def test_row25_inspect_cannot_forge_a_signed_line(tmp_path: Path) -> None:
     ]
     assert f"model       Seq\\x1b]0;title\\x07 {FORGED_NAME_SHOWN} (keras, {MODEL_PATH})" in lines
     assert any(
-        line.startswith("format      kbundle 1.0, written by kbundle\\x1b[31m at ")
+        line.startswith(f"format      kbundle {FORMAT_VERSION}, written by kbundle\\x1b[31m at ")
         for line in lines
     )
     assert any(line.startswith("platform    Linux x86_64\\x1b[2K\\nforged") for line in lines)
