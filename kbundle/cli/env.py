@@ -23,6 +23,9 @@ from kbundle.cli.options import (
     json_option,
     policy_options,
     quiet_option,
+    shown,
+    storage_option,
+    storage_options,
     trust_sources_option,
 )
 
@@ -34,33 +37,44 @@ Examples:
   kbundle check model.kbundle --policy strict
   kbundle check model.kbundle --severity keras.backend=warn --severity 'distributions.*=info'
   kbundle check model.kbundle --json | jq '.findings[] | select(.severity != "ok")'
+  kbundle check s3://models/prod/model.kbundle
 """
 )
 @BUNDLE_ARGUMENT
 @policy_options
+@storage_option
 @json_option
 @handle_errors("as_json")
-def check(bundle: Path, policy: str | None, severity: tuple[str, ...], as_json: bool) -> None:
+def check(
+    bundle: str,
+    policy: str | None,
+    severity: tuple[str, ...],
+    storage_pairs: tuple[str, ...],
+    as_json: bool,
+) -> None:
     """Can this environment load BUNDLE? Compare the recorded environment field by field.
 
     Prints a table (field, recorded, current, severity), why each difference matters and
     what to do, then the verdict. Exit 0 when nothing is an error, 3 otherwise. Reads only the
     manifest and installed metadata: imports neither TensorFlow nor Keras nor bundled code.
-    Rules and policies: docs/compatibility.md; [tool.kbundle] in pyproject.toml sets defaults.
+    Of a URL only the first frame (the header) is fetched. Rules and policies:
+    docs/compatibility.md; [tool.kbundle] in pyproject.toml sets defaults.
     """
     from kbundle.pipelines.check import check as check_bundle
 
-    report = check_bundle(bundle, policy=policy, severity=severity)
+    report = check_bundle(
+        bundle, policy=policy, severity=severity, storage_options=storage_options(storage_pairs)
+    )
     if as_json:
         code = EXIT_OK if report.ok else exit_code_for(errors.EnvironmentMismatchError)
-        json_out({"bundle": str(bundle), **report.to_dict(), "exit_code": code})
+        json_out({"bundle": shown(bundle), **report.to_dict(), "exit_code": code})
         if code:
             sys.exit(code)
         return
     from kbundle.cli.render import render_compat
 
     out(render_compat(report))
-    report.raise_for_errors(str(bundle), loading=False)
+    report.raise_for_errors(shown(bundle), loading=False)
 
 
 @main.group(
@@ -96,10 +110,16 @@ Examples:
     "Default: the lock when there is one.",
 )
 @trust_sources_option
+@storage_option
 @force_output_option
 @handle_errors()
 def env_export(
-    bundle: Path, output: Path | None, hashed: bool | None, trust_code: bool, force: bool
+    bundle: str,
+    output: Path | None,
+    hashed: bool | None,
+    trust_code: bool,
+    storage_pairs: tuple[str, ...],
+    force: bool,
 ) -> None:
     """Write BUNDLE's pinned requirements (verified first), for pip install --no-deps -r.
 
@@ -109,7 +129,12 @@ def env_export(
     """
     from kbundle.pipelines.rebuild import export_requirements
 
-    text, with_hashes = export_requirements(bundle, hashed=hashed, trust_code=trust_code)
+    text, with_hashes = export_requirements(
+        bundle,
+        hashed=hashed,
+        trust_code=trust_code,
+        storage_options=storage_options(storage_pairs),
+    )
     if output is None:
         click.echo(text, nl=False)
         return
@@ -146,15 +171,17 @@ Examples:
     help="What to pip-install as kbundle. Default: this kbundle's checkout, else kbundle==VERSION.",
 )
 @trust_sources_option
+@storage_option
 @quiet_option
 @json_option
 @handle_errors("as_json")
 def env_create(
-    bundle: Path,
+    bundle: str,
     directory: Path,
     python: str | None,
     kbundle_spec: str | None,
     trust_code: bool,
+    storage_pairs: tuple[str, ...],
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -178,6 +205,7 @@ def env_create(
         kbundle_spec=kbundle_spec,
         trust_code=trust_code,
         step=step,
+        storage_options=storage_options(storage_pairs),
     )
     if as_json:
         json_out(created.to_dict())

@@ -10,8 +10,9 @@ import os
 from collections.abc import Iterable
 
 from kbundle.container.manifest import Environment, Manifest
-from kbundle.container.reader import read_head
 from kbundle.env.rules import CompatReport, Policy, check_manifest, resolve_policy
+from kbundle.pipelines.verify import StorageOptions, read_bundle_head
+from kbundle.storage.locations import parse_location
 
 __all__ = ["check", "environment_gate"]
 
@@ -22,12 +23,12 @@ def check(
     policy: str | None = None,
     severity: Iterable[str] = (),
     current: Environment | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> CompatReport:
-    """Compare ``bundle``'s recorded environment with this one. Reads only the manifest:
-    it says nothing about whether the bundle is intact (``verify`` does)."""
-    from pathlib import Path
-
-    manifest = read_head(Path(bundle)).manifest
+    """Compare ``bundle``'s recorded environment with this one. Reads only the manifest
+    (of a URL, only the first frame; ``storage_options`` go to its filesystem): it says
+    nothing about whether the bundle is intact (``verify`` does)."""
+    manifest = read_bundle_head(parse_location(bundle, storage_options)).manifest
     return check_manifest(manifest, policy=resolve_policy(policy, severity), current=current)
 
 
