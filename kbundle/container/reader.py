@@ -222,6 +222,7 @@ class BundleReader:
         self._stack = ExitStack()
         self._head: BundleHead | None = None
         self._pending: TarEntry | None = None  # the entry read after the manifest, not the sig
+        self._peeked = False  # whether _pending holds what followed (False after a signature)
         self._deferred: IntegrityError | Truncated | None = None  # met while looking for it
         self._deferred_at = MANIFEST_NAME
         self._frame_hasher: PipelinedHasher | None = None
@@ -269,7 +270,7 @@ class BundleReader:
                 self._deferred_at = entry.name
                 head = _with_signature(head, self.tar, entry.size)
             else:
-                self._pending = entry
+                self._pending, self._peeked = entry, True
         except (Truncated, IntegrityError) as exc:
             # The head is complete; what broke after it is the payload's problem, reported
             # by scan() (and by raise_deferred() to a reader of the head alone).
@@ -283,9 +284,7 @@ class BundleReader:
         head = self.head()
         if self._deferred is not None:
             raise self._deferred
-        entry = self._pending
-        if entry is None and head.signature is not None:
-            entry = self.tar.next_entry()
+        entry = self._pending if self._peeked else self.tar.next_entry()
         return entry.offset if entry is not None else self.tar.offset - len(END_OF_ARCHIVE)
 
     def decompressed(self) -> _BoundedStream:
@@ -326,7 +325,7 @@ class BundleReader:
             if self._deferred is not None:
                 raise self._deferred
             with PipelinedHasher() as hasher:
-                entry = self._pending
+                entry = self._pending if self._peeked else tar.next_entry()
                 while entry is not None:
                     current = entry.name
                     scanner.member(tar, entry, hasher)

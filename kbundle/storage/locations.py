@@ -137,6 +137,9 @@ def redact_url(url: str) -> str:
     redacted = []
     for part in url.split("::"):
         parts = urlsplit(part)
+        if "@" not in parts.netloc and not parts.query:
+            redacted.append(part)  # nothing to hide: kept as given (urlunsplit drops "//")
+            continue
         netloc = parts.netloc.rpartition("@")[2]
         query = "&".join(
             f"{pair.partition('=')[0]}={_REDACTED}" if "=" in pair else pair

@@ -174,7 +174,8 @@ class _Failure:
 
     def what(self) -> str:
         """The status and code as the store gave them, for messages."""
-        shown = " ".join(str(part) for part in (self.status, self.code) if part)
+        code = self.code if self.code != str(self.status) else None  # s3fs: Code "403"
+        shown = " ".join(str(part) for part in (self.status, code) if part)
         return shown or (errno.errorcode.get(self.errno, "") if self.errno else "")
 
 
@@ -370,7 +371,9 @@ class RemoteFile:
                     if stream is not None:
                         stream.close()
                         stream = None
-                    resumed = True
+                    # A stream that broke midway is resumed with ranges from where it broke;
+                    # one that never started is simply opened again.
+                    resumed = offset > 0
                     time.sleep(backoff_delay(attempt - 1))
                     continue
                 if not data:

@@ -146,9 +146,10 @@ class S3Upload(BundleOutput):
         if self._filling:
             self._send(bytes(self._filling))  # the last part may be smaller than MIN_PART
             self._filling.clear()
-        first = self._pool.submit(self._upload_part, 1, self._front + bytes(self._held))
-        parts = [f.result() for f in (*self._done, *self._pending, first)]
+        parts = [f.result() for f in (*self._done, *self._pending)]
         self._pending.clear()
+        # Part 1 goes once every other part is stored: the last request before completion.
+        parts.append(self._upload_part(1, self._front + bytes(self._held)))
         self._call(
             "completing the upload of",
             "complete_multipart_upload",
