@@ -195,11 +195,15 @@ def handle_errors(json_flag: str | None = None) -> Callable[[F], F]:
 3 environment incompatible; 4 untrusted code refused; 5 model failed to load;
 70 internal error (a bug); 130 interrupted.
 
+A BUNDLE is a file, - for standard input, or a URL of any fsspec filesystem (s3://, gs://,
+https://, ...; --storage-option passes options to it; docs/storage.md).
+
 \b
 Examples:
   kbundle pack model.keras -o model.kbundle
   kbundle verify model.kbundle --expect sha256:3f2a...
   kbundle unpack model.kbundle -d served-model
+  kbundle verify s3://models/prod/model.kbundle --expect sha256:3f2a...
 """,
 )
 @click.version_option(__version__, prog_name="kbundle")

@@ -281,7 +281,7 @@ class BundleReader:
     def payload_offset(self) -> int:
         """Where the first payload entry (or the end-of-archive marker) starts in the
         decompressed tar stream."""
-        head = self.head()
+        self.head()
         if self._deferred is not None:
             raise self._deferred
         entry = self._pending if self._peeked else self.tar.next_entry()

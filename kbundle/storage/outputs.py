@@ -32,7 +32,7 @@ from kbundle.errors import OutputExistsError, UsageError
 from kbundle.storage.atomic import atomic_file, check_destination
 from kbundle.storage.locations import Location
 from kbundle.storage.remote import RemoteFile, storage_error
-from kbundle.storage.s3 import S3Upload, is_s3
+from kbundle.storage.s3 import S3Upload
 
 __all__ = ["check_output", "open_output"]
 
@@ -94,7 +94,7 @@ def open_output(
         return
     remote = RemoteFile(location)
     upload: S3Upload | _FsspecUpload = (
-        S3Upload(remote, replace=force) if is_s3(remote) else _FsspecUpload(remote)
+        S3Upload(remote, replace=force) if remote.is_s3 else _FsspecUpload(remote)
     )
     try:
         yield upload

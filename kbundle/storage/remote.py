@@ -273,6 +273,28 @@ def _with_retry_defaults(scheme: str, options: dict[str, Any]) -> dict[str, Any]
     return {**options, "config_kwargs": config, "skip_instance_cache": True}
 
 
+# Filesystems opened by this process, by protocol and options: one session (and connection
+# pool, and credential lookup) for every request to the same store, instead of one per use.
+_FILESYSTEMS: dict[str, Any] = {}
+_FILESYSTEMS_LOCK = threading.Lock()
+
+
+def _filesystem(core: Any, url: str, options: dict[str, Any]) -> tuple[Any, str]:
+    """The filesystem for ``url`` and the path in it (as ``fsspec.core.url_to_fs``)."""
+    if "::" in url:  # a chain of filesystems (caching, archives): fsspec builds it each time
+        fs, path = core.url_to_fs(url, **options)
+        return fs, str(path)
+    protocol = url.split("://", 1)[0]
+    cls = core.get_filesystem_class(protocol)
+    merged = {**cls._get_kwargs_from_urls(url), **options}
+    key = f"{protocol}\0{merged!r}"
+    with _FILESYSTEMS_LOCK:
+        fs = _FILESYSTEMS.get(key)
+        if fs is None:
+            fs = _FILESYSTEMS[key] = cls(**merged)
+    return fs, str(fs._strip_protocol(url))
+
+
 class RemoteFile:
     """One object in an fsspec filesystem, named by ``location``'s URL."""
 
@@ -282,7 +304,7 @@ class RemoteFile:
         core = _import_fsspec(location)
         options = _with_retry_defaults(location.scheme, dict(location.options))
         try:
-            self.fs, self.path = core.url_to_fs(location.url, **options)
+            self.fs, self.path = _filesystem(core, location.url, options)
         except ImportError as exc:
             extra = EXTRAS.get(location.scheme)
             raise StorageError(
@@ -297,14 +319,15 @@ class RemoteFile:
                 f"cannot open {location.display}: {location.scrub(exception_summary(exc))}",
                 hint="check the URL scheme and the --storage-option names (storage_options=)",
             ) from None
-        if location.scheme in ("s3", "s3a") and hasattr(self.fs, "retries"):
+        self.is_s3 = location.scheme in ("s3", "s3a") and hasattr(self.fs, "call_s3")
+        if self.is_s3:
             self.fs.retries = 1  # s3fs's own retry loop; kbundle's applies instead
         self._info: dict[str, Any] | None = None
 
     def info(self) -> dict[str, Any]:
         """The object's details (size, ETag, ...); a missing object raises."""
         if self._info is None:
-            found = retrying(self.location, "looking up", lambda: self.fs.info(self.path))
+            found = retrying(self.location, "looking up", self._look_up)
             if found.get("type") == "directory":
                 raise UsageError(
                     f"{self.location.display} is a directory, not a bundle",
@@ -312,6 +335,18 @@ class RemoteFile:
                 )
             self._info = dict(found)
         return self._info
+
+    def _look_up(self) -> dict[str, Any]:
+        if not self.is_s3:
+            return dict(self.fs.info(self.path))
+        # One HEAD request: s3fs's info() would list the prefix too, to find a "directory",
+        # which no bundle is.
+        bucket, key, version = self.fs.split_path(self.path)
+        if not key:
+            return {"type": "directory"}
+        extra = {"VersionId": version} if version else {}
+        head = self.fs.call_s3("head_object", Bucket=bucket, Key=key, **extra)
+        return {"type": "file", "size": head["ContentLength"], "ETag": head.get("ETag")}
 
     def exists(self) -> bool:
         try:

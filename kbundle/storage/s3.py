@@ -33,7 +33,7 @@ from kbundle.container.writer import BundleOutput
 from kbundle.errors import StorageError
 from kbundle.storage.remote import RemoteFile, retrying
 
-__all__ = ["MAX_IN_FLIGHT", "MIN_PART", "S3Upload", "is_s3", "part_size"]
+__all__ = ["MAX_IN_FLIGHT", "MIN_PART", "S3Upload", "part_size"]
 
 # S3's smallest part (every part but the last): 5 MiB.
 MIN_PART = 5 * 1024 * 1024
@@ -44,12 +44,6 @@ _PARTS_PER_SIZE = 1000
 # Parts uploaded at once while packing goes on: enough to keep a connection busy while
 # another part is being filled, few enough to keep memory bounded.
 MAX_IN_FLIGHT = 4
-
-
-def is_s3(remote: RemoteFile) -> bool:
-    """Whether ``remote`` is in an S3 (s3fs) filesystem."""
-    protocols = remote.fs.protocol
-    return "s3" in ((protocols,) if isinstance(protocols, str) else tuple(protocols))
 
 
 def part_size(number: int) -> int:

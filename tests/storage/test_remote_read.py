@@ -15,8 +15,13 @@ import pytest
 from conftest import assert_clean_failure, child_env, run_cli
 
 import kbundle
-from kbundle.container.manifest import FORMAT_VERSION, Manifest, Member, ModelInfo
-from kbundle.container.manifest import serialize_manifest
+from kbundle.container.manifest import (
+    FORMAT_VERSION,
+    Manifest,
+    Member,
+    ModelInfo,
+    serialize_manifest,
+)
 from kbundle.container.writer import PayloadFile, header_region_size, write_bundle
 from kbundle.env.capture import capture_environment
 from kbundle.storage.sources import FIRST_RANGE
@@ -278,3 +283,32 @@ def test_standard_input_must_not_be_a_terminal_for_sign() -> None:
         kbundle.sign_bundle("-", object())  # type: ignore[arg-type]
 
     assert caught.value.message.startswith("sign reads the bundle twice")
+
+
+def test_remote_progress_counts_the_bytes_transferred(s3: Any, bundle_file: Path) -> None:
+    s3.put("m.kbundle", bundle_file.read_bytes())
+    seen: list[tuple[int, int]] = []
+
+    kbundle.verify(
+        s3.url("m.kbundle"), storage_options=s3.options, progress=lambda d, t: seen.append((d, t))
+    )
+
+    size = bundle_file.stat().st_size
+    assert seen[-1] == (size, size)
+    assert [done for done, _ in seen] == sorted(done for done, _ in seen)
+
+
+def test_a_hostile_remote_bundle_is_refused_and_the_download_stops(
+    http_files: Any, bundle_file: Path
+) -> None:
+    """A remote bundle is untrusted input like a local one: 64 MiB of garbage after the
+    trailer is refused as it is locally, and the download stops soon after the first byte
+    refused instead of running to the end of the object."""
+    junk = 64 * MIB
+    (http_files.root / "m.kbundle").write_bytes(bundle_file.read_bytes() + b"\x01" * junk)
+
+    done = run_cli("verify", http_files.url("m.kbundle"))
+
+    assert_clean_failure(done, 1)
+    assert "unexpected data at byte" in done.stderr
+    assert http_files.proxy.bytes_sent() < bundle_file.stat().st_size + 32 * MIB

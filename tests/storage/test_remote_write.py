@@ -46,7 +46,7 @@ def _pack_cli(*args: str | Path, limit: int | None = None) -> subprocess.Complet
         env=child_env(),
         timeout=600,
         stdin=subprocess.DEVNULL,
-        preexec_fn=(lambda: _limited(limit)) if limit else None,  # noqa: PLW1509 - no threads started yet
+        preexec_fn=(lambda: _limited(limit)) if limit else None,
     )
 
 
@@ -140,7 +140,7 @@ def test_an_object_created_during_pack_is_not_replaced(s3: Any, large_model_file
     while not s3.proxy.matching("PUT", r"partNumber=1\b") and time.monotonic() < deadline:
         time.sleep(0.05)
     s3.put("race.kbundle", b"the other writer's object")
-    out, err = packing.communicate(timeout=300)
+    _out, err = packing.communicate(timeout=300)
 
     assert packing.returncode == 2, err
     assert f"kbundle: error: bundle {url} already exists (it appeared while completing the upload of it)" in err
@@ -237,9 +237,29 @@ def test_an_interrupted_pack_leaves_no_object_and_aborts_the_upload(
     while not s3.proxy.matching("PUT", r"partNumber=3\b") and time.monotonic() < deadline:
         time.sleep(0.05)
     packing.send_signal(signal.SIGINT)
-    out, err = packing.communicate(timeout=120)
+    _out, err = packing.communicate(timeout=120)
 
     assert packing.returncode == 130, err
     assert err.endswith("kbundle: interrupted; no partial output was left behind\n"), err
     assert not s3.exists("m.kbundle")
     assert s3.uploads() == []
+
+
+def test_a_killed_pack_leaves_no_object(s3: Any, large_model_file: Path) -> None:
+    """kill -9 aborts nothing, but no object appears: S3 shows an upload only when completed
+    (the stored parts wait for a lifecycle rule, docs/storage.md)."""
+    s3.proxy.add(Fault("PUT", r"partNumber=3\b", "delay", seconds=30))
+    packing = subprocess.Popen(
+        [sys.executable, "-m", "kbundle", "pack", str(large_model_file), "-o", s3.url("m.kbundle"),
+         "--level", "none", "--no-probe", *s3.cli_options],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env(),
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not s3.proxy.matching("PUT", r"partNumber=3\b") and time.monotonic() < deadline:
+        time.sleep(0.05)
+    packing.kill()
+    packing.wait(timeout=60)
+
+    assert not s3.exists("m.kbundle")
+    assert len(s3.uploads()) == 1
