@@ -36,6 +36,21 @@ _HOP_BY_HOP = {
 }
 
 
+class _Served:
+    """A threaded HTTP/1.1 server on 127.0.0.1 (a free port) running ``handler``."""
+
+    def _serve(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+        self.server.daemon_threads = True
+        self.port = self.server.server_address[1]
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def _reset(connection: socket.socket) -> None:
     """Close ``connection`` with a TCP reset (SO_LINGER 0), as a crashed peer would."""
     try:
@@ -102,7 +117,7 @@ def s3_error(code: str, message: str) -> bytes:
 
 
 @dataclass
-class FaultProxy:
+class FaultProxy(_Served):
     """A threaded HTTP/1.1 reverse proxy from 127.0.0.1:``port`` to ``upstream``."""
 
     upstream: tuple[str, int]
@@ -116,11 +131,7 @@ class FaultProxy:
         class Handler(_ProxyHandler):
             owner = proxy
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
+        self._serve(Handler)
 
     @property
     def endpoint(self) -> str:
@@ -145,10 +156,6 @@ class FaultProxy:
             return [
                 e for e in self.exchanges if e.method == method and re.search(target, e.target)
             ]
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 class _ProxyHandler(BaseHTTPRequestHandler):
@@ -252,7 +259,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
         return self.rfile.read(length) if length else b""
 
 
-class RangeFileServer:
+class RangeFileServer(_Served):
     """Serves the files under ``root`` over HTTP/1.1 with ``Range`` (single ranges), ``HEAD``,
     ``Content-Length``, ``ETag`` and ``Accept-Ranges``, as a static web server does."""
 
@@ -262,15 +269,7 @@ class RangeFileServer:
         class Handler(_FileHandler):
             root = server_root
 
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.port = self.server.server_address[1]
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
-        self.thread.start()
-
-    def stop(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+        self._serve(Handler)
 
 
 class _FileHandler(BaseHTTPRequestHandler):

@@ -47,7 +47,12 @@ def check_output(
         check_destination(location.path, force=force, what=what, inputs=paths)
         return
     if location.url is None:
-        if sys.stdout is None or sys.stdout.isatty():
+        if getattr(sys.stdout, "buffer", None) is None:  # none at all, or text only (Jupyter)
+            raise UsageError(
+                f"standard output takes no {what} here (it is not a byte stream)",
+                hint="write the bundle to a file or a URL",
+            )
+        if sys.stdout.isatty():
             raise UsageError(
                 f"will not write a {what} to a terminal",
                 hint="redirect standard output: -o - > model.kbundle, or pipe it on",

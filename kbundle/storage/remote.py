@@ -105,6 +105,10 @@ def backoff_delay(attempt: int) -> float:
     return random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt))
 
 
+class _NotFound(StorageError):
+    """The object (or its bucket) does not exist."""
+
+
 class _Failure:
     """What kind of failure an exception from a filesystem is, from what it carries: an HTTP
     status (aiohttp), a botocore error response (s3fs keeps it as the cause), an errno."""
@@ -193,7 +197,7 @@ def storage_error(
             hint="pass --force to replace it",
         )
     if failure.missing:
-        return StorageError(
+        return _NotFound(
             f"{where} does not exist", hint="check the URL: bucket, path and object name"
         )
     if failure.denied:
@@ -351,10 +355,8 @@ class RemoteFile:
     def exists(self) -> bool:
         try:
             self.info()
-        except StorageError as exc:
-            if exc.message.endswith("does not exist"):
-                return False
-            raise
+        except _NotFound:
+            return False
         return True
 
     @property
@@ -378,42 +380,38 @@ class RemoteFile:
         stops early when ``stop`` is set."""
         size = self.size
         offset = 0
-        attempt = 0
         stream: _Stream | None = None
-        resumed = False
+        resumed = False  # reading ranges from where a broken stream stopped
+
+        def next_chunk() -> bytes:
+            nonlocal stream, resumed
+            try:
+                if resumed:
+                    end = offset + RESUME_RANGE
+                    end = end if size is None else min(end, size)
+                    return bytes(self.fs.cat_file(self.path, start=offset, end=end))
+                if stream is None:
+                    stream = _open_stream(self.fs, self.path, size)
+                data = stream.read()
+                if not data and size is not None and offset < size:
+                    raise ConnectionResetError(
+                        errno.ECONNRESET, f"the stream ended at byte {offset} of {size}"
+                    )
+                return data
+            except BaseException:
+                if stream is not None:
+                    stream.close()
+                    stream = None
+                # A stream that broke midway is resumed with ranges from where it broke; one
+                # that never started is opened again.
+                resumed = offset > 0
+                raise
+
         try:
             while (size is None or offset < size) and not stop.is_set():
-                try:
-                    if resumed:
-                        end = offset + RESUME_RANGE
-                        if size is not None:
-                            end = min(end, size)
-                        data = bytes(self.fs.cat_file(self.path, start=offset, end=end))
-                    else:
-                        if stream is None:
-                            stream = _open_stream(self.fs, self.path, size)
-                        data = stream.read()
-                        if not data and size is not None and offset < size:
-                            raise ConnectionResetError(
-                                errno.ECONNRESET, f"the stream ended at byte {offset} of {size}"
-                            )
-                except Exception as exc:  # every filesystem raises its own kinds
-                    if isinstance(exc, StorageError | UsageError):
-                        raise
-                    attempt += 1
-                    if attempt >= ATTEMPTS or stop.is_set() or not _Failure(exc).transient:
-                        raise storage_error(exc, self.location, "reading", attempt) from None
-                    if stream is not None:
-                        stream.close()
-                        stream = None
-                    # A stream that broke midway is resumed with ranges from where it broke;
-                    # one that never started is simply opened again.
-                    resumed = offset > 0
-                    time.sleep(backoff_delay(attempt - 1))
-                    continue
+                data = retrying(self.location, "reading", next_chunk, stop=stop)
                 if not data:
                     break
-                attempt = 0
                 offset += len(data)
                 yield data
         finally:

@@ -92,7 +92,12 @@ def open_bundle(
 
 def _standard_input() -> ByteSource:
     stream = sys.stdin
-    if stream is None or stream.isatty():
+    if getattr(stream, "buffer", None) is None:  # none at all, or text only (Jupyter)
+        raise UsageError(
+            "standard input holds no bundle here (it is not a byte stream)",
+            hint="pass a file or a URL",
+        )
+    if stream.isatty():
         raise UsageError(
             "standard input is a terminal, not a bundle",
             hint="pipe a bundle in: ... | kbundle verify -",

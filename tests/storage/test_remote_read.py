@@ -312,3 +312,16 @@ def test_a_hostile_remote_bundle_is_refused_and_the_download_stops(
     assert_clean_failure(done, 1)
     assert "unexpected data at byte" in done.stderr
     assert http_files.proxy.bytes_sent() < bundle_file.stat().st_size + 32 * MIB
+
+
+def test_check_reads_a_copy_of_the_header_region_alone(bundle_file: Path, tmp_path: Path) -> None:
+    """``env create`` of a URL or of standard input checks the new environment against a copy
+    of the bundle's header region (all ``check`` reads): such a copy checks like the bundle."""
+    head_only = tmp_path / "head.kbundle"
+    head_only.write_bytes(bundle_file.read_bytes()[: _header_size(bundle_file)])
+
+    whole = run_cli("check", bundle_file, "--json")
+    copy = run_cli("check", head_only, "--json")
+
+    assert copy.returncode == whole.returncode, copy.stderr
+    assert json.loads(copy.stdout)["findings"] == json.loads(whole.stdout)["findings"]

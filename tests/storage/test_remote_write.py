@@ -34,6 +34,21 @@ def _part_numbers(s3: Any) -> list[int]:
     return found
 
 
+def _pack_in_background(s3: Any, model: Path, url: str, reached: str) -> subprocess.Popen[str]:
+    """``kbundle pack MODEL -o URL`` started in the background, returned once the proxy has
+    seen a request matching ``reached`` (a part being uploaded)."""
+    packing = subprocess.Popen(
+        [sys.executable, "-m", "kbundle", "pack", str(model), "-o", url,
+         "--level", "none", "--no-probe", *s3.cli_options],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
+        stdin=subprocess.DEVNULL,
+    )
+    deadline = time.monotonic() + 120
+    while not s3.proxy.matching("PUT", reached) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return packing
+
+
 def _limited(limit: int) -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
 
@@ -130,15 +145,7 @@ def test_an_object_created_during_pack_is_not_replaced(s3: Any, large_model_file
     url = s3.url("race.kbundle")
     # Part 1 goes last: hold it back long enough for another writer to create the object.
     s3.proxy.add(Fault("PUT", r"partNumber=1\b", "delay", seconds=3))
-    packing = subprocess.Popen(
-        [sys.executable, "-m", "kbundle", "pack", str(large_model_file), "-o", url,
-         "--level", "none", "--no-probe", *s3.cli_options],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
-        stdin=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while not s3.proxy.matching("PUT", r"partNumber=1\b") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    packing = _pack_in_background(s3, large_model_file, url, r"partNumber=1\b")
     s3.put("race.kbundle", b"the other writer's object")
     _out, err = packing.communicate(timeout=300)
 
@@ -227,15 +234,7 @@ def test_an_interrupted_pack_leaves_no_object_and_aborts_the_upload(
 ) -> None:
     """Ctrl-C while parts are being uploaded: exit 130, the upload aborted, no object."""
     s3.proxy.add(Fault("PUT", r"partNumber=3\b", "delay", seconds=30))
-    packing = subprocess.Popen(
-        [sys.executable, "-m", "kbundle", "pack", str(large_model_file), "-o", s3.url("m.kbundle"),
-         "--level", "none", "--no-probe", *s3.cli_options],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=child_env(),
-        stdin=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while not s3.proxy.matching("PUT", r"partNumber=3\b") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    packing = _pack_in_background(s3, large_model_file, s3.url("m.kbundle"), r"partNumber=3\b")
     packing.send_signal(signal.SIGINT)
     _out, err = packing.communicate(timeout=120)
 
@@ -249,17 +248,9 @@ def test_a_killed_pack_leaves_no_object(s3: Any, large_model_file: Path) -> None
     """kill -9 aborts nothing, but no object appears: S3 shows an upload only when completed
     (the stored parts wait for a lifecycle rule, docs/storage.md)."""
     s3.proxy.add(Fault("PUT", r"partNumber=3\b", "delay", seconds=30))
-    packing = subprocess.Popen(
-        [sys.executable, "-m", "kbundle", "pack", str(large_model_file), "-o", s3.url("m.kbundle"),
-         "--level", "none", "--no-probe", *s3.cli_options],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=child_env(),
-        stdin=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 120
-    while not s3.proxy.matching("PUT", r"partNumber=3\b") and time.monotonic() < deadline:
-        time.sleep(0.05)
+    packing = _pack_in_background(s3, large_model_file, s3.url("m.kbundle"), r"partNumber=3\b")
     packing.kill()
-    packing.wait(timeout=60)
+    packing.communicate(timeout=60)
 
     assert not s3.exists("m.kbundle")
     assert len(s3.uploads()) == 1
