@@ -325,3 +325,13 @@ def test_check_reads_a_copy_of_the_header_region_alone(bundle_file: Path, tmp_pa
 
     assert copy.returncode == whole.returncode, copy.stderr
     assert json.loads(copy.stdout)["findings"] == json.loads(whole.stdout)["findings"]
+
+
+def test_doctor_diagnoses_a_bundle_at_a_url(s3: Any, bundle_file: Path) -> None:
+    s3.put("m.kbundle", bundle_file.read_bytes())
+
+    done = run_cli("doctor", s3.url("m.kbundle"), "--json", *s3.cli_options)
+
+    assert done.returncode == 0, done.stderr
+    report = json.loads(done.stdout)
+    assert (report["kind"], report["path"], report["ok"]) == ("bundle", s3.url("m.kbundle"), True)
