@@ -30,8 +30,9 @@ from kbundle.container.writer import BundleOutput
 from kbundle.container.zstdframes import ZSTD_MAGIC
 from kbundle.errors import OutputExistsError, UsageError
 from kbundle.storage.atomic import atomic_file, check_destination
+from kbundle.storage.failures import storage_error
 from kbundle.storage.locations import Location
-from kbundle.storage.remote import RemoteFile, storage_error
+from kbundle.storage.remote import RemoteFile
 from kbundle.storage.s3 import S3Upload
 
 __all__ = ["check_output", "open_output"]

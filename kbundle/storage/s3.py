@@ -31,7 +31,8 @@ from typing import Any
 
 from kbundle.container.writer import BundleOutput
 from kbundle.errors import StorageError
-from kbundle.storage.remote import RemoteFile, retrying
+from kbundle.storage.failures import retrying
+from kbundle.storage.remote import RemoteFile
 
 __all__ = ["MAX_IN_FLIGHT", "MIN_PART", "S3Upload", "part_size"]
 

@@ -20,7 +20,8 @@ from kbundle.container.reader import ByteSource
 from kbundle.container.writer import HEADER_PROBE_SIZE, header_region_size_of
 from kbundle.errors import UsageError
 from kbundle.storage.locations import Location
-from kbundle.storage.remote import Prefetcher, RemoteFile
+from kbundle.storage.readahead import Prefetcher
+from kbundle.storage.remote import RemoteFile
 
 __all__ = ["FIRST_RANGE", "BundleSource", "open_bundle"]
 
