@@ -128,13 +128,15 @@ def _child(script: str, *args: str) -> str:
 
 
 def _kbundle(*args: str) -> None:
-    subprocess.run(
+    done = subprocess.run(
         kbundle_cmd(*args),
-        check=True,
         env={**_env(), **_AWS},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
+        text=True,
     )
+    if done.returncode:
+        raise RuntimeError(f"kbundle {args[0]} failed ({done.returncode}): {done.stderr}")
 
 
 def bench(size_mb: int, repeat: int, work: Path) -> dict[str, Any]:

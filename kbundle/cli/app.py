@@ -130,7 +130,7 @@ def progress_bar(label: str, enabled: bool) -> Iterator[Callable[[int, int], Non
         task = bar.add_task(label, total=None)
 
         def update(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
+            bar.update(task, completed=done, total=total or None)  # 0: the size is unknown
 
         yield update
 

@@ -4,6 +4,7 @@ standard input; every server is real and on 127.0.0.1 (tests/conftest.py)."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections.abc import Mapping
@@ -335,3 +336,39 @@ def test_doctor_diagnoses_a_bundle_at_a_url(s3: Any, bundle_file: Path) -> None:
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
     assert (report["kind"], report["path"], report["ok"]) == ("bundle", s3.url("m.kbundle"), True)
+
+
+def test_the_progress_bar_shows_the_transfer_and_its_rate(
+    s3: Any, large_model_file: Path, tmp_path: Path
+) -> None:
+    """On a terminal, ``verify`` of a URL shows the bytes transferred of the object and the
+    transfer rate (the bar is drawn on standard error, a pseudo-terminal here)."""
+    import os
+    import pty
+
+    bundle = tmp_path / "large.kbundle"
+    kbundle.pack(large_model_file, bundle, level="none", probe=False)
+    s3.put("m.kbundle", bundle.read_bytes())
+    leader, follower = pty.openpty()
+    verifying = subprocess.Popen(
+        [sys.executable, "-m", "kbundle", "verify", s3.url("m.kbundle"), *s3.cli_options],
+        stdout=subprocess.DEVNULL, stderr=follower, env=child_env(COLUMNS="120"),
+        stdin=subprocess.DEVNULL,
+    )
+    os.close(follower)
+    shown = b""
+    while True:
+        try:
+            data = os.read(leader, 65536)
+        except OSError:  # the child closed the terminal
+            break
+        if not data:
+            break
+        shown += data
+    os.close(leader)
+
+    assert verifying.wait(timeout=120) == 0
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", shown.decode("utf-8", "replace"))
+    size = f"{bundle.stat().st_size / 1e6:.1f}"
+    assert f"{size}/{size} MB" in text, text[-500:]
+    assert re.search(r"verifying .* \d+\.\d MB/s", text), text[-500:]
