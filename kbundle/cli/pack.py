@@ -127,10 +127,13 @@ def pack(
 
     refuse_json_with_stdout(output, as_json)
     options = storage_options(storage_pairs)
-    check_output(
-        parse_location(output, options), force=force, inputs=(Location(path=model),)
-    )
-    signing_key = load_signing_key_prompting(sign_key, passphrase_file) if sign_key else None
+    signing_key = None
+    if sign_key:
+        # Before the passphrase prompt: an output pack would refuse is refused first (pack
+        # checks it again itself, before any work).
+        target = parse_location(output, options)
+        check_output(target, force=force, inputs=(Location(path=model),))
+        signing_key = load_signing_key_prompting(sign_key, passphrase_file)
     with progress_bar("packing", not quiet) as progress:
         result = pack_model(
             model,
