@@ -1,11 +1,14 @@
 """Deploy gate in Python: verify a bundle against the release key, then load the model.
 
     python examples/deploy_gate.py model.kbundle release.pub [sha256:DIGEST]
+    python examples/deploy_gate.py s3://models/prod/model.kbundle release.pub sha256:DIGEST
 
 Only a bundle that is intact and signed by ``release.pub`` gets through; naming the key
 trusts exactly that key (the machine's trusted-keys directory is not consulted) and requires
 its signature. Because the release key signed the bundle, its custom-object code may run
-without ``trust_code=True``. Exit codes are kbundle's own: each error carries its
+without ``trust_code=True``. The bundle may be a URL (docs/storage.md): it is verified as it
+is streamed, and the load verifies what it loads again, so an object swapped between the two
+is refused by the pinned digest. Exit codes are kbundle's own: each error carries its
 ``exit_code``.
 """
 

@@ -4,6 +4,9 @@
 #
 #   examples/deploy_gate.sh BUNDLE RELEASE_PUB [sha256:DIGEST]
 #
+# BUNDLE may be a URL (s3://models/prod/model.kbundle, https://...; docs/storage.md): it is
+# verified straight from the store, streamed, with nothing stored locally.
+#
 # RELEASE_PUB is the public key made by 'kbundle keygen' on the release machine. Naming it
 # with --key means: trust only this key, and refuse a bundle it did not sign. DIGEST is what
 # 'kbundle pack' printed; pinning it also stops an older (validly signed) bundle from being

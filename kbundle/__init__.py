@@ -4,6 +4,7 @@ The public API is what this module exports (``kbundle.__all__``); everything und
 subpackages is internal, and docs/ and examples/ use only these names::
 
     kbundle.pack(model_or_path, "model.kbundle")    -> PackResult (digest, manifest)
+    kbundle.verify("s3://bucket/model.kbundle")      -> a path, a URL, or "-" (docs/storage.md)
     kbundle.verify("model.kbundle", expect=digest)   -> VerifyReport, or IntegrityError
     kbundle.inspect("model.kbundle")                 -> BundleHead (manifest only)
     kbundle.check("model.kbundle")                   -> CompatReport (this environment vs recorded)
@@ -42,6 +43,7 @@ from kbundle.errors import (
     OutputExistsError,
     PackError,
     SignatureError,
+    StorageError,
     UnsupportedFormatVersionError,
     UntrustedCodeError,
     UsageError,
@@ -169,6 +171,7 @@ __all__ = [
     "SignatureError",
     "SignatureStatus",
     "SigningKey",
+    "StorageError",
     "TrustedKeys",
     "UnpackResult",
     "UnsupportedFormatVersionError",

@@ -30,6 +30,7 @@ __all__ = [
     "OutputExistsError",
     "PackError",
     "SignatureError",
+    "StorageError",
     "UnsupportedFormatVersionError",
     "UntrustedCodeError",
     "UsageError",
@@ -166,6 +167,13 @@ class ModelLoadError(KbundleError, RuntimeError):
     """The verified model failed to load (or to be described) in Keras."""
 
     exit_code = 5
+
+
+class StorageError(KbundleError, OSError):
+    """A bundle's store failed or refused: a URL that does not exist, access denied,
+    throttling or a broken connection that retries did not overcome, a missing extra."""
+
+    exit_code = 2
 
 
 class PackError(KbundleError, RuntimeError):

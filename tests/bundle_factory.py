@@ -102,9 +102,9 @@ def forge(
 
 def real_manifest(bundle: Path) -> dict[str, Any]:
     """The manifest of an existing bundle, as a dict (for forging variations of it)."""
-    from kbundle.container.reader import read_head
+    import kbundle
 
-    return json.loads(read_head(bundle).manifest_bytes)
+    return json.loads(kbundle.inspect(bundle).manifest_bytes)
 
 
 def payload_entries(bundle: Path) -> list[Entry]:

@@ -6,14 +6,18 @@ as ``python -m kbundle`` in a child process with this checkout first on ``sys.pa
 
 from __future__ import annotations
 
+import itertools
+import logging
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
+from storage_servers import FaultProxy, RangeFileServer
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -326,3 +330,155 @@ def keras2_files(tmp_path_factory: pytest.TempPathFactory) -> Path:
     assert done.returncode == 0, done.stderr[-3000:]
     marker.unlink(missing_ok=True)  # building the Lambda model ran its code once, by design
     return out
+
+
+# --------------------------------------------------------------------------------------------
+# Servers for the storage tests (tests/storage/): moto's S3 server and an HTTP file server on
+# 127.0.0.1, each behind a fault-injecting, byte-counting proxy (storage_servers.py). The
+# fixtures start and stop every server themselves: nothing is started by hand, not even by CI.
+
+# moto's server and s3fs read credentials from the environment: fixed fake ones, and no
+# profile or config of the machine's (children inherit these through conftest.child_env).
+for _name, _value in {
+    "AWS_ACCESS_KEY_ID": "kbundle-test-key-id",
+    "AWS_SECRET_ACCESS_KEY": "kbundle-test-secret-key",
+    "AWS_DEFAULT_REGION": "us-east-1",
+    "AWS_CONFIG_FILE": os.devnull,
+    "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+}.items():
+    os.environ[_name] = _value
+os.environ.pop("AWS_PROFILE", None)
+os.environ.pop("AWS_SESSION_TOKEN", None)
+
+_buckets = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def moto_endpoint() -> Iterator[tuple[str, int]]:
+    """moto's standalone S3 server (the real S3 HTTP API) on 127.0.0.1, for the session."""
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.ERROR)
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    yield host, port
+    server.stop()
+
+
+@dataclass
+class S3Bucket:
+    """A fresh bucket on the moto server, reached through ``proxy``."""
+
+    name: str
+    proxy: FaultProxy
+    fs: Any  # an s3fs filesystem straight to moto (no proxy), for setting up and checking
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {"endpoint_url": self.proxy.endpoint}
+
+    @property
+    def cli_options(self) -> list[str]:
+        return ["--storage-option", f"endpoint_url={self.proxy.endpoint}"]
+
+    def url(self, key: str) -> str:
+        return f"s3://{self.name}/{key}"
+
+    def path(self, key: str) -> str:
+        return f"{self.name}/{key}"
+
+    def put(self, key: str, data: bytes) -> None:
+        self.fs.pipe_file(self.path(key), data)
+
+    def get(self, key: str) -> bytes:
+        return bytes(self.fs.cat_file(self.path(key)))
+
+    def exists(self, key: str) -> bool:
+        self.fs.invalidate_cache()
+        return bool(self.fs.exists(self.path(key)))
+
+    def uploads(self) -> list[dict[str, Any]]:
+        """Multipart uploads started and neither completed nor aborted."""
+        found = self.fs.call_s3("list_multipart_uploads", Bucket=self.name)
+        return list(found.get("Uploads") or [])
+
+
+@pytest.fixture
+def s3(moto_endpoint: tuple[str, int]) -> Iterator[S3Bucket]:
+    import s3fs
+
+    host, port = moto_endpoint
+    proxy = FaultProxy((host, port))
+    fs = s3fs.S3FileSystem(endpoint_url=f"http://{host}:{port}", skip_instance_cache=True)
+    name = f"kbundle-test-{os.getpid()}-{next(_buckets)}"
+    fs.mkdir(name)
+    try:
+        yield S3Bucket(name, proxy, fs)
+    finally:
+        proxy.stop()
+
+
+@dataclass
+class HttpFiles:
+    """Files served over HTTP with range support from ``root``, through ``proxy``."""
+
+    root: Path
+    proxy: FaultProxy
+
+    def url(self, name: str) -> str:
+        return f"{self.proxy.endpoint}/{name}"
+
+
+@pytest.fixture
+def http_files(tmp_path: Path) -> Iterator[HttpFiles]:
+    root = tmp_path / "served"
+    root.mkdir()
+    server = RangeFileServer(root)
+    proxy = FaultProxy(("127.0.0.1", server.port))
+    try:
+        yield HttpFiles(root, proxy)
+    finally:
+        proxy.stop()
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def model_file(tmp_path_factory: pytest.TempPathFactory, keras: Any) -> Path:
+    """A small real Keras model, saved as ``.keras``."""
+    keras.utils.set_random_seed(3)
+    model = keras.Sequential(
+        [
+            keras.Input((6,), name="x"),
+            keras.layers.Dense(4, activation="relu"),
+            keras.layers.Dense(1),
+        ],
+        name="remote_small",
+    )
+    path = tmp_path_factory.mktemp("models") / "small.keras"
+    model.save(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def bundle_file(tmp_path_factory: pytest.TempPathFactory, model_file: Path) -> Path:
+    """``model_file`` packed (with its probe) into a local bundle."""
+    import kbundle
+
+    path = tmp_path_factory.mktemp("bundles") / "small.kbundle"
+    kbundle.pack(model_file, path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def large_model_file(tmp_path_factory: pytest.TempPathFactory, keras: Any) -> Path:
+    """A real Keras model of about 21 MB: packed with ``--level none`` its bundle takes an
+    S3 multipart upload of several parts (5 MiB held back for part 1, then 8 MiB parts)."""
+    keras.utils.set_random_seed(4)
+    model = keras.Sequential(
+        [keras.Input((2300,), name="x"), keras.layers.Dense(2300), keras.layers.Dense(1)],
+        name="remote_large",
+    )
+    path = tmp_path_factory.mktemp("models") / "large.keras"
+    model.save(path)
+    return path

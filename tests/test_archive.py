@@ -530,7 +530,8 @@ def test_size_bomb_stops_at_the_declared_total(
     path = tmp_path / "bomb.kbundle"
     path.write_bytes(assemble(manifest, frame))
     assert path.stat().st_size < 100_000
-    report = scan_bundle(path)
+    with path.open("rb") as source:
+        report = scan_bundle(source, str(path))
     problems = [f.problem for f in report.findings]
     assert "size differs from the manifest" in problems
     assert any(
@@ -579,10 +580,12 @@ def test_restreamed_payload_keeps_the_pax_header_of_its_first_member(
         zstandard.ZstdCompressor(level=9, write_checksum=True).compress(content)
         + stored[header_size:]
     )
-    head = reader.read_head(other_layout)
+    head = kbundle.inspect(other_layout)
 
     with (tmp_path / "out.kbundle").open("wb") as out:
-        copied = rewrite.rewrite_header(other_layout, out, head, None, level=3)
+        copied = rewrite.rewrite_header(
+            lambda: other_layout.open("rb"), str(other_layout), out, head, None, level=3
+        )
 
     assert not copied
     assert kbundle.verify(tmp_path / "out.kbundle").files_checked == 1

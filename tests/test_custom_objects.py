@@ -42,7 +42,6 @@ from kbundle.container.manifest import (
     parse_manifest,
     serialize_manifest,
 )
-from kbundle.container.reader import read_head
 from kbundle.container.writer import PayloadFile, write_bundle
 from kbundle.env.capture import capture_environment
 from kbundle.errors import BundleFormatError, EnvironmentMismatchError
@@ -242,7 +241,7 @@ def test_each_object_travels_the_way_its_definition_allows(packed: Workspace) ->
 
 @pytest.mark.slow
 def test_manifest_records_pickle_versions_digests_and_imports(packed: Workspace) -> None:
-    manifest = read_head(packed.bundle("main_script")).manifest
+    manifest = kbundle.inspect(packed.bundle("main_script")).manifest
     (obj,) = manifest.custom_objects
     assert obj.pickle == PickleInfo(
         path="objects/MainScale.pkl",
@@ -260,7 +259,7 @@ def test_manifest_records_pickle_versions_digests_and_imports(packed: Workspace)
     assert carried == ["objects/MainScale.pkl"]  # the review text is in the manifest
     assert obj.imports == ["cloudpickle", "keras"]  # unpickling imports cloudpickle itself
 
-    (layer,) = read_head(packed.bundle("build_weights")).manifest.custom_objects
+    (layer,) = kbundle.inspect(packed.bundle("build_weights")).manifest.custom_objects
     text = definition_source((PROJECT / "mypkg" / "layers.py").read_text(), "MyCustomLayer")
     assert text is not None and layer.source_digest == definition_digest(text)
     assert layer.imports == ["keras"]
@@ -285,7 +284,7 @@ def test_pack_of_a_model_file_imports_the_projects_own_modules_and_says_so(
         "kbundle: note: imported mypkg.layers from your project to find the model's custom "
         "objects (--no-project-imports turns this off)"
     )
-    (obj,) = read_head(tmp_path / "m.kbundle").manifest.custom_objects
+    (obj,) = kbundle.inspect(tmp_path / "m.kbundle").manifest.custom_objects
     assert (obj.transport, [s.path for s in obj.sources]) == (
         "source",
         ["code/mypkg/__init__.py", "code/mypkg/layers.py"],
@@ -407,7 +406,7 @@ def test_cli_pack_of_a_model_file_imports_the_named_modules(
         env=_deploy_env(),
     )
     assert packed_file.returncode == 0, packed_file.stderr
-    (obj,) = read_head(tmp_path / "file.kbundle").manifest.custom_objects
+    (obj,) = kbundle.inspect(tmp_path / "file.kbundle").manifest.custom_objects
     assert (obj.name, obj.transport, [s.path for s in obj.sources]) == (
         "MyCustomLayer",
         "source",
@@ -634,7 +633,7 @@ def test_a_missing_distribution_is_named_before_keras_loads(
     assert "acme-layers" in refused.stderr and "1.2.0" in refused.stderr
     assert not (tmp_path / "out").exists()
     # The custom-object check's own words (an environment check may speak first in the CLI).
-    (clip,) = read_head(packed.bundle("distribution")).manifest.custom_objects
+    (clip,) = kbundle.inspect(packed.bundle("distribution")).manifest.custom_objects
     with pytest.raises(EnvironmentMismatchError) as caught:
         check_runnable(
             _manifest([dataclasses.replace(clip, requirement="acme-layers-absent==1.2.0")])
@@ -686,7 +685,7 @@ def test_a_changed_local_definition_is_reported_and_the_bundled_one_used(
     )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads((packed.out / "changed.json").read_text())
-    bundled = read_head(packed.bundle("registered")).manifest.custom_objects[0]
+    bundled = kbundle.inspect(packed.bundle("registered")).manifest.custom_objects[0]
     own_text = definition_source((changed / "mypkg" / "acme.py").read_text(), "Scale")
     assert own_text is not None
     assert report["warnings"] == [
@@ -725,7 +724,7 @@ def test_a_changed_local_definition_is_reported_and_the_bundled_one_used(
     assert cli.returncode == 0, cli.stderr
     own_layer = definition_source((changed / "mypkg" / "layers.py").read_text(), "MyCustomLayer")
     assert own_layer is not None
-    (layer,) = read_head(packed.bundle("build_weights")).manifest.custom_objects
+    (layer,) = kbundle.inspect(packed.bundle("build_weights")).manifest.custom_objects
     assert (
         f"kbundle: warning: MyCustomLayer: this environment already defines it "
         f"(mypkg.layers.MyCustomLayer in {changed / 'mypkg' / 'layers.py'}, definition "
@@ -744,7 +743,7 @@ def test_show_code_prints_the_bundled_source(packed: Workspace, tmp_path: Path) 
     bundle = packed.bundle("two_modules")
     result = run_cli("show-code", bundle, "Shifted", cwd=tmp_path, env=_deploy_env())
     assert result.returncode == 0, result.stderr
-    manifest = read_head(bundle).manifest
+    manifest = kbundle.inspect(bundle).manifest
     digest = {m.path: m.digest for m in manifest.members}
     project = packed.project / "twomod"
     (obj,) = manifest.custom_objects
@@ -800,7 +799,7 @@ def test_show_code_prints_the_bundled_source(packed: Workspace, tmp_path: Path) 
 def test_inspect_lists_objects_transports_and_digests(packed: Workspace, tmp_path: Path) -> None:
     result = run_cli("inspect", packed.bundle("registered"), cwd=tmp_path, env=_deploy_env())
     assert result.returncode == 0, result.stderr
-    manifest = read_head(packed.bundle("registered")).manifest
+    manifest = kbundle.inspect(packed.bundle("registered")).manifest
     scale, soft_sign = manifest.custom_objects
     lines = result.stdout.splitlines()
     start = lines.index("custom objects:")
@@ -816,7 +815,7 @@ def test_inspect_lists_objects_transports_and_digests(packed: Workspace, tmp_pat
         member = manifest.member(path)
         assert member is not None
         assert f"  {member.size:>12}  {member.digest}  {path}" in lines
-    (pickled,) = read_head(packed.bundle("main_script")).manifest.custom_objects
+    (pickled,) = kbundle.inspect(packed.bundle("main_script")).manifest.custom_objects
     shown = run_cli("inspect", packed.bundle("main_script"), cwd=tmp_path, env=_deploy_env()).stdout
     assert (
         f"  MainScale                layer        pickle       __main__.MainScale {pickled.source_digest}"
@@ -1047,7 +1046,7 @@ def test_definitions_and_imports_are_read_without_running() -> None:
 
 @pytest.mark.slow
 def test_manifest_refuses_code_outside_its_canonical_place(packed: Workspace) -> None:
-    data = read_head(packed.bundle("build_weights")).manifest.to_dict()
+    data = kbundle.inspect(packed.bundle("build_weights")).manifest.to_dict()
     data["custom_objects"][0]["sources"][1]["path"] = "code/mypkg/__init__.py"
     with pytest.raises(
         BundleFormatError,

@@ -28,7 +28,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, child_env, run_python
 
-from kbundle.container.reader import read_head
+import kbundle
 
 pytestmark = [pytest.mark.slow, pytest.mark.keras]
 
@@ -265,7 +265,7 @@ def _commands(snippet: Snippet) -> list[Command]:
 
 def _digest(workspace: Path) -> str:
     bundle = workspace / "model.kbundle"
-    return read_head(bundle).digest if bundle.exists() else "sha256:" + "0" * 64
+    return kbundle.inspect(bundle).digest if bundle.exists() else "sha256:" + "0" * 64
 
 
 def _messages(shown: list[str]) -> list[str]:

@@ -32,7 +32,6 @@ from kbundle.container.manifest import (
     parse_manifest,
     serialize_manifest,
 )
-from kbundle.container.reader import read_head
 from kbundle.container.signature_member import (
     parse_signatures,
     serialize_signatures,
@@ -131,14 +130,14 @@ def rebuild(source: Path, target: Path, manifest_bytes: bytes, signature: bytes 
 
 
 def edit_manifest(bundle: Path, change: Callable[[dict[str, Any]], None]) -> bytes:
-    data = json.loads(read_head(bundle).manifest_bytes)
+    data = json.loads(kbundle.inspect(bundle).manifest_bytes)
     change(data)
     return (json.dumps(data, indent=2, ensure_ascii=False) + "\n").encode("utf-8")
 
 
 def ok_prefix(bundle: Path) -> str:
     """The start of verify's summary line for ``bundle`` (a tiny model: kilobytes)."""
-    manifest = read_head(bundle).manifest
+    manifest = kbundle.inspect(bundle).manifest
     assert 1000 <= manifest.payload_size < 1_000_000
     count = len(manifest.members)
     return f"OK: {count} file{'' if count == 1 else 's'}, {manifest.payload_size / 1000:.1f} KB verified"
@@ -221,7 +220,7 @@ def test_passphrase_protected_key_round_trip(
         f"kbundle: error: private key {private} could not be decrypted: wrong passphrase; "
         "check --passphrase-file or KBUNDLE_KEY_PASSPHRASE\n"
     )
-    assert read_head(bundle).signature is None  # nothing was written by the failed attempts
+    assert kbundle.inspect(bundle).signature is None  # nothing was written by the failed attempts
 
     good = run_cli(
         "sign",
@@ -247,13 +246,13 @@ def test_unsigned_bundle_is_reported_integrity_checked_not_signed(
     result = run_cli("verify", bundle, env=env(trusted_dir))
     assert result.returncode == 0, result.stderr
     assert result.stderr == f"{ok_prefix(bundle)} (integrity-checked, not signed)\n"
-    assert result.stdout == f"{read_head(bundle).digest}  {bundle}\n"
+    assert result.stdout == f"{kbundle.inspect(bundle).digest}  {bundle}\n"
 
 
 def test_sign_keeps_the_digest_and_verify_trusts_the_key_given(
     bundle: Path, key: keys.GeneratedKey, trusted_dir: Path
 ) -> None:
-    digest = read_head(bundle).digest
+    digest = kbundle.inspect(bundle).digest
     result = run_cli("sign", bundle, "--key", key.private_path, env=env(trusted_dir))
     assert result.returncode == 0, result.stderr
     assert result.stdout == f"{digest}  {bundle}\n"
@@ -339,7 +338,7 @@ def test_forged_environment_block_in_signed_bundle_is_refused(
 ) -> None:
     """THREATS 16: the environment is signed with the rest of the manifest."""
     signed(bundle, key)
-    head = read_head(bundle)
+    head = kbundle.inspect(bundle)
 
     def forge(data: dict[str, Any]) -> None:
         data["environment"]["keras"]["backend"] = "jax"
@@ -372,7 +371,7 @@ def test_manifest_rewritten_with_new_hashes(
 ) -> None:
     """THREATS 2: another model, re-hashed into a consistent manifest, keeping the old signature."""
     signed(bundle, key)
-    head = read_head(bundle)
+    head = kbundle.inspect(bundle)
     swap = [PayloadFile("model/model.keras", other_model_file, other_model_file.stat().st_size)]
 
     def make_manifest(digests: Any) -> bytes:
@@ -400,7 +399,9 @@ def test_manifest_rewritten_with_new_hashes(
 
     tampered_signed = forge(tmp_path / "tampered-signed.kbundle", head.signature)
     tampered_unsigned = forge(tmp_path / "tampered-unsigned.kbundle", None)
-    assert read_head(tampered_signed).manifest.members[0].digest == file_digest(other_model_file)
+    assert kbundle.inspect(tampered_signed).manifest.members[0].digest == file_digest(
+        other_model_file
+    )
 
     plain = run_cli("verify", tampered_unsigned, env=env(trusted_dir))
     assert plain.returncode == 0, plain.stderr
@@ -424,7 +425,7 @@ def test_flipped_signature_byte_is_an_integrity_failure(
     tmp_path: Path, bundle: Path, key: keys.GeneratedKey, trusted_dir: Path
 ) -> None:
     signed(bundle, key)
-    head = read_head(bundle)
+    head = kbundle.inspect(bundle)
     assert head.signature is not None
     # A flip inside a consistent container: only the signature check sees it.
     damaged = rebuild(
@@ -451,7 +452,7 @@ def test_unknown_signature_algorithm_is_refused(
     tmp_path: Path, bundle: Path, key: keys.GeneratedKey, trusted_dir: Path
 ) -> None:
     signed(bundle, key)
-    head = read_head(bundle)
+    head = kbundle.inspect(bundle)
     assert head.signature is not None
     member = head.signature.replace(b'"algorithm": "ed25519"', b'"algorithm": "rsa-pss"')
     odd = rebuild(bundle, tmp_path / "odd.kbundle", head.manifest_bytes, member)
@@ -569,7 +570,7 @@ def test_pack_sign_gives_the_same_digest_as_an_unsigned_pack(
         env=env(trusted_dir, SOURCE_DATE_EPOCH=EPOCH),
     )
     assert unsigned.returncode == 0, unsigned.stderr
-    digest = read_head(tmp_path / "plain.kbundle").digest
+    digest = kbundle.inspect(tmp_path / "plain.kbundle").digest
     result = run_cli(
         "pack",
         model_file,
@@ -647,12 +648,12 @@ def test_sign_restreams_a_bundle_in_another_valid_layout(
     compressed_header = zstandard.ZstdCompressor(level=9, write_checksum=True).compress(content)
     other_layout = tmp_path / "other-layout.kbundle"
     other_layout.write_bytes(compressed_header + data[header_size:])
-    assert read_head(other_layout).digest == read_head(bundle).digest
+    assert kbundle.inspect(other_layout).digest == kbundle.inspect(bundle).digest
     result = sign_bundle(
         other_layout, keys.load_signing_key(key.private_path), output=tmp_path / "out.kbundle"
     )
     assert not result.copied
-    assert result.digest == read_head(bundle).digest
+    assert result.digest == kbundle.inspect(bundle).digest
     checked = run_cli(
         "verify", tmp_path / "out.kbundle", "--key", key.public_path, env=env(trusted_dir)
     )
@@ -917,7 +918,7 @@ def test_deploy_gate_script(
 ) -> None:
     script = REPO / "examples" / "deploy_gate.sh"
     gate_env = env(trusted_dir, KBUNDLE=f"{sys.executable} -m kbundle")
-    digest = read_head(bundle).digest
+    digest = kbundle.inspect(bundle).digest
 
     unsigned = _run_example("sh", script, bundle, key.public_path, env=gate_env)
     assert unsigned.returncode == 1, unsigned.stderr
@@ -953,7 +954,7 @@ def test_deploy_gate_python(
 ) -> None:
     script = REPO / "examples" / "deploy_gate.py"
     signed(bundle, key)
-    digest = read_head(bundle).digest
+    digest = kbundle.inspect(bundle).digest
     refused = _run_example(
         sys.executable, script, bundle, other_key.public_path, env=env(trusted_dir)
     )

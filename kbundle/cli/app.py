@@ -149,7 +149,8 @@ def progress_bar(label: str, enabled: bool) -> Iterator[ProgressDisplay]:
         task = bar.add_task(label, total=None)
 
         def update(done: int, total: int) -> None:
-            bar.update(task, description=label, completed=done, total=total)
+            # total 0: the size is unknown (a stream or an object store that does not say)
+            bar.update(task, description=label, completed=done, total=total or None)
 
         def phase(text: str) -> None:
             from kbundle.cli.render import printable
@@ -217,11 +218,15 @@ def handle_errors(json_flag: str | None = None) -> Callable[[F], F]:
 3 environment incompatible; 4 untrusted code refused; 5 model failed to load;
 10 the bundles differ (kbundle diff); 70 internal error (a bug); 130 interrupted.
 
+A BUNDLE is a file, - for standard input, or a URL of any fsspec filesystem (s3://, gs://,
+https://, ...; --storage-option passes options to it; docs/storage.md).
+
 \b
 Examples:
   kbundle pack model.keras -o model.kbundle
   kbundle verify model.kbundle --expect sha256:3f2a...
   kbundle unpack model.kbundle -d served-model
+  kbundle verify s3://models/prod/model.kbundle --expect sha256:3f2a...
 """,
 )
 @click.version_option(__version__, prog_name="kbundle")

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
 import click
 
@@ -18,6 +17,8 @@ from kbundle.cli.app import (
 )
 from kbundle.cli.options import (
     json_option,
+    storage_option,
+    storage_options,
 )
 
 
@@ -34,9 +35,10 @@ Examples:
   kbundle doctor model.h5
   kbundle doctor exported_savedmodel/ --trust-code
   kbundle doctor model.kbundle --json | jq .findings.serialization
+  kbundle doctor s3://models/prod/model.kbundle
 """
 )
-@click.argument("target", metavar="FILE", type=click.Path(path_type=Path))
+@click.argument("target", metavar="FILE")
 @click.option(
     "--timeout",
     default=600.0,
@@ -51,10 +53,14 @@ Examples:
     "(its functions and resource initialisers run when it is loaded). Without it such a model "
     "is checked, not loaded (exit 4).",
 )
+@storage_option
 @json_option
 @handle_errors("as_json")
-def doctor(target: Path, timeout: float, trust_code: bool, as_json: bool) -> None:
-    """Diagnose why FILE does or does not load: a .keras/.h5 file, SavedModel or bundle.
+def doctor(
+    target: str, timeout: float, trust_code: bool, storage_pairs: tuple[str, ...], as_json: bool
+) -> None:
+    """Diagnose why FILE does or does not load: a .keras/.h5 file, SavedModel or bundle
+    (a bundle may be a URL or - for standard input).
 
     Reports every problem found, with evidence and a fix, filed as corruption, serialization
     or environment; then loads the model in a child process (safe mode on, no bundled code,
@@ -63,7 +69,12 @@ def doctor(target: Path, timeout: float, trust_code: bool, as_json: bool) -> Non
     from kbundle.cli.render import render_diagnosis
     from kbundle.doctor.diagnose import diagnose
 
-    diagnosis = diagnose(target, timeout=timeout, trust_code=trust_code)
+    diagnosis = diagnose(
+        target,
+        timeout=timeout,
+        trust_code=trust_code,
+        storage_options=storage_options(storage_pairs),
+    )
     failure = diagnosis.error()
     code = exit_code_for(failure) if failure else EXIT_OK
     if as_json:

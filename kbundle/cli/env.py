@@ -23,6 +23,9 @@ from kbundle.cli.options import (
     json_option,
     policy_options,
     quiet_option,
+    shown,
+    storage_option,
+    storage_options,
     trust_sources_option,
 )
 
@@ -34,6 +37,7 @@ Examples:
   kbundle check model.kbundle --policy strict
   kbundle check model.kbundle --severity keras.backend=warn --severity 'distributions.*=info'
   kbundle check model.kbundle --json | jq '.findings[] | select(.severity != "ok")'
+  kbundle check s3://models/prod/model.kbundle
 """
 )
 @BUNDLE_ARGUMENT
@@ -45,13 +49,15 @@ Examples:
     help="Verify every byte of BUNDLE first (as 'kbundle verify'), so that the verdict is about "
     "an intact bundle; without it only the manifest is read and nothing is verified.",
 )
+@storage_option
 @json_option
 @handle_errors("as_json")
 def check(
-    bundle: Path,
+    bundle: str,
     policy: str | None,
     severity: tuple[str, ...],
     verify_first: bool,
+    storage_pairs: tuple[str, ...],
     as_json: bool,
 ) -> None:
     """Can this environment load BUNDLE? Compare the recorded environment field by field.
@@ -60,16 +66,28 @@ def check(
     what to do, then the verdict. Exit 0 when nothing is an error, 3 otherwise. Reads only the
     manifest and installed metadata (imports neither TensorFlow nor Keras nor bundled code),
     so it is no integrity gate: a corrupt bundle gets a verdict too. --verify checks every
-    byte first (exit 1 on damage). Rules and policies: docs/compatibility.md; [tool.kbundle]
-    in pyproject.toml sets defaults.
+    byte first (exit 1 on damage). Of a URL only the first frame (the header) is fetched,
+    unless --verify. Rules and policies: docs/compatibility.md; [tool.kbundle] in
+    pyproject.toml sets defaults.
     """
     from kbundle.pipelines.check import check as check_bundle
 
-    report = check_bundle(bundle, policy=policy, severity=severity, verify=verify_first)
+    report = check_bundle(
+        bundle,
+        policy=policy,
+        severity=severity,
+        verify=verify_first,
+        storage_options=storage_options(storage_pairs),
+    )
     if as_json:
         code = EXIT_OK if report.ok else exit_code_for(errors.EnvironmentMismatchError)
         json_out(
-            {"bundle": str(bundle), **report.to_dict(), "verified": verify_first, "exit_code": code}
+            {
+                "bundle": shown(bundle),
+                **report.to_dict(),
+                "verified": verify_first,
+                "exit_code": code,
+            }
         )
         if code:
             sys.exit(code)
@@ -77,7 +95,7 @@ def check(
     from kbundle.cli.render import render_compat
 
     out(render_compat(report, verified=verify_first))
-    report.raise_for_errors(str(bundle), loading=False)
+    report.raise_for_errors(shown(bundle), loading=False)
 
 
 @main.group(
@@ -114,15 +132,17 @@ Examples:
     "Default: the lock when there is one.",
 )
 @trust_sources_option
+@storage_option
 @force_output_option
 @quiet_option
 @json_option
 @handle_errors("as_json")
 def env_export(
-    bundle: Path,
+    bundle: str,
     output: Path | None,
     hashed: bool | None,
     trust_code: bool,
+    storage_pairs: tuple[str, ...],
     force: bool,
     quiet: bool,
     as_json: bool,
@@ -135,7 +155,12 @@ def env_export(
     """
     from kbundle.pipelines.rebuild import export_requirements
 
-    text, with_hashes = export_requirements(bundle, hashed=hashed, trust_code=trust_code)
+    text, with_hashes = export_requirements(
+        bundle,
+        hashed=hashed,
+        trust_code=trust_code,
+        storage_options=storage_options(storage_pairs),
+    )
     if output is not None:
         from kbundle.storage.atomic import atomic_file, check_destination
 
@@ -145,7 +170,7 @@ def env_export(
     if as_json:
         json_out(
             {
-                "bundle": str(bundle),
+                "bundle": shown(bundle),
                 "output": None if output is None else str(output),
                 "hashed": with_hashes,
                 "requirements": text,
@@ -182,15 +207,17 @@ Examples:
     help="What to pip-install as kbundle. Default: this kbundle's checkout, else kbundle==VERSION.",
 )
 @trust_sources_option
+@storage_option
 @quiet_option
 @json_option
 @handle_errors("as_json")
 def env_create(
-    bundle: Path,
+    bundle: str,
     directory: Path,
     python: str | None,
     kbundle_spec: str | None,
     trust_code: bool,
+    storage_pairs: tuple[str, ...],
     quiet: bool,
     as_json: bool,
 ) -> None:
@@ -214,6 +241,7 @@ def env_create(
         kbundle_spec=kbundle_spec,
         trust_code=trust_code,
         step=step,
+        storage_options=storage_options(storage_pairs),
     )
     if as_json:
         json_out(created.to_dict())

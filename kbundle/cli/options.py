@@ -160,4 +160,55 @@ def trusted_key_paths(trusted_keys: tuple[Path, ...]) -> list[Path] | None:
     return list(trusted_keys) or None
 
 
-BUNDLE_ARGUMENT = click.argument("bundle", type=click.Path(path_type=Path, dir_okay=True))
+# A bundle argument is a path, "-" or a URL: kept as text for kbundle.storage.locations, which
+# decides (click.Path would turn "s3://b/m.kbundle" into the path "s3:/b/m.kbundle").
+BUNDLE_ARGUMENT = click.argument("bundle", metavar="BUNDLE")
+
+
+def storage_option(command: F) -> F:
+    return click.option(
+        "--storage-option",
+        "storage_pairs",
+        multiple=True,
+        metavar="KEY=VALUE",
+        help="An option for a URL's filesystem (fsspec, s3fs, gcsfs), e.g. "
+        "endpoint_url=http://127.0.0.1:9000, profile=prod, anon=true (repeatable; VALUE is "
+        "read as JSON when it is JSON). Credentials otherwise come from the filesystem's usual "
+        "sources: the environment, profiles. Never printed.",
+    )(command)
+
+
+def storage_options(pairs: tuple[str, ...]) -> dict[str, Any]:
+    """``--storage-option`` values as the library's ``storage_options``."""
+    from kbundle.storage.locations import parse_storage_options
+
+    return parse_storage_options(pairs)
+
+
+def shown(bundle: str) -> str:
+    """How output names a bundle argument: a URL without its credentials."""
+    from kbundle.storage.locations import parse_location
+
+    return parse_location(bundle).display
+
+
+def refuse_json_with_stdout(output: str | None, as_json: bool) -> None:
+    """``--json`` prints on standard output, which ``-o -`` gives to the bundle."""
+    if as_json and output == "-":
+        from kbundle.errors import UsageError
+
+        raise UsageError(
+            "--json prints on standard output, which carries the bundle with -o -",
+            hint="drop --json, or write the bundle to a file or a URL",
+        )
+
+
+def digest_line(text: str, output: str | None) -> None:
+    """The ``DIGEST  WHERE`` line a command that wrote a bundle ends with: on standard
+    output, or on standard error when standard output carries the bundle (``-o -``)."""
+    from kbundle.cli.app import err, out
+
+    if output == "-":
+        err(text)
+    else:
+        out(text)

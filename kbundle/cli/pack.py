@@ -11,15 +11,18 @@ from kbundle.cli.app import (
     handle_errors,
     json_out,
     main,
-    out,
     progress_bar,
 )
 from kbundle.cli.options import (
+    digest_line,
     force_bundle_option,
     json_option,
     load_signing_key_prompting,
     passphrase_option,
     quiet_option,
+    refuse_json_with_stdout,
+    storage_option,
+    storage_options,
 )
 from kbundle.cli.render import size_text
 from kbundle.container.writer import DEFAULT_LEVEL
@@ -48,6 +51,9 @@ Examples:
   kbundle pack model.keras -o model.kbundle --lock
   kbundle pack model.keras -o model.kbundle --asset tokenizer.json --asset vocab/
   kbundle pack model.keras -o model.kbundle --label team=nlp --label dataset=v3
+  kbundle pack model.keras -o s3://models/prod/model.kbundle
+  kbundle pack model.keras -o s3://models/m.kbundle --storage-option endpoint_url=http://minio:9000
+  kbundle pack model.keras -o - | ssh host 'cat > model.kbundle'
 """
 )
 @click.argument("model", type=click.Path(path_type=Path))
@@ -68,9 +74,10 @@ Examples:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path),
     required=True,
-    help="The bundle to write (NAME.kbundle).",
+    metavar="OUTPUT",
+    help="The bundle to write: NAME.kbundle, a URL (s3://, gs://, any fsspec filesystem), or "
+    "- for standard output.",
 )
 @click.option(
     "--level",
@@ -131,6 +138,7 @@ Examples:
     "--record-hostname", is_flag=True, help="Record this machine's host name in the provenance."
 )
 @force_bundle_option
+@storage_option
 @quiet_option
 @json_option
 @handle_errors("as_json")
@@ -138,7 +146,7 @@ def pack(
     model: Path,
     custom_modules: tuple[str, ...],
     no_project_imports: bool,
-    output: Path,
+    output: str,
     level: str,
     threads: int,
     sign_key: Path | None,
@@ -150,19 +158,31 @@ def pack(
     no_provenance: bool,
     record_hostname: bool,
     force: bool,
+    storage_pairs: tuple[str, ...],
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Pack MODEL (.keras, .h5 or SavedModel directory) into one verified bundle.
 
     Prints the bundle digest (sha256 of its manifest); pin it in deploy scripts with
-    'kbundle verify --expect'. Nothing is written unless pack succeeds.
+    'kbundle verify --expect'. Nothing is written unless pack succeeds: an s3:// bundle is
+    uploaded while it is packed (no local copy) and appears only when complete; a failed or
+    interrupted pack aborts the upload. With -o - the bundle goes to standard output (the
+    digest line to standard error), after a first pass that hashes the model.
     """
     from kbundle.pipelines.pack import pack as pack_model
-    from kbundle.storage.atomic import check_destination
+    from kbundle.storage.locations import Location, parse_location
+    from kbundle.storage.outputs import check_output
 
-    check_destination(output, force=force, what="bundle", inputs=(model,))
-    signing_key = load_signing_key_prompting(sign_key, passphrase_file) if sign_key else None
+    refuse_json_with_stdout(output, as_json)
+    options = storage_options(storage_pairs)
+    signing_key = None
+    if sign_key:
+        # Before the passphrase prompt: an output pack would refuse is refused first (pack
+        # checks it again itself, before any work).
+        target = parse_location(output, options)
+        check_output(target, force=force, inputs=(Location(path=model),))
+        signing_key = load_signing_key_prompting(sign_key, passphrase_file)
     with progress_bar("packing", not quiet) as display:
         result = pack_model(
             model,
@@ -181,6 +201,7 @@ def pack(
             labels=_labels(labels),
             provenance=not no_provenance,
             record_hostname=record_hostname,
+            storage_options=options,
         )
     if as_json:
         json_out(result.to_dict())
@@ -194,4 +215,4 @@ def pack(
         )
         if signing_key:
             err(f"signed by {signing_key.key_id}")
-    out(f"{result.digest}  {result.path}")
+    digest_line(f"{result.digest}  {result.path}", output)

@@ -24,6 +24,9 @@ from kbundle.cli.options import (
     json_option,
     policy_options,
     quiet_option,
+    shown,
+    storage_option,
+    storage_options,
     trust_options,
     trusted_key_paths,
     trusted_keys_options,
@@ -39,28 +42,35 @@ Examples:
   kbundle verify model.kbundle --expect sha256:3f2a... || exit 1
   kbundle verify model.kbundle --expect sha256:3f2a... --key release.pub
   kbundle verify model.kbundle --require-signature --json
+  kbundle verify s3://models/prod/model.kbundle --expect sha256:3f2a...
+  kbundle verify https://example.com/model.kbundle
+  curl -s https://example.com/model.kbundle | kbundle verify -
 """
 )
 @BUNDLE_ARGUMENT
 @expect_option
 @trusted_keys_options
+@storage_option
 @quiet_option
 @json_option
 @handle_errors("as_json")
 def verify(
-    bundle: Path,
+    bundle: str,
     expect: str | None,
     trusted_keys: tuple[Path, ...],
     require_signature: bool,
+    storage_pairs: tuple[str, ...],
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Check every member of BUNDLE: size, SHA-256, names, kinds, nothing extra or missing.
 
-    A signature, when present, must verify; a bad one is an integrity failure. Signers are
-    trusted when their public key is given with --key or lies in the trusted keys directory
-    ($KBUNDLE_TRUSTED_KEYS, default ~/.config/kbundle/trusted-keys). Reports every problem at
-    once. Never imports TensorFlow or Keras.
+    BUNDLE is a file, a URL (s3://, gs://, https://, any fsspec filesystem; streamed once,
+    never stored) or - for standard input. A signature, when present, must verify; a bad one
+    is an integrity failure. Signers are trusted when their public key is given with --key or
+    lies in the trusted keys directory ($KBUNDLE_TRUSTED_KEYS, default
+    ~/.config/kbundle/trusted-keys). Reports every problem at once. Never imports TensorFlow
+    or Keras.
     """
     from kbundle.pipelines.verify import verify as verify_bundle
 
@@ -71,6 +81,7 @@ def verify(
             trusted_keys=trusted_key_paths(trusted_keys),
             require_signature=require_signature,
             progress=display.bytes,
+            storage_options=storage_options(storage_pairs),
         )
     signed = report.head.signature is not None
     assert report.signature is not None  # verify always checks signatures
@@ -87,7 +98,7 @@ def verify(
             f"OK: {plural(report.files_checked, 'file')}, "
             f"{size_text(report.bytes_checked)} verified{note}"
         )
-    out(f"{report.head.digest}  {bundle}")
+    out(f"{report.head.digest}  {shown(bundle)}")
 
 
 @main.command(
@@ -95,16 +106,22 @@ def verify(
 Examples:
   kbundle inspect model.kbundle
   kbundle inspect model.kbundle --json | jq .manifest.environment.keras
+  kbundle inspect s3://models/prod/model.kbundle --storage-option profile=prod
 """
 )
 @BUNDLE_ARGUMENT
+@storage_option
 @json_option
 @handle_errors("as_json")
-def inspect(bundle: Path, as_json: bool) -> None:
-    """Summarise BUNDLE's manifest. Reads only the manifest; runs and imports nothing."""
+def inspect(bundle: str, storage_pairs: tuple[str, ...], as_json: bool) -> None:
+    """Summarise BUNDLE's manifest. Reads only the manifest; runs and imports nothing.
+
+    BUNDLE is a file, a URL (of which only the first frame, the header, is fetched, by range
+    requests) or - for standard input.
+    """
     from kbundle.pipelines.verify import inspect as inspect_bundle
 
-    head = inspect_bundle(bundle)
+    head = inspect_bundle(bundle, storage_options=storage_options(storage_pairs))
     if as_json:
         json_out(head.to_dict())
         return
@@ -120,13 +137,15 @@ Examples:
   kbundle show-code model.kbundle
   kbundle show-code model.kbundle MyCustomLayer
   kbundle show-code model.kbundle 'acme>Scale' --json | jq -r '.objects[0].files[0].text'
+  kbundle show-code s3://models/prod/model.kbundle
 """,
 )
 @BUNDLE_ARGUMENT
 @click.argument("name", required=False)
+@storage_option
 @json_option
 @handle_errors("as_json")
-def show_code(bundle: Path, name: str | None, as_json: bool) -> None:
+def show_code(bundle: str, name: str | None, storage_pairs: tuple[str, ...], as_json: bool) -> None:
     """Print the code BUNDLE carries for its custom objects (or for NAME only), for review.
 
     Verifies the bundle first. Never imports, runs or unpickles anything, and never loads
@@ -135,9 +154,9 @@ def show_code(bundle: Path, name: str | None, as_json: bool) -> None:
     """
     from kbundle.pipelines.review import show_code as bundled_code
 
-    listings = bundled_code(bundle, name)
+    listings = bundled_code(bundle, name, storage_options=storage_options(storage_pairs))
     if not listings and not as_json:
-        err(f"{bundle} carries no custom-object code: nothing would run when it is loaded")
+        err(f"{shown(bundle)} carries no custom-object code: nothing would run when it is loaded")
     if as_json:
         json_out({"ok": True, "objects": [listing.to_dict() for listing in listings]})
         return
@@ -155,6 +174,8 @@ Examples:
   kbundle unpack model.kbundle -d out --key release.pub
   kbundle unpack model.kbundle -d out --policy strict
   kbundle unpack model.kbundle -d out --severity keras.backend=warn --ignore-env
+  kbundle unpack s3://models/prod/model.kbundle -d served-model --expect sha256:3f2a...
+  curl -s https://example.com/model.kbundle | kbundle unpack - -d served-model
 """
 )
 @BUNDLE_ARGUMENT
@@ -179,11 +200,12 @@ Examples:
     "but what its kbundle.json lists. Never a symbolic link, the current directory or one "
     "holding it, nor a directory holding BUNDLE or anything else."
 )
+@storage_option
 @quiet_option
 @json_option
 @handle_errors("as_json")
 def unpack(
-    bundle: Path,
+    bundle: str,
     destination: Path,
     no_load: bool,
     expect: str | None,
@@ -197,18 +219,20 @@ def unpack(
     policy: str | None,
     severity: tuple[str, ...],
     force: bool,
+    storage_pairs: tuple[str, ...],
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Verify BUNDLE while extracting it into DEST, then prove the model loads.
 
-    DEST appears only when every member verified; it holds the payload and kbundle.json, the
-    manifest, which lists all of it and marks DEST as an unpack's output: --force replaces
-    only such a directory, and only while it holds nothing else. Before loading, the recorded
-    environment is checked (as 'kbundle check' does): errors refuse with exit 3 unless
-    --ignore-env, warnings are shown. After loading, the stored probe input is run again and
-    the outputs compared. With --no-load nothing runs here, so differences are shown but
-    refuse nothing.
+    BUNDLE is a file, a URL (streamed once: what is extracted is what was verified) or - for
+    standard input. DEST appears only when every member verified; it holds the payload and
+    kbundle.json, the manifest, which lists all of it and marks DEST as an unpack's output:
+    --force replaces only such a directory, and only while it holds nothing else. Before
+    loading, the recorded environment is checked (as 'kbundle check' does): errors refuse
+    with exit 3 unless --ignore-env, warnings are shown. After loading, the stored probe
+    input is run again and the outputs compared. With --no-load nothing runs here, so
+    differences are shown but refuse nothing.
     """
     from kbundle.env.rules import resolve_policy
     from kbundle.pipelines.load import LoadOptions
@@ -234,6 +258,7 @@ def unpack(
             require_signature=require_signature,
             progress=display.bytes,
             phase=display.phase,
+            storage_options=storage_options(storage_pairs),
         )
     loaded: dict[str, Any] | None = None
     if result.model is not None:
@@ -244,7 +269,7 @@ def unpack(
         json_out(result.to_dict())
         return
     if no_load:
-        _print_unloaded_differences(result.environment, bundle)
+        _print_unloaded_differences(result.environment, shown(bundle))
     else:
         print_environment_concerns(result.environment)
     if not quiet:
@@ -261,7 +286,7 @@ def unpack(
     out(str(result.model_path))
 
 
-def _print_unloaded_differences(findings: list[Finding], bundle: Path) -> None:
+def _print_unloaded_differences(findings: list[Finding], bundle: str) -> None:
     """With --no-load nothing was refused or ignored: one line says what a load would meet."""
     errors = [f.location for f in findings if f.severity == Severity.ERROR]
     warnings = [f.location for f in findings if f.severity == Severity.WARN]

@@ -16,12 +16,16 @@ from kbundle.cli.app import (
 )
 from kbundle.cli.options import (
     BUNDLE_ARGUMENT,
+    digest_line,
     force_bundle_option,
     force_output_option,
     json_option,
     load_signing_key_prompting,
     passphrase_option,
     quiet_option,
+    refuse_json_with_stdout,
+    storage_option,
+    storage_options,
 )
 
 
@@ -102,6 +106,8 @@ Examples:
   kbundle sign model.kbundle --key release.key
   kbundle sign model.kbundle --key release.key -o signed.kbundle
   kbundle sign model.kbundle --key release.key --passphrase-file secret.txt
+  kbundle sign s3://models/prod/model.kbundle --key release.key
+  kbundle sign model.kbundle --key release.key -o s3://models/prod/model.kbundle
 """
 )
 @BUNDLE_ARGUMENT
@@ -116,32 +122,43 @@ Examples:
 @click.option(
     "-o",
     "--output",
-    type=click.Path(path_type=Path),
-    help="Write the signed bundle here instead of replacing BUNDLE.",
+    metavar="OUTPUT",
+    help="Write the signed bundle here (a file, a URL, or - for standard output) instead of "
+    "replacing BUNDLE.",
 )
 @passphrase_option
 @force_bundle_option
+@storage_option
 @quiet_option
 @json_option
 @handle_errors("as_json")
 def sign(
-    bundle: Path,
+    bundle: str,
     key_path: Path,
-    output: Path | None,
+    output: str | None,
     passphrase_file: Path | None,
     force: bool,
+    storage_pairs: tuple[str, ...],
     quiet: bool,
     as_json: bool,
 ) -> None:
     """Sign BUNDLE's manifest (and so everything it lists) with a private key.
 
-    BUNDLE is verified first. The digest does not change: the signature is stored beside the
-    manifest. Signatures by other keys are kept. BUNDLE is replaced atomically.
+    BUNDLE (a file or a URL) is verified first. The digest does not change: the signature is
+    stored beside the manifest. Signatures by other keys are kept. BUNDLE is replaced
+    atomically (an upload completes only when whole).
     """
     from kbundle.pipelines.sign import sign_bundle
 
+    refuse_json_with_stdout(output, as_json)
     signing_key = load_signing_key_prompting(key_path, passphrase_file)
-    result = sign_bundle(bundle, signing_key, output=output, force=force)
+    result = sign_bundle(
+        bundle,
+        signing_key,
+        output=output,
+        force=force,
+        storage_options=storage_options(storage_pairs),
+    )
     if as_json:
         json_out(result.to_dict())
         return
@@ -150,4 +167,4 @@ def sign(
             f"signed {result.path} with {result.key_id}"
             + ("" if len(result.signers) == 1 else f" ({len(result.signers)} signatures)")
         )
-    out(f"{result.digest}  {result.path}")
+    digest_line(f"{result.digest}  {result.path}", output)

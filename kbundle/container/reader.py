@@ -6,13 +6,16 @@ manifest declares, every tar header is checked, every member is hashed while (op
 being written into a fresh private directory, and every problem is collected as a finding.
 A caller may route one member's bytes to a writer of its own (``sinks``): the load pipeline
 splits a Keras zip that way; the container knows nothing of what the bytes are.
-Stable: internal; the layout is format 1.0.
+
+The reader is handed a stream and reads it once, front to back, never seeking: where the
+bytes come from (a file, a pipe, an object store) is kbundle.storage's business, and ``name``
+is all the reader knows of it, for messages. Stable: internal; the layout is format 1.0.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Mapping
-from contextlib import AbstractContextManager, contextmanager, nullcontext
+from contextlib import AbstractContextManager, ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, Protocol, cast
@@ -31,18 +34,22 @@ from kbundle.container.limits import (
 from kbundle.container.manifest import Manifest, bundle_digest, parse_manifest
 from kbundle.container.names import MANIFEST_NAME, SIGNATURE_NAME, collision_key, name_problem
 from kbundle.container.signature_member import signer_ids
-from kbundle.container.tarstream import BLOCK, TarEntry, TarReader
+from kbundle.container.tarstream import BLOCK, END_OF_ARCHIVE, TarEntry, TarReader
 from kbundle.container.writer import ProgressCallback
 from kbundle.container.zstdframes import TRAILER_TAG, ZSTD_MAGIC, FrameTracker, TrackedReader
-from kbundle.errors import IntegrityError, LimitExceededError, NotABundleError, UsageError
+from kbundle.errors import IntegrityError, LimitExceededError, NotABundleError
 from kbundle.findings import Finding
 
 __all__ = [
     "ALTERED_FIX",
     "BundleHead",
+    "BundleReader",
+    "ByteSource",
     "MemberSink",
     "MemberWriter",
     "ScanReport",
+    "Truncated",
+    "read_exactly",
     "read_head",
     "scan_bundle",
 ]
@@ -53,6 +60,13 @@ _MAX_TRAILER = 20 * BLOCK
 # What to do about any member or framing that differs from what the manifest and trailer
 # record: nothing in the bundle can be trusted to repair it.
 ALTERED_FIX = "the bundle is corrupt or was altered; fetch an intact copy"
+
+
+class ByteSource(Protocol):
+    """Where a bundle's bytes come from: a file, a pipe, a download (kbundle.storage). A read
+    may return fewer bytes than asked for; an empty result is the end."""
+
+    def read(self, size: int = -1, /) -> bytes: ...
 
 
 class MemberWriter(Protocol):
@@ -166,37 +180,189 @@ class _BoundedStream:
         return nonzero
 
 
-@contextmanager
-def open_stream(
-    path: Path, on_payload: Callable[[bytes], None] | None = None
-) -> Iterator[tuple[TarReader, _BoundedStream, FrameTracker, BinaryIO]]:
-    try:
-        handle = path.open("rb")
-    except IsADirectoryError:
-        raise UsageError(
-            f"{path} is a directory, not a bundle", hint="pass a .kbundle file"
-        ) from None
-    except FileNotFoundError:
-        raise UsageError(f"{path} does not exist", hint="check the path") from None
-    except OSError as exc:
-        raise UsageError(f"cannot open {path}: {exc.strerror}", hint="check the path") from None
-    with handle:
-        magic = handle.read(4)
+def read_exactly(source: ByteSource, size: int) -> bytes:
+    """``size`` bytes of ``source`` (fewer only at its end): a source may return short reads."""
+    parts: list[bytes] = []
+    have = 0
+    while have < size:
+        data = source.read(size - have)
+        if not data:
+            break
+        parts.append(data)
+        have += len(data)
+    return b"".join(parts)
+
+
+class _Prefixed:
+    """``source`` with ``prefix`` (bytes already read from it) in front again: a stream that
+    cannot seek back (a pipe, a download) still reaches the decompressor whole."""
+
+    def __init__(self, prefix: bytes, source: ByteSource) -> None:
+        self._prefix = prefix
+        self._source = source
+
+    def read(self, size: int = -1) -> bytes:
+        if self._prefix:
+            data, self._prefix = self._prefix, b""
+            return data
+        return self._source.read(size)
+
+
+class BundleReader:
+    """One pass over a bundle read from ``source`` (any object with ``read``; never seeked):
+    first the header region (:meth:`head`), then, unless ``head_only``, every payload
+    member (:meth:`scan`). ``name`` says what the bundle is in messages. Use as a context
+    manager; nothing of ``source`` is read before :meth:`head`.
+
+    Reading the head first lets a caller decide from the manifest what to do with the payload
+    (where to extract it, which members to route to its own writers) before a byte of the
+    payload is read, without reading the bundle twice (a pipe or a download cannot be).
+    """
+
+    def __init__(self, source: ByteSource, name: str, *, head_only: bool = False) -> None:
+        self._source = source
+        self.name = name
+        self._head_only = head_only
+        self._stack = ExitStack()
+        self._head: BundleHead | None = None
+        self._pending: TarEntry | None = None  # the entry read after the manifest, not the sig
+        self._peeked = False  # whether _pending holds what followed (False after a signature)
+        self._deferred: IntegrityError | Truncated | None = None  # met while looking for it
+        self._deferred_at = MANIFEST_NAME
+        self._frame_hasher: PipelinedHasher | None = None
+
+    def __enter__(self) -> BundleReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stack.close()
+
+    def _open(self) -> None:
+        magic = read_exactly(self._source, len(ZSTD_MAGIC))
         if magic != ZSTD_MAGIC:
             raise NotABundleError(
-                f"{path} is not a kbundle bundle: {_describe_kind(magic)}", hint=_kind_hint(magic)
+                f"{self.name} is not a kbundle bundle: {_describe_kind(magic)}",
+                hint=_kind_hint(magic),
             )
-        handle.seek(0)
-        tracker = FrameTracker(on_payload)
+        on_payload = None
+        if not self._head_only:
+            self._frame_hasher = self._stack.enter_context(PipelinedHasher())
+            on_payload = self._frame_hasher.update
+        self.tracker = FrameTracker(on_payload)
         decompressor = zstandard.ZstdDecompressor(max_window_size=MAX_WINDOW_SIZE)
         reader = decompressor.stream_reader(
-            cast(BinaryIO, TrackedReader(handle, tracker)),
+            cast(BinaryIO, TrackedReader(_Prefixed(magic, self._source), self.tracker)),
             read_size=CHUNK_SIZE,
             read_across_frames=True,
             closefd=False,
         )
-        bounded = _BoundedStream(reader, MAX_MANIFEST_BYTES + MAX_ARCHIVE_OVERHEAD_PER_MEMBER)
-        yield TarReader(bounded.read_exact), bounded, tracker, handle
+        self._stack.callback(reader.close)
+        self.bounded = _BoundedStream(reader, MAX_MANIFEST_BYTES + MAX_ARCHIVE_OVERHEAD_PER_MEMBER)
+        self.tar = TarReader(self.bounded.read_exact)
+
+    def head(self) -> BundleHead:
+        """The header region: the manifest, parsed, and the signature member when there is
+        one. Reads no payload data (the decompressor reads ahead at most one chunk)."""
+        if self._head is not None:
+            return self._head
+        self._open()
+        head = read_manifest_member(self.tar, self.name)
+        self.bounded.limit = stream_limit(self.bounded.total, head.manifest)
+        try:
+            entry = self.tar.next_entry()
+            if entry is not None and is_signature(entry):
+                self._deferred_at = entry.name
+                head = _with_signature(head, self.tar, entry.size)
+            else:
+                self._pending, self._peeked = entry, True
+        except (Truncated, IntegrityError) as exc:
+            # The head is complete; what broke after it is the payload's problem, reported
+            # by scan() (and by raise_deferred() to a reader of the head alone).
+            self._deferred = exc
+        self._head = head
+        return head
+
+    def payload_offset(self) -> int:
+        """Where the first payload entry (or the end-of-archive marker) starts in the
+        decompressed tar stream."""
+        self.head()
+        if self._deferred is not None:
+            raise self._deferred
+        entry = self._pending if self._peeked else self.tar.next_entry()
+        return entry.offset if entry is not None else self.tar.offset - len(END_OF_ARCHIVE)
+
+    def decompressed(self) -> _BoundedStream:
+        """The decompressed tar stream from its start, for a caller that copies it (the
+        header is not read): bounded only by the most a bundle may hold."""
+        self._open()
+        return self.bounded
+
+    def raise_deferred(self) -> None:
+        """Raise an integrity problem met just after the manifest (a truncation there is not
+        one for a reader of the head alone: the head is complete)."""
+        if isinstance(self._deferred, IntegrityError):
+            raise self._deferred
+
+    def scan(
+        self,
+        *,
+        extract_to: Path | None = None,
+        progress: ProgressCallback | None = None,
+        sinks: Mapping[str, MemberSink] | None = None,
+    ) -> ScanReport:
+        """Read the rest of the bundle, hashing every member (and writing it under
+        ``extract_to``; a member named in ``sinks`` is written through the caller's writer
+        instead of a file).
+
+        Structural problems that make further reading impossible (corrupt compression,
+        truncation) end the scan with one finding; everything else is collected. The caller
+        decides what the findings mean; files under ``extract_to`` are only trustworthy when
+        there are none.
+        """
+        head = self.head()
+        assert self._frame_hasher is not None, "a head_only reader cannot scan"
+        report = ScanReport(head=head)
+        scanner = _MemberScanner(head.manifest, report, extract_to, progress, sinks or {})
+        tar, tracker = self.tar, self.tracker
+        current = self._deferred_at
+        try:
+            if self._deferred is not None:
+                raise self._deferred
+            with PipelinedHasher() as hasher:
+                entry = self._pending if self._peeked else tar.next_entry()
+                while entry is not None:
+                    current = entry.name
+                    scanner.member(tar, entry, hasher)
+                    entry = tar.next_entry()
+            current = "(end of archive)"
+            if self.bounded.drain():
+                report.findings.append(
+                    Finding(
+                        location=current,
+                        problem="data after the end-of-archive marker",
+                        fix=ALTERED_FIX,
+                    )
+                )
+            if not tracker.at_end:
+                raise Truncated()
+            scanner.finish()
+            _check_trailer(tracker, self._frame_hasher.digest(), report)
+        except Truncated:
+            report.findings.append(
+                # Not blamed on ``current``: a compressed block breaks where the file ends,
+                # which may be several members past the last one read whole.
+                Finding(
+                    location="(bundle file)",
+                    problem="truncated: the stream ends before its trailer",
+                    actual=f"{tracker.consumed} bytes read",
+                    fix="the file was cut short; fetch an intact copy",
+                )
+            )
+            scanner.report_unreached()
+        except IntegrityError as exc:
+            report.findings.append(Finding(location=current, problem=exc.message, fix=exc.hint))
+            scanner.report_unreached()
+        return report
 
 
 def _describe_kind(magic: bytes) -> str:
@@ -215,14 +381,14 @@ def _kind_hint(magic: bytes) -> str:
     return "pass a file written by 'kbundle pack'"
 
 
-def read_manifest_member(tar: TarReader, path: Path) -> BundleHead:
+def read_manifest_member(tar: TarReader, name: str) -> BundleHead:
     """Read and parse the first member, which must be the manifest."""
     try:
         entry = tar.next_entry()
         if entry is None or entry.name != MANIFEST_NAME or entry.kind != "file":
             found = "an empty archive" if entry is None else repr(entry.name)
             raise NotABundleError(
-                f"{path} is not a kbundle bundle: its first member is {found}, "
+                f"{name} is not a kbundle bundle: its first member is {found}, "
                 f"not {MANIFEST_NAME!r}",
                 hint="pass a file written by 'kbundle pack'",
             )
@@ -234,23 +400,18 @@ def read_manifest_member(tar: TarReader, path: Path) -> BundleHead:
         manifest_bytes = b"".join(tar.read_data(CHUNK_SIZE))
     except Truncated:
         raise IntegrityError(
-            f"{path} is truncated: it ends inside the manifest, its first member",
+            f"{name} is truncated: it ends inside the manifest, its first member",
             hint="the file was cut short; fetch an intact copy",
         ) from None
     return BundleHead(manifest_bytes, parse_manifest(manifest_bytes), None)
 
 
-def read_head(path: Path) -> BundleHead:
-    """Read only the header region: the manifest and signature (what ``inspect`` needs)."""
-    with open_stream(path) as (tar, bounded, _tracker, _handle):
-        head = read_manifest_member(tar, path)
-        bounded.limit += MAX_SIGNATURE_BYTES + MAX_ARCHIVE_OVERHEAD_PER_MEMBER
-        try:
-            entry = tar.next_entry()
-            if entry is not None and is_signature(entry):
-                return _with_signature(head, tar, entry.size)
-        except Truncated:
-            pass  # the head is complete; a full verify reports the truncation
+def read_head(source: ByteSource, name: str) -> BundleHead:
+    """Read only the header region of the bundle ``source``: the manifest and signature
+    (what ``inspect`` needs); nothing after the first frame is needed."""
+    with BundleReader(source, name, head_only=True) as reader:
+        head = reader.head()
+        reader.raise_deferred()
         return head
 
 
@@ -259,73 +420,16 @@ def is_signature(entry: TarEntry) -> bool:
 
 
 def scan_bundle(
-    path: Path,
+    source: ByteSource,
+    name: str,
     *,
     extract_to: Path | None = None,
     progress: ProgressCallback | None = None,
     sinks: Mapping[str, MemberSink] | None = None,
 ) -> ScanReport:
-    """Read the whole bundle, hashing every member (and writing it under ``extract_to``; a
-    member named in ``sinks`` is written through the caller's writer instead of a file).
-
-    Structural problems that make further reading impossible (corrupt compression, truncation)
-    end the scan with one finding; everything else is collected. The caller decides what the
-    findings mean; files under ``extract_to`` are only trustworthy when there are none.
-    """
-    with (
-        PipelinedHasher() as frame_hasher,
-        open_stream(path, frame_hasher.update) as (
-            tar,
-            bounded,
-            tracker,
-            handle,
-        ),
-    ):
-        head = read_manifest_member(tar, path)
-        manifest = head.manifest
-        bounded.limit = stream_limit(bounded.total, manifest)
-        report = ScanReport(head=head)
-        scanner = _MemberScanner(manifest, report, extract_to, progress, sinks or {})
-        current = MANIFEST_NAME
-        try:
-            with PipelinedHasher() as hasher:
-                first = True
-                while (entry := tar.next_entry()) is not None:
-                    current = entry.name
-                    if first and is_signature(entry):
-                        report.head = _with_signature(head, tar, entry.size)
-                    else:
-                        scanner.member(tar, entry, hasher)
-                    first = False
-            current = "(end of archive)"
-            if bounded.drain():
-                report.findings.append(
-                    Finding(
-                        location=current,
-                        problem="data after the end-of-archive marker",
-                        fix=ALTERED_FIX,
-                    )
-                )
-            if not tracker.at_end:
-                raise Truncated()
-            scanner.finish()
-            _check_trailer(tracker, frame_hasher.digest(), report)
-        except Truncated:
-            report.findings.append(
-                # Not blamed on ``current``: a compressed block breaks where the file ends,
-                # which may be several members past the last one read whole.
-                Finding(
-                    location="(bundle file)",
-                    problem="truncated: the stream ends before its trailer",
-                    actual=f"{handle.tell()} bytes on disk",
-                    fix="the file was cut short; fetch an intact copy",
-                )
-            )
-            scanner.report_unreached()
-        except IntegrityError as exc:
-            report.findings.append(Finding(location=current, problem=exc.message, fix=exc.hint))
-            scanner.report_unreached()
-        return report
+    """Read the whole bundle ``source`` in one pass (:meth:`BundleReader.scan`)."""
+    with BundleReader(source, name) as reader:
+        return reader.scan(extract_to=extract_to, progress=progress, sinks=sinks)
 
 
 def _check_trailer(tracker: FrameTracker, digest: str, report: ScanReport) -> None:

@@ -1,74 +1,85 @@
 """Replacing a bundle's header region: a new signature member beside the same manifest.
 
 The manifest bytes, and so the bundle digest, do not change; the payload frames are copied
-byte for byte when the bundle is in kbundle's own layout. Stable: internal.
+byte for byte when the bundle is in kbundle's own layout. The source is read as a stream
+(kbundle.storage opens it: a file or a download), front to back. Stable: internal.
 """
 
 from __future__ import annotations
 
-import shutil
-from pathlib import Path
-from typing import BinaryIO
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 from kbundle.container.hashing import PipelinedHasher, digest_bytes
 from kbundle.container.limits import CHUNK_SIZE
 from kbundle.container.reader import (
     BundleHead,
+    BundleReader,
+    ByteSource,
     Truncated,
-    is_signature,
-    open_stream,
-    read_manifest_member,
+    read_exactly,
     stream_limit,
 )
-from kbundle.container.tarstream import END_OF_ARCHIVE
 from kbundle.container.writer import (
+    HEADER_PROBE_SIZE,
     TeeSink,
+    Writable,
     header_region,
-    header_region_size,
+    header_region_size_of,
     payload_stream,
 )
 from kbundle.container.zstdframes import trailer_frame
 from kbundle.errors import IntegrityError
 
-__all__ = ["rewrite_header"]
+__all__ = ["SourceOpener", "rewrite_header"]
+
+SourceOpener = Callable[[], AbstractContextManager[ByteSource]]
+"""Opens the bundle being rewritten, from its start, each time it is called."""
 
 
 def rewrite_header(
-    source: Path,
-    out: BinaryIO,
+    open_source: SourceOpener,
+    name: str,
+    out: Writable,
     head: BundleHead,
     signature_bytes: bytes | None,
     *,
     level: int,
     threads: int = 0,
 ) -> bool:
-    """Write the bundle ``source`` to ``out`` with a new header region: ``head``'s manifest
-    bytes (unchanged, so the digest is too) and ``signature_bytes``.
+    """Write the bundle that ``open_source`` opens (``name`` in messages) to ``out`` with a
+    new header region: ``head``'s manifest bytes (unchanged, so the digest is too) and
+    ``signature_bytes``.
 
     Returns True when the payload frames were copied byte for byte, which they are whenever
-    ``source`` is in kbundle's layout (its first frame is exactly the header region for
-    ``head``). A bundle re-compressed by another tool has its payload's tar stream
-    decompressed and compressed again at zstd ``level`` instead. ``source`` must have been
-    verified first: this copies structure, it does not check digests.
+    the source is in kbundle's layout (its first frame is exactly the header region for
+    ``head``): the source is read once. A bundle re-compressed by another tool has its
+    payload's tar stream decompressed and compressed again at zstd ``level`` instead (the
+    source is read twice more). The source must have been verified first: this copies
+    structure, it does not check digests.
     """
-    out.write(header_region(head.manifest_bytes, signature_bytes))
-    with source.open("rb") as handle:
-        size = header_region_size(handle)
-        handle.seek(0)
-        if size is not None and handle.read(size) == header_region(
-            head.manifest_bytes, head.signature
-        ):
-            shutil.copyfileobj(handle, out, CHUNK_SIZE)
+    expected = header_region(head.manifest_bytes, head.signature)
+    with open_source() as source:
+        start = read_exactly(source, HEADER_PROBE_SIZE)
+        size = header_region_size_of(start)
+        if size is not None and start + read_exactly(source, size - len(start)) == expected:
+            out.write(header_region(head.manifest_bytes, signature_bytes))
+            while chunk := source.read(CHUNK_SIZE):
+                out.write(chunk)
             return True
+    out.write(header_region(head.manifest_bytes, signature_bytes))
     # The re-compressed payload is framed exactly as write_bundle frames it, trailer included.
     try:
-        start = _payload_offset(source, head)
+        with open_source() as source, BundleReader(source, name, head_only=True) as reader:
+            start_offset = reader.payload_offset()
         with (
-            open_stream(source) as (_tar, bounded, _tracker, _handle),
+            open_source() as source,
+            BundleReader(source, name, head_only=True) as reader,
             PipelinedHasher() as frame_hasher,
         ):
+            bounded = reader.decompressed()
             bounded.limit = stream_limit(0, head.manifest)
-            bounded.read_exact(start)
+            bounded.read_exact(start_offset)
             stream = payload_stream(TeeSink(out, frame_hasher), level, threads)
             for chunk in bounded.chunks():
                 stream.write(chunk)
@@ -76,18 +87,6 @@ def rewrite_header(
             out.write(trailer_frame(digest_bytes(frame_hasher.digest())))
     except Truncated:
         raise IntegrityError(
-            f"{source} is truncated", hint="the file was cut short; fetch an intact copy"
+            f"{name} is truncated", hint="the file was cut short; fetch an intact copy"
         ) from None
     return False
-
-
-def _payload_offset(source: Path, head: BundleHead) -> int:
-    """Where the first payload entry (or the end-of-archive marker) starts in the tar stream."""
-    with open_stream(source) as (tar, bounded, _tracker, _handle):
-        read_manifest_member(tar, source)
-        bounded.limit = stream_limit(bounded.total, head.manifest)
-        entry = tar.next_entry()
-        if entry is not None and is_signature(entry):
-            tar.skip()
-            entry = tar.next_entry()
-        return entry.offset if entry is not None else tar.offset - len(END_OF_ARCHIVE)

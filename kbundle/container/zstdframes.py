@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from typing import BinaryIO
+from typing import BinaryIO, Protocol
 
 from kbundle.container.limits import MAX_WINDOW_SIZE
 from kbundle.errors import IntegrityError, LimitExceededError
@@ -348,10 +348,14 @@ class FrameTracker:
                 self._state = "frame"
 
 
+class _Readable(Protocol):
+    def read(self, size: int = -1, /) -> bytes: ...
+
+
 class TrackedReader:
     """A binary reader that passes every byte it reads through a :class:`FrameTracker`."""
 
-    def __init__(self, source: BinaryIO, tracker: FrameTracker) -> None:
+    def __init__(self, source: _Readable, tracker: FrameTracker) -> None:
         self._source = source
         self.tracker = tracker
 

@@ -36,6 +36,10 @@ __all__ = ["KERAS2_ONLY_CLASSES", "main"]
 BUNDLED_CODE_NEEDS_TRUST = (
     "the model needs the code the bundle carries ({}), and doctor runs it only when trusted"
 )
+BUNDLED_CODE_NEEDS_FILE = (
+    "the model needs the code the bundle carries ({}), which doctor loads from a bundle file "
+    "only: download the bundle and run 'kbundle doctor' on the file"
+)
 SAVEDMODEL_NEEDS_TRUST = (
     "loading a SavedModel runs its graph (functions and resource initialisers can read and "
     "write files), and doctor runs it only when trusted"
@@ -140,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if carried and trust != "trusted":
         _emit(out, stage="load", skipped=BUNDLED_CODE_NEEDS_TRUST.format(carried))
+        return 0
+    if carried and bundle == "-":  # read from a URL or standard input: no file to load
+        _emit(out, stage="load", skipped=BUNDLED_CODE_NEEDS_FILE.format(carried))
         return 0
     _emit(out, stage="load", started=True)
     try:

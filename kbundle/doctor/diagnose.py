@@ -31,6 +31,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,7 @@ from kbundle.models.formats import (
     saved_model_file,
 )
 from kbundle.models.protowire import WireError
+from kbundle.storage.locations import Location, parse_location
 
 __all__ = [
     "DEFAULT_TIMEOUT",
@@ -241,23 +243,31 @@ class Diagnosis:
 
 
 def diagnose(
-    path: str | os.PathLike[str], *, timeout: float = DEFAULT_TIMEOUT, trust_code: bool = False
+    path: str | os.PathLike[str],
+    *,
+    timeout: float = DEFAULT_TIMEOUT,
+    trust_code: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> Diagnosis:
     """Diagnose a model file or directory (``.keras``, ``.h5``, SavedModel) or a bundle.
 
-    Raises :class:`UsageError` only when ``path`` is missing or is no kind of model at all;
-    every problem with a model is a finding in the returned :class:`Diagnosis`. Loading a
-    SavedModel runs its graph, so it is loaded only with ``trust_code``; otherwise the load
-    is skipped and the diagnosis says that it needs trust (its ``error()`` is an
-    :class:`UntrustedCodeError`).
+    A bundle may also be a URL (``storage_options`` go to its filesystem) or ``"-"`` for
+    standard input (docs/storage.md). Raises :class:`UsageError` only when ``path`` is
+    missing or is no kind of model at all; every problem with a model is a finding in the
+    returned :class:`Diagnosis`. Loading a SavedModel runs its graph, so it is loaded only
+    with ``trust_code``; otherwise the load is skipped and the diagnosis says that it needs
+    trust (its ``error()`` is an :class:`UntrustedCodeError`).
     """
-    target = Path(path)
+    location = parse_location(path, storage_options)
+    if location.path is None:  # only a bundle comes from a URL or standard input
+        return _diagnose_bundle(location, timeout, trust_code)
+    target = location.path
     if not target.exists():
         raise UsageError(f"{target} does not exist", hint="check the path")
     if target.is_file():
         with target.open("rb") as handle:
             if handle.read(4) == ZSTD_MAGIC:
-                return _diagnose_bundle(target, timeout, trust_code)
+                return _diagnose_bundle(location, timeout, trust_code)
     from kbundle.env.capture import capture_environment
 
     return _diagnose_model(
@@ -293,21 +303,26 @@ def _format_of(path: Path) -> str:
         raise
 
 
-def _diagnose_bundle(path: Path, timeout: float, trusted: bool) -> Diagnosis:
+def _diagnose_bundle(location: Location, timeout: float, trusted: bool) -> Diagnosis:
     from kbundle.env.capture import capture_environment
     from kbundle.env.rules import compare_environments
     from kbundle.pipelines.load import unpack
 
     current = capture_environment()
+    shown = location.display
+    source = location.path if location.path is not None else location.url or "-"
     with tempfile.TemporaryDirectory(prefix="kbundle-doctor-") as private:
         try:
-            result = unpack(path, Path(private) / "bundle", load_model=False)
+            result = unpack(
+                source, Path(private) / "bundle", load_model=False, storage_options=location.options
+            )
         except IntegrityError as exc:
+            name = location.path.name if location.path is not None else shown
             problems = list(exc.findings) or [
-                Finding(location=path.name, problem=exc.message, fix=exc.hint)
+                Finding(location=name, problem=exc.message, fix=exc.hint)
             ]
             return Diagnosis(
-                path=str(path),
+                path=shown,
                 kind="bundle",
                 format=None,
                 findings={"corruption": problems},
@@ -321,12 +336,12 @@ def _diagnose_bundle(path: Path, timeout: float, trusted: bool) -> Diagnosis:
             result.model_path,
             manifest.model.format,
             label=manifest.model.path,
-            shown=str(path),
+            shown=shown,
             current=current,
             timeout=timeout,
             custom_objects=manifest.custom_objects,
             trusted=trusted,
-            bundle=path,
+            bundle=location.path,
         )
     recorded = [
         Finding(
@@ -336,7 +351,7 @@ def _diagnose_bundle(path: Path, timeout: float, trusted: bool) -> Diagnosis:
             expected=f.expected,
             actual=f.actual,
             why=f.why,
-            fix=f.fix or EXPORT_FIX.replace("BUNDLE", str(path)),
+            fix=f.fix or EXPORT_FIX.replace("BUNDLE", shown),
         )
         for f in compare_environments(manifest.environment, current)
         if f.severity > Severity.OK  # a field that is the same is no finding
@@ -370,7 +385,8 @@ def _diagnose_model(
     carried = ", ".join(
         f"{o.name}: {o.transport}" for o in custom_objects or [] if o.transport in CARRIED
     )
-    carrying = (bundle.resolve(), carried) if carried and bundle is not None else None
+    # A bundle not in a file (a URL, standard input) is named "-": its code cannot be loaded.
+    carrying = (str(bundle.resolve()) if bundle else "-", carried) if carried else None
     child = _run_child(path, fmt, label, timeout, trusted, carrying)
     findings: dict[str, list[Finding]] = {name: [] for name in FAILURE_CLASSES}
     findings["corruption"] += [
@@ -464,7 +480,7 @@ def _run_child(
     label: str,
     timeout: float,
     trusted: bool,
-    carrying: tuple[Path, str] | None = None,
+    carrying: tuple[str, str] | None = None,
 ) -> _ChildResult:
     """Run the child on ``path``; ``carrying`` is the bundle whose code the model needs, and
     what it carries (loaded through the bundle, its code included, only when trusted)."""
@@ -483,7 +499,7 @@ def _run_child(
     command = [
         *(sys.executable, "-I", "-c", bootstrap, package_root),
         *(fmt, str(path.resolve()), label, trust),
-        *((str(carrying[0]), carrying[1]) if carrying else ()),
+        *(carrying or ()),
     ]
     try:
         with tempfile.TemporaryDirectory(prefix="kbundle-doctor-") as empty:

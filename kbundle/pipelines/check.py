@@ -10,8 +10,10 @@ import os
 from collections.abc import Iterable
 
 from kbundle.container.manifest import Environment, Manifest
-from kbundle.container.reader import read_head
 from kbundle.env.rules import CompatReport, Policy, check_manifest, resolve_policy
+from kbundle.pipelines.verify import StorageOptions, read_bundle_head
+from kbundle.pipelines.verify import verify as verify_bundle
+from kbundle.storage.locations import parse_location
 
 __all__ = ["check", "environment_gate"]
 
@@ -23,18 +25,16 @@ def check(
     severity: Iterable[str] = (),
     current: Environment | None = None,
     verify: bool = False,
+    storage_options: StorageOptions | None = None,
 ) -> CompatReport:
-    """Compare ``bundle``'s recorded environment with this one. Reads only the manifest, so
-    it says nothing about whether the bundle is intact, unless ``verify``: then every byte is
-    verified first (:func:`~kbundle.verify`; an :class:`IntegrityError` on damage)."""
-    from pathlib import Path
-
+    """Compare ``bundle``'s recorded environment with this one. Reads only the manifest (of a
+    URL, only the first frame; ``storage_options`` go to its filesystem), so it says nothing
+    about whether the bundle is intact, unless ``verify``: then every byte is verified first
+    (:func:`~kbundle.verify`; an :class:`IntegrityError` on damage)."""
     if verify:
-        from kbundle.pipelines.verify import verify as verify_bundle
-
-        manifest = verify_bundle(bundle).head.manifest
+        manifest = verify_bundle(bundle, storage_options=storage_options).head.manifest
     else:
-        manifest = read_head(Path(bundle)).manifest
+        manifest = read_bundle_head(parse_location(bundle, storage_options)).manifest
     return check_manifest(manifest, policy=resolve_policy(policy, severity), current=current)
 
 

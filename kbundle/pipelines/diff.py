@@ -30,12 +30,14 @@ from pathlib import Path
 from typing import Any
 
 from kbundle.container.manifest import CustomObject, Manifest, Member
-from kbundle.container.reader import BundleHead, read_head
+from kbundle.container.reader import BundleHead
 from kbundle.env.rules import compare_environments, resolve_policy
 from kbundle.env.rules.policy import Policy
 from kbundle.errors import ModelFileError
 from kbundle.findings import Severity
+from kbundle.pipelines.verify import StorageOptions, read_bundle_head, reading, verified_scan
 from kbundle.signing.signatures import SignaturePolicy
+from kbundle.storage.locations import parse_location
 from kbundle.storage.mlflow_artifacts import local_bundle
 
 __all__ = ["SECTIONS", "BundleDiff", "Change", "diff"]
@@ -151,8 +153,10 @@ def diff(
     deep: bool = True,
     policy: str | None = None,
     severity: Iterable[str] = (),
+    storage_options: StorageOptions | None = None,
 ) -> BundleDiff:
-    """Compare two bundles (paths, or MLflow URIs as :func:`kbundle.load` takes them).
+    """Compare two bundles (paths, URLs or MLflow URIs as :func:`kbundle.load` takes them;
+    ``storage_options`` go to a URL's filesystem).
 
     Both are verified first (an intact bundle is required: :class:`~kbundle.IntegrityError`
     otherwise); ``deep=False`` reads only the two manifests. The environment is compared by
@@ -160,19 +164,23 @@ def diff(
     ``before`` as recorded and ``after`` as current.
     """
     chosen = resolve_policy(policy, severity)
-    with local_bundle(before) as before_path, local_bundle(after) as after_path:
+    with local_bundle(before) as before_given, local_bundle(after) as after_given:
+        locations = [
+            parse_location(given, storage_options) for given in (before_given, after_given)
+        ]
         if not deep:
-            pair = read_head(before_path), read_head(after_path)
+            pair = read_bundle_head(locations[0]), read_bundle_head(locations[1])
             return _Comparison(pair, None, chosen).result(str(before), str(after), False)
         with tempfile.TemporaryDirectory(prefix="kbundle-diff-") as private:
-            from kbundle.pipelines.verify import verified_scan
-
             directories = Path(private) / "before", Path(private) / "after"
             heads: list[BundleHead] = []
-            for path, directory in zip((before_path, after_path), directories, strict=True):
+            for location, directory in zip(locations, directories, strict=True):
                 directory.mkdir()
                 unsigned_ok = SignaturePolicy.create(None, False)
-                report = verified_scan(path, expect=None, policy=unsigned_ok, extract_to=directory)
+                with reading(location, None) as opened:
+                    report = verified_scan(
+                        opened, expect=None, policy=unsigned_ok, extract_to=directory
+                    )
                 heads.append(report.head)
             comparison = _Comparison((heads[0], heads[1]), directories, chosen)
             return comparison.result(str(before), str(after), True)

@@ -23,7 +23,6 @@ from typing import Any
 
 from kbundle.code.gate import ImportGate
 from kbundle.container.manifest import Manifest, ModelInfo
-from kbundle.container.reader import read_head
 from kbundle.env.rules import CompatReport, Policy, resolve_policy
 from kbundle.errors import (
     EnvironmentMismatchError,
@@ -37,9 +36,18 @@ from kbundle.models.checks import require_sound_model, unzip_sound_keras
 from kbundle.models.formats import keras_major
 from kbundle.models.zipsplit import ZipSplit
 from kbundle.pipelines.check import environment_gate
-from kbundle.pipelines.verify import ProgressCallback, VerifyReport, check_expected, verified_scan
+from kbundle.pipelines.verify import (
+    OpenBundle,
+    ProgressCallback,
+    StorageOptions,
+    VerifyReport,
+    check_expected,
+    reading,
+    verified_scan,
+)
 from kbundle.signing.signatures import SignaturePolicy, TrustedKeys
 from kbundle.storage.atomic import atomic_directory
+from kbundle.storage.locations import parse_location
 from kbundle.storage.mlflow_artifacts import local_bundle
 
 __all__ = ["LoadOptions", "UnpackResult", "load", "unpack"]
@@ -401,8 +409,13 @@ def unpack(
     env_policy: str | None = None,
     env_severity: Iterable[str] = (),
     probe: bool = True,
+    storage_options: StorageOptions | None = None,
 ) -> UnpackResult:
     """Verify ``bundle`` while extracting it; ``destination`` appears only if all is intact.
+
+    ``bundle`` is a path, a URL of any fsspec filesystem (``storage_options`` go to it) or
+    ``"-"`` for standard input: it is read once, and what is verified is what is extracted
+    (``expect`` proves the bytes actually read).
 
     The destination holds ``kbundle.json`` and the payload (``model/...``). An existing
     destination is replaced only with ``force``, and only when it is an earlier unpack's
@@ -429,18 +442,18 @@ def unpack(
             probe=probe,
         ),
     )
-    path = Path(bundle)
+    location = parse_location(bundle, storage_options)
     check_expected(expect)
     policy = SignaturePolicy.create(trusted_keys, require_signature)
-    read_head(path)  # a bad bundle fails before any directory is made
-    with atomic_directory(Path(destination), force=force, inputs=(path,)) as staging:
-        report = verified_scan(
-            path, expect=expect, policy=policy, progress=progress, extract_to=staging
-        )
-        if load_model:
-            model, compat = _load_verified(staging, report, chosen, str(path), phase=phase)
-        else:  # nothing runs here, so differences are reported but refuse nothing
-            model, compat = None, environment_gate(report.head.manifest, chosen.env_policy)
+    inputs = (location.path,) if location.path is not None else ()
+    with reading(location, progress) as opened:
+        opened.reader.head()  # a bad bundle fails before any directory is made
+        with atomic_directory(Path(destination), force=force, inputs=inputs) as staging:
+            report = verified_scan(opened, expect=expect, policy=policy, extract_to=staging)
+            if load_model:
+                model, compat = _load_verified(staging, report, chosen, opened.name, phase=phase)
+            else:  # nothing runs here, so differences are reported but refuse nothing
+                model, compat = None, environment_gate(report.head.manifest, chosen.env_policy)
     return UnpackResult(Path(destination), report, model, list(compat.findings))
 
 
@@ -486,12 +499,16 @@ def load(
     env_policy: str | None = None,
     env_severity: Iterable[str] = (),
     probe: bool = True,
+    storage_options: StorageOptions | None = None,
 ) -> Any:
     """Verify the bundle into a private temporary directory and load the model from there.
 
-    ``bundle`` is a path, or an MLflow artifact URI (``runs:/RUN_ID/PATH/m.kbundle``,
-    ``models:/NAME/VERSION``; needs ``kbundle[mlflow]``), downloaded into a private temporary
-    directory first (docs/mlflow.md). :func:`kbundle.open` also gives the bundle's assets.
+    ``bundle`` is a path, a URL of any fsspec filesystem (``storage_options`` go to it),
+    ``"-"`` for standard input, or an MLflow artifact URI (``runs:/RUN_ID/PATH/m.kbundle``,
+    ``models:/NAME/VERSION``; needs ``kbundle[mlflow]``; downloaded into a private temporary
+    directory first, docs/mlflow.md). It is read once, and the model is loaded from the files
+    that read verified, so an object replaced after an earlier ``verify`` is verified anew
+    (pin it with ``expect``). :func:`kbundle.open` also gives the bundle's assets.
 
     Returns a ``keras.Model`` for ``.keras`` and ``.h5`` models (a ``tf_keras`` model for a
     Keras 2 file only tf-keras can read) and a ``keras.layers.TFSMLayer`` for a SavedModel
@@ -524,51 +541,46 @@ def load(
     )
     check_expected(expect)
     policy = SignaturePolicy.create(trusted_keys, require_signature)
-    with local_bundle(bundle) as path:
-        scratch = _load_scratch(read_head(path).manifest.payload_size)
+    with (
+        local_bundle(bundle) as given,
+        reading(parse_location(given, storage_options), progress) as opened,
+    ):
+        scratch = _load_scratch(opened.reader.head().manifest.payload_size)
         with tempfile.TemporaryDirectory(prefix="kbundle-load-", dir=scratch) as private:
             model, _, compat = load_into(
-                Path(private),
-                path,
-                chosen,
-                expect=expect,
-                policy=policy,
-                progress=progress,
-                phase=phase,
+                Path(private), opened, chosen, expect=expect, policy=policy, phase=phase
             )
-    compat.warn_once(str(bundle))
+    compat.warn_once(opened.name)
     return model
 
 
 def load_into(
     private: Path,
-    path: Path,
+    opened: OpenBundle,
     options: LoadOptions,
     *,
     expect: str | None,
     policy: SignaturePolicy,
-    progress: ProgressCallback | None,
     load_model: bool = True,
     phase: Callable[[str], None] | None = None,
 ) -> tuple[Any, VerifyReport, CompatReport]:
-    """Verify ``path`` into ``private/bundle`` (a fresh directory only this load uses) and
+    """Verify ``opened`` into ``private/bundle`` (a fresh directory only this load uses) and
     load the model from there (unless not ``load_model``): the model (None when not loaded),
     the verification report and every environment finding."""
     files = private / "bundle"
     files.mkdir()
-    manifest = read_head(path).manifest
+    manifest = opened.reader.head().manifest
     split = _zip_split(manifest.model, private / "keras_model") if load_model else None
     report = verified_scan(
-        path,
+        opened,
         expect=expect,
         policy=policy,
-        progress=progress,
         extract_to=files,
         sinks={split.member: split.writer} if split else None,
     )
     if not load_model:  # nothing runs, so differences are reported but refuse nothing
         return None, report, environment_gate(report.head.manifest, options.env_policy)
     model, compat = _load_verified(
-        files, report, options, str(path), private=True, split=split, phase=phase
+        files, report, options, opened.name, private=True, split=split, phase=phase
     )
     return model, report, compat

@@ -23,8 +23,15 @@ from typing import Any
 from kbundle.container.manifest import Manifest, Metadata
 from kbundle.findings import Finding
 from kbundle.pipelines.load import LoadOptions, chosen_options, load_into
-from kbundle.pipelines.verify import ProgressCallback, VerifyReport, check_expected
+from kbundle.pipelines.verify import (
+    ProgressCallback,
+    StorageOptions,
+    VerifyReport,
+    check_expected,
+    reading,
+)
 from kbundle.signing.signatures import SignaturePolicy, TrustedKeys
+from kbundle.storage.locations import parse_location
 from kbundle.storage.mlflow_artifacts import local_bundle
 
 __all__ = ["OpenedBundle", "open"]
@@ -115,12 +122,13 @@ def open(  # the public name kbundle.open, as io.open
     env_policy: str | None = None,
     env_severity: Iterable[str] = (),
     probe: bool = True,
+    storage_options: StorageOptions | None = None,
 ) -> OpenedBundle:
     """Verify ``bundle`` into a private directory that stays until the result is closed, and
     load its model from there (unless ``load_model=False``).
 
     Takes every argument :func:`kbundle.load` takes (the same trust, environment and probe
-    decisions; ``bundle`` may be an MLflow URI); returns an :class:`OpenedBundle` with the
+    decisions; ``bundle`` may be a URL or an MLflow URI); returns an :class:`OpenedBundle` with the
     ``model``, the ``assets`` (name -> verified path), the ``manifest`` and its ``metadata``::
 
         with kbundle.open("model.kbundle") as opened:
@@ -149,15 +157,12 @@ def open(  # the public name kbundle.open, as io.open
     holder = tempfile.TemporaryDirectory(prefix="kbundle-open-")
     try:
         private = Path(holder.name)
-        with local_bundle(bundle) as path:
+        with (
+            local_bundle(bundle) as given,
+            reading(parse_location(given, storage_options), progress) as opened,
+        ):
             model, report, compat = load_into(
-                private,
-                path,
-                chosen,
-                expect=expect,
-                policy=policy,
-                progress=progress,
-                load_model=load_model,
+                private, opened, chosen, expect=expect, policy=policy, load_model=load_model
             )
         # The model's large members, split out for Keras while loading: read by now.
         shutil.rmtree(private / "keras_model", ignore_errors=True)

@@ -33,7 +33,14 @@ from kbundle.container.manifest import (
 )
 from kbundle.container.names import collision_key, name_problem
 from kbundle.container.signature_member import signature_member_size
-from kbundle.container.writer import DEFAULT_LEVEL, PayloadFile, ProgressCallback, write_bundle
+from kbundle.container.writer import (
+    DEFAULT_LEVEL,
+    BundleOutput,
+    PayloadFile,
+    ProgressCallback,
+    hash_payload,
+    write_bundle,
+)
 from kbundle.env.capture import capture_environment
 from kbundle.env.rules.tensorflow import shadowing
 from kbundle.errors import PackError, UsageError
@@ -46,7 +53,8 @@ from kbundle.models.formats import (
 )
 from kbundle.signing.keys import SigningKey
 from kbundle.signing.signatures import manifest_signer
-from kbundle.storage.atomic import atomic_file, check_destination
+from kbundle.storage.locations import Location, parse_location
+from kbundle.storage.outputs import check_output, open_output
 
 __all__ = ["DEFAULT_LEVEL", "PackResult", "SavedLiveModel", "pack", "save_live_model"]
 
@@ -55,9 +63,10 @@ MAX_LEVEL = 22
 
 @dataclass(frozen=True, slots=True)
 class PackResult:
-    """What pack wrote: where, the bundle digest (``sha256:`` of the manifest), the manifest."""
+    """What pack wrote: where (a local path; a URL, without credentials; ``"-"``), the
+    bundle digest (``sha256:`` of the manifest), the manifest."""
 
-    path: Path
+    path: Path | str
     digest: str
     manifest: Manifest
     size: int
@@ -389,8 +398,10 @@ def pack(
     labels: Mapping[str, str] | None = None,
     provenance: bool = True,
     record_hostname: bool = False,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> PackResult:
-    """Pack ``model`` into the bundle ``output``.
+    """Pack ``model`` into the bundle ``output``: a path, a URL of any fsspec filesystem
+    (``storage_options`` go to it) or ``"-"`` for standard output (docs/storage.md).
 
     ``probe`` stores a deterministic input and the model's output on it (``None``: whenever
     the input signature is known; packing a file then loads it with Keras, which imports
@@ -421,11 +432,14 @@ def pack(
     words naming each step before it that may take a while (loading the model to probe it,
     say). ``signing_key`` (from
     :func:`kbundle.signing.keys.load_signing_key`) signs the manifest in the same pass. Nothing is
-    left at ``output`` unless pack succeeds.
+    left at ``output`` unless pack succeeds: a file is renamed into place, an upload is
+    completed, only then (an ``s3://`` bundle is uploaded while it is packed, with no local
+    copy; standard output and other stores are written after a first pass that hashes the
+    model files).
     """
-    output_path = Path(output)
-    inputs = (Path(model),) if isinstance(model, str | os.PathLike) else ()
-    check_destination(output_path, force=force, what="bundle", inputs=inputs)
+    target = parse_location(output, storage_options)
+    inputs = (Location(path=Path(model)),) if isinstance(model, str | os.PathLike) else ()
+    check_output(target, force=force, inputs=inputs)
     compression = _parse_level(level)
     announce = phase or (lambda _text: None)
     from kbundle.models import keras_io
@@ -509,9 +523,16 @@ def pack(
                 progress(done, total)
 
         reporter: ProgressCallback | None = advance if progress else None
-        with atomic_file(output_path, force=force) as handle:
+        with open_output(target, force=force) as out:
+            digests = None
+            if isinstance(out, BundleOutput) and not out.header_last:
+                # Written in order: the digests first (and a damaged model refused before a
+                # byte is written), then the bundle in one stream.
+                digests = hash_payload(payload)
+                if crc_watch:
+                    crc_watch.require()
             manifest_bytes = write_bundle(
-                handle,
+                out,
                 payload,
                 make_manifest,
                 level=compression,
@@ -520,8 +541,9 @@ def pack(
                 progress=reporter,
                 sign=manifest_signer(signing_key) if signing_key else None,
                 signature_size=signature_member_size(1) if signing_key else 0,
+                digests=digests,
             )
-            size = handle.seek(0, os.SEEK_END)
+            size = out.size if isinstance(out, BundleOutput) else out.seek(0, os.SEEK_END)
             # Inside the block: a damaged model or a manifest that breaks a format rule
             # leaves no bundle behind.
             if crc_watch:
@@ -529,5 +551,5 @@ def pack(
             manifest = parse_manifest(manifest_bytes)
     signers = (signing_key.key_id,) if signing_key else ()
     return PackResult(
-        output_path, bundle_digest(manifest_bytes), manifest, size, added.notes, signers
+        target.reported, bundle_digest(manifest_bytes), manifest, size, added.notes, signers
     )

@@ -35,10 +35,14 @@ from typing import Any
 
 from kbundle._version import __version__
 from kbundle.container.manifest import Manifest
+from kbundle.container.reader import BundleHead
+from kbundle.container.writer import header_region
 from kbundle.env.requirement_lines import CheckedRequirements, check_requirements
 from kbundle.env.tools import absolute_if_path, last_line, run_tool
 from kbundle.errors import EnvironmentMismatchError, UsageError
 from kbundle.findings import Finding, Severity
+from kbundle.pipelines.verify import StorageOptions
+from kbundle.storage.locations import Location, parse_location
 
 __all__ = [
     "CreatedEnvironment",
@@ -56,19 +60,20 @@ CHECK_TIMEOUT_SECONDS = 300
 INTERPRETER_TIMEOUT_SECONDS = 60
 
 
-def _verified_env_files(bundle: Path, scratch: Path) -> tuple[Manifest, Path]:
-    """Verify ``bundle`` into ``scratch`` and return its manifest and the extracted root."""
+def _verified_env_files(bundle: Location, scratch: Path) -> tuple[BundleHead, Path]:
+    """Verify ``bundle`` into ``scratch`` and return its head and the extracted root."""
     from kbundle.pipelines.load import unpack
 
-    result = unpack(bundle, scratch / "bundle")
-    manifest = result.report.head.manifest
-    if manifest.requirements is None:
+    source = bundle.path if bundle.path is not None else bundle.url or "-"
+    result = unpack(source, scratch / "bundle", storage_options=bundle.options)
+    head = result.report.head
+    if head.manifest.requirements is None:
         raise UsageError(
             f"{bundle} records no requirements (it was packed by a kbundle without "
             "env/requirements.txt)",
             hint="'kbundle inspect' shows the recorded versions; install them by hand",
         )
-    return manifest, result.path
+    return head, result.path
 
 
 def _checked_requirements(
@@ -84,7 +89,11 @@ def _checked_requirements(
 
 
 def export_requirements(
-    bundle: str | os.PathLike[str], *, hashed: bool | None = None, trust_code: bool = False
+    bundle: str | os.PathLike[str],
+    *,
+    hashed: bool | None = None,
+    trust_code: bool = False,
+    storage_options: StorageOptions | None = None,
 ) -> tuple[str, bool]:
     """The bundle's requirements text and whether it carries hashes.
 
@@ -92,10 +101,12 @@ def export_requirements(
     ``True`` insists on the lock (a usage error when there is none); ``False`` gives the pins.
     The text is returned only if every line passes
     :func:`~kbundle.env.requirement_lines.check_requirements` (``trust_code`` lets https
-    sources through).
+    sources through). ``bundle`` may be a URL (``storage_options`` go to its filesystem) or
+    ``"-"`` for standard input.
     """
     with tempfile.TemporaryDirectory(prefix="kbundle-env-") as scratch:
-        manifest, root = _verified_env_files(Path(bundle), Path(scratch))
+        head, root = _verified_env_files(parse_location(bundle, storage_options), Path(scratch))
+        manifest = head.manifest
         requirements = manifest.requirements
         assert requirements is not None
         has_lock = bool(requirements.lock and requirements.lock_hashed)
@@ -210,6 +221,7 @@ def create_environment(
     kbundle_spec: str | None = None,
     trust_code: bool = False,
     step: Callable[[str], None] | None = None,
+    storage_options: StorageOptions | None = None,
 ) -> CreatedEnvironment:
     """Build a virtual environment at ``directory`` that reproduces ``bundle``'s environment.
 
@@ -219,9 +231,11 @@ def create_environment(
     ``directory`` behind. ``step`` is called with a short description before each stage. If
     anything fails before the final check, ``directory`` is removed again; if the final check
     finds errors the environment is kept for inspection and
-    :class:`EnvironmentMismatchError` is raised.
+    :class:`EnvironmentMismatchError` is raised. ``bundle`` may be a URL (``storage_options``
+    go to its filesystem) or ``"-"`` for standard input; the final check then reads a copy of
+    its header region, all that ``kbundle check`` reads.
     """
-    bundle_path, target = Path(bundle).resolve(), Path(directory)
+    location, target = parse_location(bundle, storage_options), Path(directory)
     if target.exists() and (not target.is_dir() or any(target.iterdir())):
         raise UsageError(
             f"{target} already exists and is not empty",
@@ -229,7 +243,8 @@ def create_environment(
         )
     announce = step or (lambda _text: None)
     with tempfile.TemporaryDirectory(prefix="kbundle-env-") as scratch:
-        manifest, root = _verified_env_files(bundle_path, Path(scratch))
+        head, root = _verified_env_files(location, Path(scratch))
+        manifest = head.manifest
         requirements = manifest.requirements
         assert requirements is not None
         hashed = bool(requirements.lock and requirements.lock_hashed)
@@ -278,16 +293,29 @@ def create_environment(
             raise
     backend = manifest.environment.keras.backend if manifest.environment.keras else None
     announce("checking the new environment against the bundle")
-    findings = _check_inside(venv_python, bundle_path, backend)
+    with tempfile.TemporaryDirectory(prefix="kbundle-env-") as scratch:
+        checked_bundle = _local_head(location, head, Path(scratch))
+        findings = _check_inside(venv_python, checked_bundle, backend)
     result = CreatedEnvironment(target, minor, hashed, backend, findings)
     problems = [f for f in findings if f.severity >= Severity.WARN]
     if problems:
         raise EnvironmentMismatchError.from_findings(
             problems,
             f"the new environment in {target} does not match the bundle: {problems[0].describe()}",
-            hint=f"inspect it with '{venv_python} -m kbundle check {bundle_path}'",
+            hint=f"inspect it with '{venv_python} -m kbundle check {location}'",
         )
     return result
+
+
+def _local_head(location: Location, head: BundleHead, scratch: Path) -> Path:
+    """A local file ``kbundle check`` can read for ``location``: the bundle itself, or a
+    copy of its header region (a URL needs credentials and packages the new environment
+    may lack; standard input is read already). ``check`` reads nothing after the head."""
+    if location.path is not None:
+        return location.path.resolve()
+    copy = scratch / "head.kbundle"
+    copy.write_bytes(header_region(head.manifest_bytes, head.signature))
+    return copy
 
 
 def _check_inside(venv_python: str, bundle: Path, backend: str | None) -> tuple[Finding, ...]:

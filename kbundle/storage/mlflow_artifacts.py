@@ -46,11 +46,11 @@ def import_mlflow() -> Any:
 
 
 @contextmanager
-def local_bundle(bundle: str | os.PathLike[str]) -> Iterator[Path]:
-    """``bundle`` as a local path: itself, or an MLflow URI's artifact downloaded into a
-    private temporary directory that is removed after the block."""
+def local_bundle(bundle: str | os.PathLike[str]) -> Iterator[str | os.PathLike[str]]:
+    """``bundle`` itself, or for an MLflow URI its artifact downloaded into a private
+    temporary directory that is removed after the block."""
     if not is_mlflow_uri(bundle):
-        yield Path(bundle)
+        yield bundle
         return
     with tempfile.TemporaryDirectory(prefix="kbundle-mlflow-") as private:
         yield download_bundle(str(bundle), Path(private))

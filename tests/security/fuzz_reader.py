@@ -64,7 +64,6 @@ from kbundle.container.manifest import (
     SourceFile,
     serialize_manifest,
 )
-from kbundle.container.reader import read_head
 from kbundle.container.writer import PayloadFile, header_region, header_region_size, write_bundle
 from kbundle.container.zstdframes import TRAILER_SIZE, trailer_frame
 from kbundle.errors import KbundleError
@@ -208,7 +207,7 @@ def _unpacked(root: Path) -> dict[str, bytes | None]:
 
 def _layers(name: str, path: Path, files: dict[str, bytes | None]) -> Seed:
     data = path.read_bytes()
-    head = read_head(path)
+    head = kbundle.inspect(path)
     with path.open("rb") as handle:
         start = header_region_size(handle)
     assert start is not None

@@ -304,8 +304,8 @@ def test_row07_zstd_bomb_stops_at_the_declared_total(
     frame = _rle_bomb_frame(tar_entry(Entry(MODEL_PATH, size=gib)), gib)
     bundle = tmp_path / "bomb.kbundle"
     bundle.write_bytes(assemble(manifest, frame))
-    # 32 KiB of RLE blocks and the manifest, which lists every installed distribution.
-    assert bundle.stat().st_size < 64_000
+    # The bomb itself; the manifest beside it grows with the distributions installed here.
+    assert len(frame) < 40_000
 
     error = _unpack_refused(bundle, tmp_path / "out")
 
