@@ -192,11 +192,15 @@ def test_every_byte_flip_is_caught(
     bundle: Path, tmp_path: Path, payload_files: list[PayloadFile]
 ) -> None:
     """No flipped byte verifies. In the stored bundle every byte outside member contents is
-    flipped (headers, padding, frames, manifest, trailer), and every 61st inside them (a flip
-    there is a digest mismatch, see the next test); in the compressed one every 5th byte."""
+    flipped (headers, padding, frames, trailer), and every 61st inside them and inside the
+    manifest (a flip in a member is a digest mismatch, see the next test; in the manifest, a
+    mismatch of its frame's checksum, whichever byte it is); in the compressed one every 5th
+    byte."""
     data = bundle.read_bytes()
     if "None" in bundle.name:
-        contents = _content_ranges(data, payload_files)
+        manifest = kbundle.inspect(bundle).manifest_bytes
+        start = data.index(manifest)
+        contents = [*_content_ranges(data, payload_files), range(start, start + len(manifest))]
         offsets = [o for o in range(len(data)) if not any(o in r for r in contents) or o % 61 == 0]
     else:
         offsets = list(range(0, len(data), 5))
@@ -282,7 +286,7 @@ def test_a_truncated_bundle_is_blamed_on_the_file_not_on_a_member(
     assert_clean_failure(late, 1)
     assert late.stderr.startswith(
         f"kbundle: error: {broken} failed verification: (bundle file): truncated: the stream "
-        f"ends before its trailer (found {len(data) - 100} bytes on disk)"
+        f"ends before its trailer (found {len(data) - 100} bytes read)"
     )
     assert "kbundle.json" not in early.stderr + late.stderr
 
