@@ -30,6 +30,7 @@ __all__ = [
     "native_logs",
     "save_model",
     "tensor_specs",
+    "weight_bytes",
 ]
 
 
@@ -163,6 +164,20 @@ def input_structure(model: Any) -> Any:
         )
     except (TypeError, ValueError):
         return None
+
+
+def weight_bytes(model: Any) -> int:
+    """The bytes of ``model``'s weights (what saving it writes, about)."""
+    import numpy as np
+
+    total = 0
+    for variable in model.weights:
+        try:
+            itemsize = np.dtype(str(variable.dtype)).itemsize
+        except TypeError:  # bfloat16 and other types numpy does not name
+            itemsize = 4
+        total += int(np.prod(variable.shape)) * itemsize
+    return total
 
 
 def describe_live_model(model: Any) -> dict[str, Any]:

@@ -240,7 +240,7 @@ def probe_payload(
             kind = {"savedmodel": "a SavedModel", "keras-dir": "an unzipped .keras directory"}
             return skip(f"Keras does not load {kind.get(fmt, fmt)} as a model to run it")
         try:
-            live = keras_io.load_model(source, compile=False)
+            live = _load_to_probe(source, fmt, directory)
         except ModelLoadError as exc:
             return skip(f"the model does not load here ({exc.message})")
         described = keras_io.describe_live_model(live)
@@ -257,6 +257,32 @@ def probe_payload(
             raise
         return ProbePayload(notes=(f"no probe stored: {exc.message}",), described=described)
     return ProbePayload(info, tuple(payload), (), described)
+
+
+def _load_to_probe(source: Path, fmt: str, directory: Path) -> Any:
+    """The model file loaded to run the probe (safe mode on, not compiled). A Keras 3
+    ``.keras`` zip is unzipped into ``directory`` and loaded from there, as ``kbundle.load``
+    does: from the zip, Keras first copies the weights into memory, which for a 1 GiB model
+    cost more time and memory than the unzipped copy (benchmarks/README.md)."""
+    import shutil
+
+    from kbundle.models import keras_io
+    from kbundle.models.checks import unzip_sound_keras
+    from kbundle.models.formats import keras_major, model_saved_by
+
+    zipped_keras3 = fmt == "keras" and keras_major(model_saved_by(source, fmt)) == 3
+    if not zipped_keras3 or not keras_io.loads_unzipped_keras():
+        return keras_io.load_model(source, fmt=fmt, compile=False)
+    unzipped = directory / "probe-model"
+    try:
+        unzip_sound_keras(
+            source, unzipped, label=source.name, hint=f"run 'kbundle doctor {source}'"
+        )
+        return keras_io.load_model(unzipped, fmt="keras-dir", compile=False)
+    except ModelFileError as exc:  # checked before streaming; changed since?
+        raise PackError(exc.message, hint=exc.hint) from None
+    finally:
+        shutil.rmtree(unzipped, ignore_errors=True)  # the weights are in the model now
 
 
 def _unknown_signature(model: Any) -> str:

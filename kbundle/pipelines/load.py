@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from kbundle._io.scratch import memory_scratch
 from kbundle.code.gate import ImportGate
 from kbundle.container.manifest import Manifest, ModelInfo
 from kbundle.env.rules import CompatReport, Policy, resolve_policy
@@ -457,31 +458,6 @@ def unpack(
     return UnpackResult(Path(destination), report, model, list(compat.findings))
 
 
-# A memory-backed directory for load()'s private copy: the model is read back at once and the
-# copy deleted, so nothing needs to reach the disk. Loading a just-written file from disk was
-# 2-3x slower than from tmpfs for a 1 GiB model here (dirty pages being written back while
-# Keras reads them). Used only with room to spare: free space and available memory of at
-# least this many times the payload.
-_MEMORY_SCRATCH = Path("/dev/shm")
-_MEMORY_HEADROOM = 4
-
-
-def _load_scratch(payload_size: int) -> str | None:
-    """Where load() extracts: TMPDIR when the user set it, else tmpfs when it has room."""
-    if os.environ.get("TMPDIR"):
-        return None
-    try:
-        stats = os.statvfs(_MEMORY_SCRATCH)
-        with open("/proc/meminfo", encoding="ascii") as meminfo:
-            available = next(
-                int(line.split()[1]) * 1024 for line in meminfo if line.startswith("MemAvailable:")
-            )
-    except (OSError, StopIteration, ValueError, AttributeError):  # AttributeError: no statvfs
-        return None
-    room = min(stats.f_bavail * stats.f_frsize, available)
-    return str(_MEMORY_SCRATCH) if room >= _MEMORY_HEADROOM * payload_size else None
-
-
 def load(
     bundle: str | os.PathLike[str],
     *,
@@ -545,7 +521,7 @@ def load(
         local_bundle(bundle) as given,
         reading(parse_location(given, storage_options), progress) as opened,
     ):
-        scratch = _load_scratch(opened.reader.head().manifest.payload_size)
+        scratch = memory_scratch(opened.reader.head().manifest.payload_size)
         with tempfile.TemporaryDirectory(prefix="kbundle-load-", dir=scratch) as private:
             model, _, compat = load_into(
                 Path(private), opened, chosen, expect=expect, policy=policy, phase=phase

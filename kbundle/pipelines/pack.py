@@ -18,6 +18,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from kbundle._io.scratch import memory_scratch
 from kbundle._version import __version__
 from kbundle.container.manifest import (
     FORMAT_VERSION,
@@ -357,6 +358,21 @@ def _with_custom_objects(
     )
 
 
+def _scratch_need(model: Any, probe: bool | None) -> int:
+    """About the bytes pack's scratch directory will hold: a live model's saved weights, or a
+    ``.keras`` file unzipped to run the probe."""
+    from kbundle.models import keras_io
+
+    if keras_io.is_keras_model(model):
+        return keras_io.weight_bytes(model)
+    if isinstance(model, str | os.PathLike) and probe is not False:
+        try:
+            return Path(model).stat().st_size
+        except OSError:
+            return 0  # refused later, with the path named
+    return 0
+
+
 @dataclass(frozen=True, slots=True)
 class SavedLiveModel:
     """A live ``keras.Model`` already saved to ``path`` (a ``.keras`` file) and described.
@@ -446,7 +462,9 @@ def pack(
 
     asset_extras = _asset_extras(assets)  # a bad asset fails before anything is saved
     metadata = _metadata_fields(labels, provenance, record_hostname)
-    with tempfile.TemporaryDirectory(prefix="kbundle-pack-") as scratch:
+    # The live model's save, or the model file unzipped to probe it, is read back at once.
+    private = memory_scratch(_scratch_need(model, probe))
+    with tempfile.TemporaryDirectory(prefix="kbundle-pack-", dir=private) as scratch:
         crc_watch: ZipCrcWatch | None = None  # Keras has just written a saved model
         unchecked: tuple[str, ...] = ()
         live: Any = None
