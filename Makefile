@@ -25,12 +25,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet --no-deps "keras-hub==0.32.0" "tokenizers==0.23.3"
 	touch $(STAMP)
 
-# Two workers, one per CPU; a test file stays on one worker (its module fixtures are built once).
+# Three workers on a 2-CPU machine (the tests wait on child processes and servers a third of the
+# time: 21.7 CPU-minutes ran in 12.7 minutes); a test file stays on one worker, so its module
+# fixtures are built once.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile --durations=15
 
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile -m "not slow and not venv"
+	$(BIN)/python -m pytest -q -n 3 --dist loadfile -m "not slow and not venv"
 
 lint: $(STAMP)
 	$(BIN)/ruff check kbundle tests benchmarks examples

@@ -276,11 +276,15 @@ def _load_to_probe(source: Path, fmt: str, directory: Path) -> Any:
     unzipped = directory / "probe-model"
     try:
         unzip_sound_keras(
-            source, unzipped, label=source.name, hint=f"run 'kbundle doctor {source}'"
+            source,
+            unzipped,
+            label=source.name,
+            hint=f"run 'kbundle doctor {source}'",
+            name=str(source),
         )
         return keras_io.load_model(unzipped, fmt="keras-dir", compile=False)
-    except ModelFileError as exc:  # checked before streaming; changed since?
-        raise PackError(exc.message, hint=exc.hint) from None
+    except ModelFileError as exc:  # the unzip checks every member's CRC-32: pack refuses
+        raise PackError(exc.message, hint=exc.hint, findings=exc.findings) from None
     finally:
         shutil.rmtree(unzipped, ignore_errors=True)  # the weights are in the model now
 

@@ -243,6 +243,7 @@ def unzip_sound_keras(
     label: str,
     hint: str,
     split: Mapping[str, SplitMember] | None = None,
+    name: str | None = None,
 ) -> None:
     """Check the ``.keras`` zip ``path`` as :func:`require_sound_model` does and, in the same
     read, write its members into ``directory`` (created here unless ``split`` is given): the
@@ -253,13 +254,13 @@ def unzip_sound_keras(
     (:mod:`kbundle.models.zipsplit`; their data is a hole in ``path``): each must be a stored member
     the central directory lists at exactly that byte range with exactly that CRC-32, and no
     other member may reach into its range. Raises :class:`ModelFileError` naming the first
-    problem (with all of them)."""
+    problem (with all of them), called ``name`` (default: ``label``) in its message."""
     findings = declared_format_findings(path, "keras", label)
     if not findings:
         if split is None:
             directory.mkdir()
         findings = check_keras_zip(path, label, directory, split=split or {})
-    raise_problems(findings, label, ModelFileError, hint)
+    raise_problems(findings, name or label, ModelFileError, hint)
 
 
 def _zip_open(archive: zipfile.ZipFile, member: str) -> tuple[IO[bytes], int] | None:
