@@ -425,3 +425,27 @@ def test_the_load_finding_takes_the_fix_of_the_finding_that_explains_it(
         (load,) = [f for f in report["findings"]["serialization"] if f["location"] == "load"]
         assert wanted in load["fix"], load
         assert "import the module that defines the missing object" not in load["fix"]
+
+
+def test_a_bundle_on_standard_input_whose_code_is_trusted_says_to_diagnose_the_file(
+    tmp_path: Path,
+) -> None:
+    """doctor hands a bundle's own code to its child process as a file only: a bundle read
+    from standard input (or a URL, which may hold credentials) is not loaded with its code."""
+    bundle = _bundle_with_carried_code(tmp_path)
+    with bundle.open("rb") as stdin:
+        done = subprocess.run(
+            [sys.executable, "-m", "kbundle", "doctor", "-", "--trust-code", "--json"],
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            env=child_env(),
+            timeout=300,
+        )
+    assert "Traceback" not in done.stderr, done.stderr
+    report = json.loads(done.stdout)
+    assert report["load"]["attempted"] is False
+    assert report["load"]["skipped"] == (
+        "the model needs the code the bundle carries (carried>Scale: source), which doctor "
+        "loads from a bundle file only: download the bundle and run 'kbundle doctor' on the file"
+    )
