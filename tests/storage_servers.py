@@ -68,7 +68,9 @@ class Fault:
 
     ``action`` is ``status`` (answer ``status`` with ``body``, never forwarding),
     ``reset_response`` (forward, then reset the connection after ``after_bytes`` bytes of
-    the response body), ``reset_request`` (reset while reading the request body) or
+    the response body, ``seconds`` after the last of them: a reset drops whatever the client
+    has not yet read from its socket, so a test that needs those bytes read waits),
+    ``reset_request`` (reset while reading the request body) or
     ``delay`` (wait ``seconds``, then forward).
     """
 
@@ -235,6 +237,7 @@ class _ProxyHandler(BaseHTTPRequestHandler):
                     self.wfile.write(chunk[: limit - exchange.sent])
                     self.wfile.flush()
                     exchange.sent = limit
+                    time.sleep(fault.seconds)
                     self.close_connection = True
                     _reset(self.connection)
                     return
