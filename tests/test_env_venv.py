@@ -17,6 +17,7 @@ from typing import Any
 
 import pytest
 from conftest import REPO, assert_clean_failure, child_env, run_cli, run_python
+from storage_servers import RangeFileServer
 
 import kbundle
 from kbundle.env.requirement_lines import parse_pins
@@ -243,7 +244,13 @@ def rebuilt(
         name="rebuilt_model",
     )
     bundle = kbundle.pack(model, root / "model.kbundle", lock=True).path
-    created = run_cli("env", "create", bundle, root / "venv", timeout=INSTALL_TIMEOUT)
+    # Created from the bundle's URL, as a deploy job that reads models from a store does.
+    server = RangeFileServer(root)
+    try:
+        url = f"http://127.0.0.1:{server.port}/{bundle.name}"
+        created = run_cli("env", "create", url, root / "venv", timeout=INSTALL_TIMEOUT)
+    finally:
+        server.stop()
     return bundle, root / "venv", created
 
 
@@ -269,7 +276,7 @@ def test_pack_with_lock_hashes_exactly_the_pinned_closure(
     assert (exported.returncode, exported.stdout) == (0, lock)
 
 
-def test_env_create_rebuilds_an_environment_where_check_is_clean_and_the_model_loads(
+def test_env_create_from_a_url_rebuilds_an_environment_where_check_is_clean_and_model_loads(
     rebuilt: tuple[Path, Path, subprocess.CompletedProcess[str]],
 ) -> None:
     bundle, venv, created = rebuilt
