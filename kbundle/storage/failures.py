@@ -60,6 +60,12 @@ _NETWORK_ERRNOS = {
 _NETWORK_CLASS_WORDS = ("Connection", "Disconnected", "Payload", "Timeout", "HTTPClientError")
 
 
+_DENIED_HTTP_HINT = (
+    "a presigned URL may have expired or been signed for another object: sign a new one; a "
+    "server that wants a header takes --storage-option 'client_kwargs={\"headers\": {...}}'"
+)
+
+
 def backoff_delay(attempt: int) -> float:
     """The wait before retry number ``attempt`` (0 for the first)."""
     return random.uniform(0, min(BACKOFF_CAP_SECONDS, BACKOFF_BASE_SECONDS * 2**attempt))
@@ -118,7 +124,11 @@ class _Failure:
 
     @property
     def missing(self) -> bool:
-        return self.status == 404 or isinstance(self.exc, FileNotFoundError)
+        # fsspec's HTTP filesystem raises FileNotFoundError for any failed lookup; the status
+        # it carries as the cause (403 for an expired presigned URL) says what happened.
+        return self.status == 404 or (
+            isinstance(self.exc, FileNotFoundError) and self.status is None
+        )
 
     @property
     def server(self) -> bool:
@@ -163,7 +173,9 @@ def storage_error(
     if failure.denied:
         return StorageError(
             f"access to {where} was denied while {doing} ({failure.what() or summary})",
-            hint="check the credentials: the environment, the profile, or --storage-option "
+            hint=_DENIED_HTTP_HINT
+            if location.scheme in ("http", "https")
+            else "check the credentials: the environment, the profile, or --storage-option "
             "(storage_options=); kbundle uses the filesystem's usual sources",
         )
     if failure.throttled:

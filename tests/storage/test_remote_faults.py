@@ -158,6 +158,29 @@ def test_access_denied_is_reported_at_once(s3: Any, bundle_file: Path) -> None:
     assert len(s3.proxy.matching("HEAD", rf"^/{s3.name}/m\.kbundle")) == 1
 
 
+def test_an_expired_presigned_url_is_denied_not_missing(s3: Any, bundle_file: Path) -> None:
+    """fsspec's HTTP filesystem reports any failed lookup as a missing file; the 403 behind it
+    is what the user must see, with what to do about a presigned URL."""
+    s3.put("m.kbundle", bundle_file.read_bytes())
+    url = s3.presign("m.kbundle")
+    expired = s3_error("AccessDenied", "Request has expired")
+    for method in ("HEAD", "GET"):
+        s3.proxy.add(
+            Fault(method, "X-Amz-Signature=", "status", status=403, body=expired, times=None)
+        )
+
+    done = run_cli("verify", url)
+
+    assert_clean_failure(done, 2)
+    shown = re.sub(r"=[^&]+", "=<redacted>", url.split("?", 1)[1])
+    assert done.stderr == (
+        f"kbundle: error: access to {url.split('?', 1)[0]}?{shown} was denied while looking up "
+        "(403); a presigned URL may have expired or been signed for another object: sign a new "
+        "one; a server that wants a header takes --storage-option "
+        "'client_kwargs={\"headers\": {...}}'\n"
+    )
+
+
 def test_credentials_in_a_url_are_never_printed(http_files: Any, bundle_file: Path) -> None:
     """A presigned URL carries its credential and signature in the query, and a URL may carry
     a user and password: messages show the URL without them, even when another library's
