@@ -431,6 +431,70 @@ def s3(moto_endpoint: tuple[str, int]) -> Iterator[S3Bucket]:
         proxy.stop()
 
 
+# gcsfs (2026.10 and later) asks Google's gRPC control plane for each bucket's layout, with a
+# minute-long timeout per attempt; the emulator has no such plane. Plain GCSFileSystem, then.
+os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
+
+
+@pytest.fixture(scope="session")
+def gcs_endpoint() -> Iterator[tuple[str, int]]:
+    """gcp-storage-emulator (the GCS JSON API, resumable uploads included) on 127.0.0.1, in
+    memory, for the session."""
+    import socket
+
+    from gcp_storage_emulator.server import create_server
+
+    logging.getLogger("gcp_storage_emulator").setLevel(logging.ERROR)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = create_server("127.0.0.1", port, in_memory=True)
+    server.start()
+    yield "127.0.0.1", port
+    server.stop()
+
+
+@dataclass
+class GcsBucket:
+    """A fresh bucket on the GCS emulator, reached through ``proxy``."""
+
+    name: str
+    proxy: FaultProxy
+    fs: Any  # a gcsfs filesystem straight to the emulator (no proxy)
+
+    @property
+    def options(self) -> dict[str, Any]:
+        return {"endpoint_url": self.proxy.endpoint, "token": "anon"}
+
+    @property
+    def cli_options(self) -> list[str]:
+        return [arg for k, v in self.options.items() for arg in ("--storage-option", f"{k}={v}")]
+
+    def url(self, key: str) -> str:
+        return f"gs://{self.name}/{key}"
+
+    def exists(self, key: str) -> bool:
+        self.fs.invalidate_cache()
+        return bool(self.fs.exists(f"{self.name}/{key}"))
+
+
+@pytest.fixture
+def gcs(gcs_endpoint: tuple[str, int]) -> Iterator[GcsBucket]:
+    import gcsfs
+
+    host, port = gcs_endpoint
+    proxy = FaultProxy((host, port))
+    fs = gcsfs.GCSFileSystem(
+        endpoint_url=f"http://{host}:{port}", token="anon", skip_instance_cache=True
+    )
+    name = f"kbundle-test-{os.getpid()}-{next(_buckets)}"
+    fs.mkdir(name)
+    try:
+        yield GcsBucket(name, proxy, fs)
+    finally:
+        proxy.stop()
+
+
 @dataclass
 class HttpFiles:
     """Files served over HTTP with range support from ``root``, through ``proxy``."""

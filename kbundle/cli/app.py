@@ -232,7 +232,7 @@ Examples:
 @click.version_option(__version__, prog_name="kbundle")
 def main() -> None:
     """Pack Keras/TensorFlow models into verified, self-describing bundles, and load them back."""
-    from kbundle.cli.process import quiet_blas_threads, retain_freed_memory
+    from kbundle.cli.process import quiet_blas_threads, quiet_library_logs, retain_freed_memory
     from kbundle.models import keras_io
 
     keras_io.filter_native_logs = True
@@ -241,6 +241,7 @@ def main() -> None:
     warnings.showwarning = show_warning
     retain_freed_memory()
     quiet_blas_threads()
+    quiet_library_logs()
 
 
 def show_warning(

@@ -12,13 +12,19 @@ OpenBLAS runs single-threaded. kbundle does no linear algebra, but the pre-pack 
 checks import h5py and with it numpy, whose OpenBLAS starts one thread per CPU that spins
 for a while before it sleeps, taking a CPU from the pipeline. TensorFlow, when a command
 loads a model, does not use OpenBLAS. (benchmarks/README.md has the figures.)
+
+Other libraries' log records go nowhere. The storage libraries log each retry and, when they
+give up, the exception with its traceback (gcsfs at ERROR level); with no handler configured,
+Python prints those to standard error beside kbundle's one-line error. ``KBUNDLE_DEBUG=1``
+lets them through, for bug reports.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 
-__all__ = ["quiet_blas_threads", "retain_freed_memory"]
+__all__ = ["quiet_blas_threads", "quiet_library_logs", "retain_freed_memory"]
 
 # mallopt() parameters (glibc malloc.h).
 _M_TRIM_THRESHOLD = -1
@@ -51,3 +57,11 @@ def quiet_blas_threads() -> None:
     """Keep OpenBLAS (loaded with numpy) to the calling thread unless the user chose a count.
     Effective only before numpy is first imported."""
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+
+def quiet_library_logs() -> None:
+    """Drop other libraries' log records (the module docstring), unless ``KBUNDLE_DEBUG`` is
+    set or the root logger already has a handler."""
+    root = logging.getLogger()
+    if not root.handlers and not os.environ.get("KBUNDLE_DEBUG"):
+        root.addHandler(logging.NullHandler())

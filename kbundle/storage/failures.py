@@ -77,7 +77,8 @@ class NotFound(StorageError):
 
 class _Failure:
     """What kind of failure an exception from a filesystem is, from what it carries: an HTTP
-    status (aiohttp), a botocore error response (s3fs keeps it as the cause), an errno."""
+    status (aiohttp, gcsfs), a botocore error response (s3fs keeps it as the cause), an
+    errno."""
 
     def __init__(self, exc: BaseException) -> None:
         self.status: int | None = None
@@ -99,9 +100,12 @@ class _Failure:
             self.code = self.code or error.get("Code")
             status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
             self.status = self.status or (status if isinstance(status, int) else None)
-        status = getattr(exc, "status", None)
-        if isinstance(status, int) and 100 <= status < 600:
-            self.status = self.status or status
+        for name in ("status", "code"):  # aiohttp: status; gcsfs's HttpError: code
+            status = getattr(exc, name, None)
+            if isinstance(status, int) and 100 <= status < 600:
+                self.status = self.status or status
+        if type(exc) is OSError and str(exc).startswith("Forbidden: "):  # gcsfs: a 403
+            self.status = self.status or 403
         if isinstance(exc, OSError) and exc.errno is not None:
             self.errno = self.errno or exc.errno
         names = [cls.__name__ for cls in type(exc).__mro__]

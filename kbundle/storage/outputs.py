@@ -12,10 +12,11 @@
 
 An existing bundle is replaced only with ``force``, and, as for local files, only a bundle
 (its first bytes are the zstd magic), never the input. For a URL the check is made before
-any work and repeated where the store can: S3's completion carries ``If-None-Match: *``.
-What stays open is the race the store cannot close: with ``force`` (S3), or on stores
-without conditional writes, an object written by someone else between the check and the
-completion is replaced. Stable: internal.
+any work and repeated where the store can: S3's completion carries ``If-None-Match: *``;
+GCS's upload carries ``ifGenerationMatch=0`` (gcsfs's exclusive mode ``xb``). What stays open is
+the race the store cannot close: with ``force``, or on stores without conditional writes, an
+object written by someone else between the check and the completion is replaced.
+Stable: internal.
 """
 
 from __future__ import annotations
@@ -100,7 +101,7 @@ def open_output(
         return
     remote = RemoteFile(location)
     upload: S3Upload | _FsspecUpload = (
-        S3Upload(remote, replace=force) if remote.is_s3 else _FsspecUpload(remote)
+        S3Upload(remote, replace=force) if remote.is_s3 else _FsspecUpload(remote, replace=force)
     )
     try:
         yield upload
@@ -126,14 +127,24 @@ class _StandardOutput(BundleOutput):
         self._stream.flush()
 
 
-class _FsspecUpload(BundleOutput):
-    """Any fsspec filesystem's file, written in order and committed only when complete."""
+# The filesystems whose exclusive mode ("xb") keeps the upload transactional and makes the
+# store refuse to replace an object at completion: gcsfs (ifGenerationMatch=0). fsspec leaves
+# "xb" to each filesystem; its local one, for one, writes in place in that mode.
+_EXCLUSIVE_UPLOADS = {"gs", "gcs"}
 
-    def __init__(self, remote: RemoteFile) -> None:
+
+class _FsspecUpload(BundleOutput):
+    """Any fsspec filesystem's file, written in order and committed only when complete;
+    without ``replace``, exclusive where the store can check it (the module docstring)."""
+
+    def __init__(self, remote: RemoteFile, *, replace: bool) -> None:
         self._remote = remote
         self.size = 0
+        exclusive = not replace and remote.location.scheme in _EXCLUSIVE_UPLOADS
         try:
-            self._file: Any = remote.fs.open(remote.path, "wb", autocommit=False)
+            self._file: Any = remote.fs.open(
+                remote.path, "xb" if exclusive else "wb", autocommit=False
+            )
         except Exception as exc:  # every filesystem raises its own kinds
             raise storage_error(exc, remote.location, "starting the upload of") from None
 

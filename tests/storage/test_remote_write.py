@@ -35,11 +35,17 @@ def _part_numbers(s3: Any) -> list[int]:
 
 
 def _pack_in_background(
-    s3: Any, model: Path, url: str, reached: str, tmpdir: Path | None = None
+    store: Any,
+    model: Path,
+    url: str,
+    reached: str,
+    tmpdir: Path | None = None,
+    method: str = "PUT",
 ) -> subprocess.Popen[str]:
-    """``kbundle pack MODEL -o URL`` started in the background, returned once the proxy has
-    seen a request matching ``reached`` (a part being uploaded). A child that will be killed
-    gets a ``tmpdir`` of its own: SIGKILL leaves its scratch directory behind."""
+    """``kbundle pack MODEL -o URL`` started in the background, returned once the ``store``'s
+    proxy has seen a ``method`` request matching ``reached`` (a part being uploaded). A child
+    that will be killed gets a ``tmpdir`` of its own: SIGKILL leaves its scratch directory
+    behind."""
     packing = subprocess.Popen(
         [
             sys.executable,
@@ -52,7 +58,7 @@ def _pack_in_background(
             "--level",
             "none",
             "--no-probe",
-            *s3.cli_options,
+            *store.cli_options,
         ],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -61,7 +67,7 @@ def _pack_in_background(
         stdin=subprocess.DEVNULL,
     )
     deadline = time.monotonic() + 120
-    while not s3.proxy.matching("PUT", reached) and time.monotonic() < deadline:
+    while not store.proxy.matching(method, reached) and time.monotonic() < deadline:
         time.sleep(0.05)
     return packing
 
@@ -304,3 +310,119 @@ def test_a_killed_pack_leaves_no_object(s3: Any, large_model_file: Path, tmp_pat
 
     assert not s3.exists("m.kbundle")
     assert len(s3.uploads()) == 1
+
+
+# GCS (gcp-storage-emulator, which speaks the JSON API and resumable uploads, on 127.0.0.1):
+# an upload session whose chunks go up while the bundle is packed, finalised by the last one.
+_GCS_CHUNK = r"uploadType=resumable&.*upload_id="
+
+
+def _cancel_as_gcs_does(gcs: Any) -> None:
+    """The emulator does not implement cancelling an upload session (a DELETE of its URL);
+    the proxy answers as GCS does, 499."""
+    gcs.proxy.add(Fault("DELETE", r"upload_id=", "status", status=499, times=None))
+
+
+def test_pack_to_gcs_is_one_resumable_upload_with_no_local_copy(
+    gcs: Any, large_model_file: Path
+) -> None:
+    url = gcs.url("m.kbundle")
+    done = _pack_cli(
+        large_model_file,
+        "-o",
+        url,
+        "--level",
+        "none",
+        "--no-probe",
+        *gcs.cli_options,
+        limit=_NO_LOCAL_COPY,
+    )
+
+    assert done.returncode == 0, done.stderr
+    digest = done.stdout.split()[0]
+    (started,) = gcs.proxy.matching("POST", r"uploadType=resumable(&ifGenerationMatch=0)?$")
+    assert "ifGenerationMatch=0" in started.target  # the store refuses to replace at completion
+    chunks = gcs.proxy.matching("POST", _GCS_CHUNK)
+    assert len(chunks) >= 4 and sum(c.received for c in chunks) > 20 << 20
+    verified = run_cli("verify", url, "--expect", digest, *gcs.cli_options)
+    assert verified.returncode == 0, verified.stderr
+
+
+def test_a_failed_gcs_pack_leaves_no_object_and_cancels_the_upload(
+    gcs: Any, large_model_file: Path
+) -> None:
+    """The third chunk is refused (401: the token expired midway): pack fails with one line
+    and no traceback (gcsfs logs its give-up with one), no object appears, and the upload
+    session is cancelled."""
+    expired = b'{"error": {"code": 401, "message": "Request had expired credentials."}}'
+    gcs.proxy.add(Fault("POST", _GCS_CHUNK, "status", status=401, body=expired, skip=2, times=None))
+    _cancel_as_gcs_does(gcs)
+
+    failed = run_cli(
+        "pack",
+        large_model_file,
+        "-o",
+        gcs.url("m.kbundle"),
+        "--level",
+        "none",
+        "--no-probe",
+        *gcs.cli_options,
+    )
+
+    assert_clean_failure(failed, 2)
+    assert failed.stderr.startswith(
+        f"kbundle: error: access to {gcs.url('m.kbundle')} was denied while uploading (401); "
+        "check the credentials"
+    ), failed.stderr
+    assert failed.stderr.count("\n") == 1, failed.stderr
+    assert not gcs.exists("m.kbundle")
+    assert len(gcs.proxy.matching("POST", _GCS_CHUNK)) == 3  # a 401 is not tried again
+    assert len(gcs.proxy.matching("DELETE", r"upload_id=")) == 1
+
+
+def test_an_interrupted_gcs_pack_leaves_no_object(gcs: Any, large_model_file: Path) -> None:
+    """Ctrl-C while a chunk is on its way: exit 130, the session cancelled, no object."""
+    gcs.proxy.add(Fault("POST", _GCS_CHUNK, "delay", skip=2, seconds=30))
+    _cancel_as_gcs_does(gcs)
+    packing = _pack_in_background(
+        gcs, large_model_file, gcs.url("m.kbundle"), _GCS_CHUNK, method="POST"
+    )
+    while len(gcs.proxy.matching("POST", _GCS_CHUNK)) < 3:
+        time.sleep(0.05)
+    packing.send_signal(signal.SIGINT)
+    _out, err = packing.communicate(timeout=120)
+
+    assert packing.returncode == 130, err
+    assert err.endswith("kbundle: interrupted; no partial output was left behind\n"), err
+    assert not gcs.exists("m.kbundle")
+    assert len(gcs.proxy.matching("DELETE", r"upload_id=")) == 1
+
+
+def test_a_gcs_object_that_appears_during_pack_is_not_replaced(gcs: Any, model_file: Path) -> None:
+    """The upload asks GCS to create, never replace (ifGenerationMatch=0); GCS answers 412 when
+    an object appeared meanwhile. The emulator does not check the condition, so the proxy
+    answers as GCS does; with --force the condition is not asked."""
+    refused = Fault(
+        "POST",
+        r"ifGenerationMatch=0",
+        "status",
+        status=412,
+        body=b'{"error": {"code": 412, "message": "At least one of the pre-conditions you '
+        b'specified did not hold."}}',
+        times=None,
+    )
+    gcs.proxy.add(refused)
+
+    done = run_cli("pack", model_file, "-o", gcs.url("m.kbundle"), "--no-probe", *gcs.cli_options)
+    forced = run_cli(
+        "pack", model_file, "-o", gcs.url("m.kbundle"), "--no-probe", "--force", *gcs.cli_options
+    )
+
+    assert_clean_failure(done, 2)
+    assert done.stderr.startswith(
+        f"kbundle: error: bundle {gcs.url('m.kbundle')} already exists (it appeared while "
+    ), done.stderr
+    assert refused.applied >= 1
+    assert forced.returncode == 0, forced.stderr
+    assert refused.applied == len(gcs.proxy.matching("POST", r"ifGenerationMatch=0"))
+    assert gcs.exists("m.kbundle")
