@@ -63,6 +63,10 @@ def render() -> str:
         "a bug in kbundle (`KBUNDLE_DEBUG=1` shows the traceback) |",
         f"| {EXIT_INTERRUPTED} | interrupted; no partial output is left behind |",
         "",
+        "An error is one line on standard error. `KBUNDLE_DEBUG=1` adds the traceback of an",
+        "internal error and lets other libraries' log records through (the storage libraries",
+        "log their retries and give-ups), which the command otherwise drops.",
+        "",
     ]
     lines += ["## kbundle", "", "```text", main.get_help(root), "```", ""]
     for name, text in _walk(main, "kbundle", root):

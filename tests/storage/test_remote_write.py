@@ -358,16 +358,9 @@ def test_a_failed_gcs_pack_leaves_no_object_and_cancels_the_upload(
     gcs.proxy.add(Fault("POST", _GCS_CHUNK, "status", status=401, body=expired, skip=2, times=None))
     _cancel_as_gcs_does(gcs)
 
-    failed = run_cli(
-        "pack",
-        large_model_file,
-        "-o",
-        gcs.url("m.kbundle"),
-        "--level",
-        "none",
-        "--no-probe",
-        *gcs.cli_options,
-    )
+    args = ("pack", large_model_file, "-o", gcs.url("m.kbundle"), "--no-probe", *gcs.cli_options)
+
+    failed = run_cli(*args, "--level", "none")
 
     assert_clean_failure(failed, 2)
     assert failed.stderr.startswith(
@@ -378,6 +371,10 @@ def test_a_failed_gcs_pack_leaves_no_object_and_cancels_the_upload(
     assert not gcs.exists("m.kbundle")
     assert len(gcs.proxy.matching("POST", _GCS_CHUNK)) == 3  # a 401 is not tried again
     assert len(gcs.proxy.matching("DELETE", r"upload_id=")) == 1
+    # KBUNDLE_DEBUG=1 lets gcsfs's own record of the failure through, for bug reports.
+    debugged = run_cli(*args, "--level", "none", env=child_env(KBUNDLE_DEBUG="1"))
+    assert debugged.returncode == 2
+    assert "Traceback" in debugged.stderr and failed.stderr in debugged.stderr
 
 
 def test_an_interrupted_gcs_pack_leaves_no_object(gcs: Any, large_model_file: Path) -> None:
