@@ -23,6 +23,9 @@ $(STAMP): pyproject.toml
 	# one package directory), so it too is installed without dependencies, with the one it
 	# imports at start (tokenizers; kagglehub and tensorflow-text are imported only when used).
 	$(BIN)/python -m pip install --quiet --no-deps "keras-hub==0.32.0" "tokenizers==0.23.3"
+	# Azurite, Microsoft's Azure Storage emulator, for the Azure tests (a Node program, from the
+	# npm registry, kept inside the virtual environment's directory).
+	npm install --prefix $(VENV)/azurite --no-audit --no-fund --silent "azurite@3.37.0"
 	touch $(STAMP)
 
 # Three workers on a 2-CPU machine (the tests wait on child processes and servers a third of the

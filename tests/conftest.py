@@ -14,7 +14,7 @@ import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 import pytest
 from storage_servers import FaultProxy, RangeFileServer
@@ -367,29 +367,60 @@ def moto_endpoint() -> Iterator[tuple[str, int]]:
 
 
 @dataclass
-class S3Bucket:
-    """A fresh bucket on the moto server, reached through ``proxy``."""
+class Bucket:
+    """A fresh bucket (container) on a store's server, reached through ``proxy``; ``fs`` is
+    a filesystem straight to the server (no proxy), for setting up and checking."""
 
+    scheme: ClassVar[str]
     name: str
     proxy: FaultProxy
-    fs: Any  # an s3fs filesystem straight to moto (no proxy), for setting up and checking
+    fs: Any
 
     @property
     def options(self) -> dict[str, Any]:
+        """The storage options that reach the server through the proxy."""
         return {"endpoint_url": self.proxy.endpoint}
 
     @property
     def cli_options(self) -> list[str]:
-        return ["--storage-option", f"endpoint_url={self.proxy.endpoint}"]
+        return [arg for k, v in self.options.items() for arg in ("--storage-option", f"{k}={v}")]
 
     def url(self, key: str) -> str:
-        return f"s3://{self.name}/{key}"
+        return f"{self.scheme}://{self.name}/{key}"
 
     def path(self, key: str) -> str:
         return f"{self.name}/{key}"
 
     def put(self, key: str, data: bytes) -> None:
         self.fs.pipe_file(self.path(key), data)
+
+    def get(self, key: str) -> bytes:
+        return bytes(self.fs.cat_file(self.path(key)))
+
+    def exists(self, key: str) -> bool:
+        self.fs.invalidate_cache()
+        return bool(self.fs.exists(self.path(key)))
+
+
+B = TypeVar("B", bound=Bucket)
+
+
+def _fresh_bucket(kind: type[B], upstream: tuple[str, int], fs: Any) -> Iterator[B]:
+    """A bucket of a unique name on ``fs``, behind a new proxy to ``upstream``."""
+    proxy = FaultProxy(upstream)
+    name = f"kbundle-test-{os.getpid()}-{next(_buckets)}"
+    fs.mkdir(name)
+    try:
+        yield kind(name, proxy, fs)
+    finally:
+        proxy.stop()
+
+
+@dataclass
+class S3Bucket(Bucket):
+    """A bucket on the moto server."""
+
+    scheme: ClassVar[str] = "s3"
 
     def presign(self, key: str) -> str:
         """An HTTP URL for GET of ``key`` through the proxy, signed as `aws s3 presign` signs
@@ -403,13 +434,6 @@ class S3Bucket:
         )
         return str(signer.sign(self.path(key), expiration=600))
 
-    def get(self, key: str) -> bytes:
-        return bytes(self.fs.cat_file(self.path(key)))
-
-    def exists(self, key: str) -> bool:
-        self.fs.invalidate_cache()
-        return bool(self.fs.exists(self.path(key)))
-
     def uploads(self) -> list[dict[str, Any]]:
         """Multipart uploads started and neither completed nor aborted."""
         found = self.fs.call_s3("list_multipart_uploads", Bucket=self.name)
@@ -421,14 +445,8 @@ def s3(moto_endpoint: tuple[str, int]) -> Iterator[S3Bucket]:
     import s3fs
 
     host, port = moto_endpoint
-    proxy = FaultProxy((host, port))
     fs = s3fs.S3FileSystem(endpoint_url=f"http://{host}:{port}", skip_instance_cache=True)
-    name = f"kbundle-test-{os.getpid()}-{next(_buckets)}"
-    fs.mkdir(name)
-    try:
-        yield S3Bucket(name, proxy, fs)
-    finally:
-        proxy.stop()
+    yield from _fresh_bucket(S3Bucket, moto_endpoint, fs)
 
 
 # gcsfs (2026.10 and later) asks Google's gRPC control plane for each bucket's layout, with a
@@ -440,14 +458,10 @@ os.environ["GCSFS_EXPERIMENTAL_ZB_HNS_SUPPORT"] = "false"
 def gcs_endpoint() -> Iterator[tuple[str, int]]:
     """gcp-storage-emulator (the GCS JSON API, resumable uploads included) on 127.0.0.1, in
     memory, for the session."""
-    import socket
-
     from gcp_storage_emulator.server import create_server
 
     logging.getLogger("gcp_storage_emulator").setLevel(logging.ERROR)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = _free_port()
     server = create_server("127.0.0.1", port, in_memory=True)
     server.start()
     yield "127.0.0.1", port
@@ -455,27 +469,14 @@ def gcs_endpoint() -> Iterator[tuple[str, int]]:
 
 
 @dataclass
-class GcsBucket:
-    """A fresh bucket on the GCS emulator, reached through ``proxy``."""
+class GcsBucket(Bucket):
+    """A bucket on the GCS emulator."""
 
-    name: str
-    proxy: FaultProxy
-    fs: Any  # a gcsfs filesystem straight to the emulator (no proxy)
+    scheme: ClassVar[str] = "gs"
 
     @property
     def options(self) -> dict[str, Any]:
         return {"endpoint_url": self.proxy.endpoint, "token": "anon"}
-
-    @property
-    def cli_options(self) -> list[str]:
-        return [arg for k, v in self.options.items() for arg in ("--storage-option", f"{k}={v}")]
-
-    def url(self, key: str) -> str:
-        return f"gs://{self.name}/{key}"
-
-    def exists(self, key: str) -> bool:
-        self.fs.invalidate_cache()
-        return bool(self.fs.exists(f"{self.name}/{key}"))
 
 
 @pytest.fixture
@@ -483,16 +484,99 @@ def gcs(gcs_endpoint: tuple[str, int]) -> Iterator[GcsBucket]:
     import gcsfs
 
     host, port = gcs_endpoint
-    proxy = FaultProxy((host, port))
     fs = gcsfs.GCSFileSystem(
         endpoint_url=f"http://{host}:{port}", token="anon", skip_instance_cache=True
     )
-    name = f"kbundle-test-{os.getpid()}-{next(_buckets)}"
-    fs.mkdir(name)
-    try:
-        yield GcsBucket(name, proxy, fs)
-    finally:
-        proxy.stop()
+    yield from _fresh_bucket(GcsBucket, gcs_endpoint, fs)
+
+
+# Azurite, Microsoft's Azure Storage emulator (a Node program, installed by `make dev` beside
+# the virtual environment), with its documented development account.
+_AZURITE = Path(sys.prefix) / "azurite" / "node_modules" / ".bin" / "azurite-blob"
+_AZURITE_ACCOUNT = "devstoreaccount1"
+_AZURITE_KEY = (
+    "Eby8vdM02xNOcqFlqUwJPLlmEtlCDXJ1OUzFT50uSRZ6IFsuFq2UVErCz4I6tq/K1SZFPTOtr/KBHBeksoGMGw=="
+)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def azure_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
+    """Azurite's blob service on 127.0.0.1, in memory, for the session."""
+    import socket
+    import time
+
+    if not _AZURITE.exists():
+        pytest.fail(f"{_AZURITE} is missing: run make dev (it installs azurite with npm)")
+    port = _free_port()
+    log = tmp_path_factory.mktemp("azurite") / "azurite.log"
+    with log.open("wb") as output:
+        server = subprocess.Popen(
+            [
+                _AZURITE,
+                "--inMemoryPersistence",
+                "--blobHost",
+                "127.0.0.1",
+                "--blobPort",
+                str(port),
+                "--skipApiVersionCheck",
+                "--loose",
+                "--silent",
+            ],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    deadline = time.monotonic() + 60
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            break
+        except OSError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                server.kill()
+                pytest.fail(f"azurite did not start: {log.read_text(errors='replace')[-2000:]}")
+            time.sleep(0.1)
+    yield "127.0.0.1", port
+    server.kill()  # in memory, nothing to keep; SIGTERM waits on clients' idle connections
+    server.wait(timeout=30)
+
+
+@dataclass
+class AzureContainer(Bucket):
+    """A container on azurite."""
+
+    scheme: ClassVar[str] = "az"
+
+    @property
+    def options(self) -> dict[str, Any]:
+        # 4 MiB blocks (adlfs's default is 50 MiB), so a test bundle goes up in several.
+        return {"connection_string": _azurite_connection(self.proxy.endpoint), "blocksize": 4 << 20}
+
+
+def _azurite_connection(endpoint: str) -> str:
+    return (
+        f"DefaultEndpointsProtocol=http;AccountName={_AZURITE_ACCOUNT};"
+        f"AccountKey={_AZURITE_KEY};BlobEndpoint={endpoint}/{_AZURITE_ACCOUNT};"
+    )
+
+
+@pytest.fixture
+def azure(azure_endpoint: tuple[str, int]) -> Iterator[AzureContainer]:
+    import adlfs
+
+    host, port = azure_endpoint
+    fs = adlfs.AzureBlobFileSystem(
+        connection_string=_azurite_connection(f"http://{host}:{port}"), skip_instance_cache=True
+    )
+    yield from _fresh_bucket(AzureContainer, azure_endpoint, fs)
 
 
 @dataclass

@@ -77,7 +77,7 @@ class NotFound(StorageError):
 
 class _Failure:
     """What kind of failure an exception from a filesystem is, from what it carries: an HTTP
-    status (aiohttp, gcsfs), a botocore error response (s3fs keeps it as the cause), an
+    status (aiohttp, gcsfs, azure-core), a botocore error response (s3fs keeps it as the cause), an
     errno."""
 
     def __init__(self, exc: BaseException) -> None:
@@ -100,7 +100,8 @@ class _Failure:
             self.code = self.code or error.get("Code")
             status = (response.get("ResponseMetadata") or {}).get("HTTPStatusCode")
             self.status = self.status or (status if isinstance(status, int) else None)
-        for name in ("status", "code"):  # aiohttp: status; gcsfs's HttpError: code
+        # aiohttp: status; gcsfs's HttpError: code; azure-core's HttpResponseError: status_code
+        for name in ("status", "code", "status_code"):
             status = getattr(exc, name, None)
             if isinstance(status, int) and 100 <= status < 600:
                 self.status = self.status or status

@@ -31,7 +31,20 @@ _SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*(?:::[A-Za-z][A-Za-z0-9+.\-]*)*:
 _REDACTED = "<redacted>"
 # Storage option names whose values are credentials (matched as substrings, any case, in
 # nested dictionaries too: client_kwargs={"aws_secret_access_key": ...}).
-_SECRET_NAMES = ("key", "secret", "token", "password", "credential", "sas", "signature", "auth")
+_SECRET_NAMES = (
+    "key",
+    "secret",
+    "token",
+    "password",
+    "credential",
+    "sas",
+    "signature",
+    "auth",
+    "connection_string",  # Azure: holds the account key (AccountKey=...) or a SAS
+)
+# The secret parts of an Azure connection string, scrubbed on their own too (a message may
+# quote one part).
+_CONNECTION_STRING_SECRETS = re.compile(r"(?:AccountKey|SharedAccessSignature)=([^;]+)", re.I)
 # Shorter values are not scrubbed from messages: they would mangle ordinary words.
 _MIN_SECRET_LENGTH = 4
 
@@ -128,7 +141,9 @@ def _secret_values(options: Mapping[str, Any], *, secret: bool) -> Iterator[str]
         if isinstance(value, Mapping):
             yield from _secret_values(value, secret=named_secret)
         elif named_secret and isinstance(value, str | bytes):
-            yield value if isinstance(value, str) else value.decode("utf-8", "replace")
+            text = value if isinstance(value, str) else value.decode("utf-8", "replace")
+            yield text
+            yield from _CONNECTION_STRING_SECRETS.findall(text)
 
 
 def redact_url(url: str) -> str:

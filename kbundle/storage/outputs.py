@@ -13,7 +13,8 @@
 An existing bundle is replaced only with ``force``, and, as for local files, only a bundle
 (its first bytes are the zstd magic), never the input. For a URL the check is made before
 any work and repeated where the store can: S3's completion carries ``If-None-Match: *``;
-GCS's upload carries ``ifGenerationMatch=0`` (gcsfs's exclusive mode ``xb``). What stays open is
+GCS's upload carries ``ifGenerationMatch=0`` and Azure's block list ``If-None-Match: *``
+(gcsfs's and adlfs's exclusive mode ``xb``). What stays open is
 the race the store cannot close: with ``force``, or on stores without conditional writes, an
 object written by someone else between the check and the completion is replaced.
 Stable: internal.
@@ -128,9 +129,10 @@ class _StandardOutput(BundleOutput):
 
 
 # The filesystems whose exclusive mode ("xb") keeps the upload transactional and makes the
-# store refuse to replace an object at completion: gcsfs (ifGenerationMatch=0). fsspec leaves
-# "xb" to each filesystem; its local one, for one, writes in place in that mode.
-_EXCLUSIVE_UPLOADS = {"gs", "gcs"}
+# store refuse to replace an object at completion: gcsfs (ifGenerationMatch=0) and adlfs
+# (If-None-Match: * on the block list). fsspec leaves "xb" to each filesystem; its local one,
+# for one, writes in place in that mode.
+_EXCLUSIVE_UPLOADS = {"gs", "gcs", "az", "abfs", "abfss"}
 
 
 class _FsspecUpload(BundleOutput):

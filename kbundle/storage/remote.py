@@ -41,6 +41,9 @@ EXTRAS = {
     "s3a": "s3",
     "gs": "gcs",
     "gcs": "gcs",
+    "az": "azure",
+    "abfs": "azure",
+    "abfss": "azure",
     "http": "http",
     "https": "http",
 }

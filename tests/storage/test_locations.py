@@ -79,6 +79,18 @@ def test_scrub_takes_every_secret_out_of_a_message() -> None:
     )
 
 
+def test_scrub_takes_an_azure_connection_strings_key_out_whole_or_quoted_alone() -> None:
+    connection = (
+        "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0LWtleQ==;"
+        "EndpointSuffix=core.windows.net"
+    )
+    location = Location(url="az://c/m.kbundle", options={"connection_string": connection})
+
+    scrubbed = location.scrub(f"bad {connection}; signing with c2VjcmV0LWtleQ== failed")
+
+    assert scrubbed == "bad <redacted>; signing with <redacted> failed"
+
+
 def test_storage_options_are_json_when_json() -> None:
     options = parse_storage_options(
         [

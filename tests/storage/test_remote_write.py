@@ -312,6 +312,31 @@ def test_a_killed_pack_leaves_no_object(s3: Any, large_model_file: Path, tmp_pat
     assert len(s3.uploads()) == 1
 
 
+def _pack_and_verify_with_no_local_copy(store: Any, model: Path) -> None:
+    """Pack ``model`` (21 MB) to the ``store`` under a file-size limit that a local copy of the
+    bundle would exceed, then verify it where it was written."""
+    url = store.url("m.kbundle")
+    done = _pack_cli(
+        model, "-o", url, "--level", "none", "--no-probe", *store.cli_options, limit=_NO_LOCAL_COPY
+    )
+    assert done.returncode == 0, done.stderr
+    verified = run_cli("verify", url, "--expect", done.stdout.split()[0], *store.cli_options)
+    assert verified.returncode == 0, verified.stderr
+
+
+def _assert_denied_and_nothing_left(
+    failed: subprocess.CompletedProcess[str], store: Any, status: int
+) -> None:
+    """A pack to ``store`` refused midway with ``status``: one line, exit 2, no object."""
+    assert_clean_failure(failed, 2)
+    assert failed.stderr.startswith(
+        f"kbundle: error: access to {store.url('m.kbundle')} was denied while uploading "
+        f"({status}); check the credentials"
+    ), failed.stderr
+    assert failed.stderr.count("\n") == 1, failed.stderr
+    assert not store.exists("m.kbundle")
+
+
 # GCS (gcp-storage-emulator, which speaks the JSON API and resumable uploads, on 127.0.0.1):
 # an upload session whose chunks go up while the bundle is packed, finalised by the last one.
 _GCS_CHUNK = r"uploadType=resumable&.*upload_id="
@@ -326,26 +351,12 @@ def _cancel_as_gcs_does(gcs: Any) -> None:
 def test_pack_to_gcs_is_one_resumable_upload_with_no_local_copy(
     gcs: Any, large_model_file: Path
 ) -> None:
-    url = gcs.url("m.kbundle")
-    done = _pack_cli(
-        large_model_file,
-        "-o",
-        url,
-        "--level",
-        "none",
-        "--no-probe",
-        *gcs.cli_options,
-        limit=_NO_LOCAL_COPY,
-    )
+    _pack_and_verify_with_no_local_copy(gcs, large_model_file)
 
-    assert done.returncode == 0, done.stderr
-    digest = done.stdout.split()[0]
     (started,) = gcs.proxy.matching("POST", r"uploadType=resumable(&ifGenerationMatch=0)?$")
     assert "ifGenerationMatch=0" in started.target  # the store refuses to replace at completion
     chunks = gcs.proxy.matching("POST", _GCS_CHUNK)
     assert len(chunks) >= 4 and sum(c.received for c in chunks) > 20 << 20
-    verified = run_cli("verify", url, "--expect", digest, *gcs.cli_options)
-    assert verified.returncode == 0, verified.stderr
 
 
 def test_a_failed_gcs_pack_leaves_no_object_and_cancels_the_upload(
@@ -362,13 +373,7 @@ def test_a_failed_gcs_pack_leaves_no_object_and_cancels_the_upload(
 
     failed = run_cli(*args, "--level", "none")
 
-    assert_clean_failure(failed, 2)
-    assert failed.stderr.startswith(
-        f"kbundle: error: access to {gcs.url('m.kbundle')} was denied while uploading (401); "
-        "check the credentials"
-    ), failed.stderr
-    assert failed.stderr.count("\n") == 1, failed.stderr
-    assert not gcs.exists("m.kbundle")
+    _assert_denied_and_nothing_left(failed, gcs, 401)
     assert len(gcs.proxy.matching("POST", _GCS_CHUNK)) == 3  # a 401 is not tried again
     assert len(gcs.proxy.matching("DELETE", r"upload_id=")) == 1
     # KBUNDLE_DEBUG=1 lets gcsfs's own record of the failure through, for bug reports.
@@ -423,3 +428,57 @@ def test_a_gcs_object_that_appears_during_pack_is_not_replaced(gcs: Any, model_f
     assert forced.returncode == 0, forced.stderr
     assert refused.applied == len(gcs.proxy.matching("POST", r"ifGenerationMatch=0"))
     assert gcs.exists("m.kbundle")
+
+
+# Azure (azurite, Microsoft's emulator, on 127.0.0.1): blocks staged while the bundle is packed,
+# the object made by committing the block list at the end.
+_AZ_BLOCK = r"comp=block(&|$)"
+_AZ_BLOCK_LIST = r"comp=blocklist"
+
+
+def test_pack_to_azure_stages_blocks_and_commits_them_once(
+    azure: Any, large_model_file: Path
+) -> None:
+    _pack_and_verify_with_no_local_copy(azure, large_model_file)
+
+    blocks = azure.proxy.matching("PUT", _AZ_BLOCK)
+    (committed,) = azure.proxy.matching("PUT", _AZ_BLOCK_LIST)
+    assert len(blocks) >= 2 and sum(b.received for b in blocks) > 20 << 20
+    assert committed.headers.get("if-none-match") == "*"  # create, never replace
+
+
+def test_a_failed_azure_pack_leaves_no_object(azure: Any, large_model_file: Path) -> None:
+    """A block refused (403) fails the pack with one line; the staged blocks are never
+    committed, so no object appears (Azure drops uncommitted blocks after a week)."""
+    azure.proxy.add(Fault("PUT", _AZ_BLOCK, "status", status=403, skip=1, times=None))
+
+    failed = run_cli(
+        "pack",
+        large_model_file,
+        "-o",
+        azure.url("m.kbundle"),
+        "--level",
+        "none",
+        "--no-probe",
+        *azure.cli_options,
+    )
+
+    _assert_denied_and_nothing_left(failed, azure, 403)
+    assert azure.proxy.matching("PUT", _AZ_BLOCK_LIST) == []
+
+
+def test_an_azure_object_created_during_pack_is_not_replaced(
+    azure: Any, large_model_file: Path
+) -> None:
+    """Another writer creates the object while the bundle is being uploaded: azurite refuses
+    the block list (If-None-Match: *), pack says so, and the other object is intact."""
+    azure.proxy.add(Fault("PUT", _AZ_BLOCK, "delay", seconds=3, skip=1))
+    packing = _pack_in_background(azure, large_model_file, azure.url("m.kbundle"), _AZ_BLOCK)
+    azure.put("m.kbundle", b"someone else's object")
+    _out, err = packing.communicate(timeout=120)
+
+    assert packing.returncode == 2, err
+    assert err.startswith(
+        f"kbundle: error: bundle {azure.url('m.kbundle')} already exists (it appeared while "
+    ), err
+    assert azure.get("m.kbundle") == b"someone else's object"
