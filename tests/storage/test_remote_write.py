@@ -337,6 +337,21 @@ def _assert_denied_and_nothing_left(
     assert not store.exists("m.kbundle")
 
 
+def _interrupt_on_the_third(store: Any, model: Path, method: str, upload: str) -> None:
+    """Pack ``model`` to ``store`` and press Ctrl-C while the third ``method`` request matching
+    ``upload`` (a chunk, a block) is held up by the proxy: exit 130, no object."""
+    store.proxy.add(Fault(method, upload, "delay", skip=2, seconds=30))
+    packing = _pack_in_background(store, model, store.url("m.kbundle"), upload, method=method)
+    while len(store.proxy.matching(method, upload)) < 3 and packing.poll() is None:
+        time.sleep(0.05)
+    packing.send_signal(signal.SIGINT)
+    _out, err = packing.communicate(timeout=120)
+
+    assert packing.returncode == 130, err
+    assert err.endswith("kbundle: interrupted; no partial output was left behind\n"), err
+    assert not store.exists("m.kbundle")
+
+
 # GCS (gcp-storage-emulator, which speaks the JSON API and resumable uploads, on 127.0.0.1):
 # an upload session whose chunks go up while the bundle is packed, finalised by the last one.
 _GCS_CHUNK = r"uploadType=resumable&.*upload_id="
@@ -384,19 +399,8 @@ def test_a_failed_gcs_pack_leaves_no_object_and_cancels_the_upload(
 
 def test_an_interrupted_gcs_pack_leaves_no_object(gcs: Any, large_model_file: Path) -> None:
     """Ctrl-C while a chunk is on its way: exit 130, the session cancelled, no object."""
-    gcs.proxy.add(Fault("POST", _GCS_CHUNK, "delay", skip=2, seconds=30))
     _cancel_as_gcs_does(gcs)
-    packing = _pack_in_background(
-        gcs, large_model_file, gcs.url("m.kbundle"), _GCS_CHUNK, method="POST"
-    )
-    while len(gcs.proxy.matching("POST", _GCS_CHUNK)) < 3:
-        time.sleep(0.05)
-    packing.send_signal(signal.SIGINT)
-    _out, err = packing.communicate(timeout=120)
-
-    assert packing.returncode == 130, err
-    assert err.endswith("kbundle: interrupted; no partial output was left behind\n"), err
-    assert not gcs.exists("m.kbundle")
+    _interrupt_on_the_third(gcs, large_model_file, "POST", _GCS_CHUNK)
     assert len(gcs.proxy.matching("DELETE", r"upload_id=")) == 1
 
 
@@ -464,6 +468,14 @@ def test_a_failed_azure_pack_leaves_no_object(azure: Any, large_model_file: Path
     )
 
     _assert_denied_and_nothing_left(failed, azure, 403)
+    assert azure.proxy.matching("PUT", _AZ_BLOCK_LIST) == []
+
+
+def test_an_interrupted_azure_pack_leaves_no_object(azure: Any, large_model_file: Path) -> None:
+    """Ctrl-C while a block is on its way: exit 130, and the blocks staged so far are never
+    committed, not even when the abandoned file object is collected at exit (fsspec's files
+    finalise an upload when closed)."""
+    _interrupt_on_the_third(azure, large_model_file, "PUT", _AZ_BLOCK)
     assert azure.proxy.matching("PUT", _AZ_BLOCK_LIST) == []
 
 
