@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar, TypeVar
 
 import pytest
-from storage_servers import FaultProxy, RangeFileServer
+from storage_servers import FaultProxy, RangeFileServer, free_port, start_program
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -461,7 +461,7 @@ def gcs_endpoint() -> Iterator[tuple[str, int]]:
     from gcp_storage_emulator.server import create_server
 
     logging.getLogger("gcp_storage_emulator").setLevel(logging.ERROR)
-    port = _free_port()
+    port = free_port()
     server = create_server("127.0.0.1", port, in_memory=True)
     server.start()
     yield "127.0.0.1", port
@@ -499,51 +499,15 @@ _AZURITE_KEY = (
 )
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def azure_endpoint(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]]:
     """Azurite's blob service on 127.0.0.1, in memory, for the session."""
-    import socket
-    import time
-
     if not _AZURITE.exists():
         pytest.fail(f"{_AZURITE} is missing: run make dev (it installs azurite with npm)")
-    port = _free_port()
-    log = tmp_path_factory.mktemp("azurite") / "azurite.log"
-    with log.open("wb") as output:
-        server = subprocess.Popen(
-            [
-                _AZURITE,
-                "--inMemoryPersistence",
-                "--blobHost",
-                "127.0.0.1",
-                "--blobPort",
-                str(port),
-                "--skipApiVersionCheck",
-                "--loose",
-                "--silent",
-            ],
-            stdout=output,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if server.poll() is not None or time.monotonic() > deadline:
-                server.kill()
-                pytest.fail(f"azurite did not start: {log.read_text(errors='replace')[-2000:]}")
-            time.sleep(0.1)
+    port = free_port()
+    argv = [str(_AZURITE), "--inMemoryPersistence", "--blobHost", "127.0.0.1"]
+    argv += ["--blobPort", str(port), "--skipApiVersionCheck", "--loose", "--silent"]
+    server = start_program(argv, port, tmp_path_factory.mktemp("azurite") / "azurite.log")
     yield "127.0.0.1", port
     server.kill()  # in memory, nothing to keep; SIGTERM waits on clients' idle connections
     server.wait(timeout=30)

@@ -1,10 +1,11 @@
 """Real servers on 127.0.0.1 for the storage tests: an HTTP file server with range support,
-and a reverse proxy that counts the bytes it passes and injects faults by rule.
+a reverse proxy that counts the bytes it passes and injects faults by rule, and a way to start
+a server program on a free port.
 
-The S3 server is moto's standalone server (real S3 HTTP API), started by the fixtures in
-conftest.py; the proxy sits in front of it (and of the file server), so every fault is a
-real one on the wire: a reset socket, a 500 or 503 response, a held-back part. Nothing
-here mocks fsspec, s3fs or HTTP.
+The stores' servers (moto's for S3, gcp-storage-emulator for GCS, azurite for Azure: their
+real HTTP APIs) are started by the fixtures in conftest.py; the proxy sits in front of each
+(and of the file server), so every fault is a real one on the wire: a reset socket, a 500 or
+503 response, a held-back part. Nothing here mocks fsspec, its filesystems or HTTP.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import http.client
 import re
 import socket
 import struct
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -49,6 +51,36 @@ class _Served:
     def stop(self) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago, for a server that must be told one."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def start_program(
+    argv: list[str], port: int, log: Path, timeout: float = 60
+) -> subprocess.Popen[bytes]:
+    """``argv`` started with its output in ``log``, returned once it accepts connections on
+    ``port``; a program that exits or stays deaf for ``timeout`` seconds raises with the end
+    of its log."""
+    with log.open("wb") as output:
+        program = subprocess.Popen(
+            argv, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
+        )
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return program
+        except OSError:
+            if program.poll() is not None or time.monotonic() > deadline:
+                program.kill()
+                tail = log.read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"{argv[0]} did not start on port {port}: {tail}") from None
+            time.sleep(0.1)
 
 
 def _reset(connection: socket.socket) -> None:

@@ -77,8 +77,8 @@ class NotFound(StorageError):
 
 class _Failure:
     """What kind of failure an exception from a filesystem is, from what it carries: an HTTP
-    status (aiohttp, gcsfs, azure-core), a botocore error response (s3fs keeps it as the cause), an
-    errno."""
+    status (aiohttp, gcsfs, azure-core), a botocore error response (s3fs keeps it as the
+    cause), an errno."""
 
     def __init__(self, exc: BaseException) -> None:
         self.status: int | None = None

@@ -14,10 +14,9 @@ An existing bundle is replaced only with ``force``, and, as for local files, onl
 (its first bytes are the zstd magic), never the input. For a URL the check is made before
 any work and repeated where the store can: S3's completion carries ``If-None-Match: *``;
 GCS's upload carries ``ifGenerationMatch=0`` and Azure's block list ``If-None-Match: *``
-(gcsfs's and adlfs's exclusive mode ``xb``). What stays open is
-the race the store cannot close: with ``force``, or on stores without conditional writes, an
-object written by someone else between the check and the completion is replaced.
-Stable: internal.
+(gcsfs's and adlfs's exclusive mode ``xb``). What stays open is the race the store cannot
+close: with ``force``, or on stores without conditional writes, an object written by someone
+else between the check and the completion is replaced. Stable: internal.
 """
 
 from __future__ import annotations
@@ -34,7 +33,7 @@ from kbundle.errors import OutputExistsError, UsageError
 from kbundle.storage.atomic import atomic_file, check_destination
 from kbundle.storage.failures import storage_error
 from kbundle.storage.locations import Location
-from kbundle.storage.remote import RemoteFile
+from kbundle.storage.remote import EXTRAS, RemoteFile
 from kbundle.storage.s3 import S3Upload
 
 __all__ = ["check_output", "open_output"]
@@ -128,11 +127,11 @@ class _StandardOutput(BundleOutput):
         self._stream.flush()
 
 
-# The filesystems whose exclusive mode ("xb") keeps the upload transactional and makes the
-# store refuse to replace an object at completion: gcsfs (ifGenerationMatch=0) and adlfs
-# (If-None-Match: * on the block list). fsspec leaves "xb" to each filesystem; its local one,
-# for one, writes in place in that mode.
-_EXCLUSIVE_UPLOADS = {"gs", "gcs", "az", "abfs", "abfss"}
+# The schemes whose filesystems (those of the gcs and azure extras) keep the upload
+# transactional in exclusive mode ("xb") and make the store refuse to replace an object at
+# completion: gcsfs (ifGenerationMatch=0) and adlfs (If-None-Match: * on the block list).
+# fsspec leaves "xb" to each filesystem; its local one, for one, writes in place in that mode.
+_EXCLUSIVE_UPLOADS = {scheme for scheme, extra in EXTRAS.items() if extra in ("gcs", "azure")}
 
 
 class _FsspecUpload(BundleOutput):
